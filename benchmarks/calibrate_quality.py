@@ -1,0 +1,369 @@
+"""Calibrate the capture quality gate (edge/vision/quality.py) on real HAM10000 dermoscopic images.
+
+    cd /work/main && .venv/bin/python benchmarks/calibrate_quality.py            # 84 images per dx class
+    cd /work/main && .venv/bin/python benchmarks/calibrate_quality.py --per-class 20   # quick look
+
+What it does:
+
+1. Samples ``--per-class`` images from each of the 7 dx classes in HAM10000_metadata.csv with a fixed seed
+   (stratified, so rare classes such as vasc and df are present) and splits every class in half:
+   the *selection* half chooses thresholds, the *report* half measures them.
+2. Resizes each image to the analysis size (long side 256) and derives degraded versions there:
+   Gaussian blur sigma 3 (should be BLUR), x0.15 darkening (UNDEREXPOSED), x2.5 gain with clipping
+   (OVEREXPOSED), and a synthetic darker skin tone (luma x0.45, chroma kept; should still pass).
+   Extras that are reported but never used to choose: blur + sensor noise, RGB x0.45 darker skin.
+3. Non-skin frames: cat.bmp, bird.bmp (grace_hopper.bmp is reported for information: a portrait is partly
+   skin), flat grey, green foliage-like noise, flat blue, black. They should fail NOT_SKIN or exposure.
+4. Prints metric percentiles on the selection half, the thresholds chosen from them, and then pass/reject
+   rates on the report half for both the chosen values and the shipped ``QualitySettings()`` defaults.
+
+Choice rules (selection half only): skin chroma box = 0.5th..99.5th percentile of measurable pixel Cr and Cb
+of the originals, with Cr above neutral grey's 128; Cr+Cb floor 255 by design (see CRCB_SUM_FLOOR);
+skin_min_fraction = 1st percentile of the originals' skin fraction minus 0.05; every other threshold is
+the midpoint between the 1st/99th percentile of the frames that must pass (originals and darker skin) and the
+99th/1st percentile of the degraded frames that must fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edge.types import QualityIssue  # noqa: E402
+from edge.vision.quality import QualitySettings, _resize_long_side, assess, measure  # noqa: E402
+
+HAM = Path("/work/shared/data/ham10000")
+PRETRAINED = Path("/work/shared/pretrained")
+PERCENTILES = (0, 1, 5, 25, 50, 75, 95, 99, 100)
+NEUTRAL = 128  # Cr and Cb of any grey
+# Cr+Cb floor: one level below neutral (256). HAM skin is pinker (its 1st percentile is ~259), and a floor there
+# rejects more tan/orange non-skin, but it also drops near-neutral very pale and very dark skin (Monk 1, 2, 9, 10);
+# grey itself is kept out by the Cr floor. The trade-off table at the end of the run measures this choice.
+CRCB_SUM_FLOOR = 255
+METRICS = ("luma_mean", "dark_fraction", "bright_fraction", "skin_fraction", "sharpness")
+
+# Published Monk Skin Tone scale swatches (sRGB), used only as a pixel-colour diagnostic.
+MONK_SWATCHES = {
+    "MST01": "f6ede4", "MST02": "f3e7db", "MST03": "f7ead0", "MST04": "eadaba", "MST05": "d7bd96",
+    "MST06": "a07e56", "MST07": "825c43", "MST08": "604134", "MST09": "3a312a", "MST10": "292420",
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- data
+def sample_ids(per_class: int, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    by_dx: dict[str, list[str]] = defaultdict(list)
+    with open(HAM / "HAM10000_metadata.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            by_dx[row["dx"]].append(row["image_id"])
+    rng = random.Random(seed)
+    selection, report = [], []
+    for dx in sorted(by_dx):
+        chosen = rng.sample(sorted(by_dx[dx]), min(per_class, len(by_dx[dx])))
+        half = len(chosen) // 2
+        selection += [(dx, i) for i in chosen[:half]]
+        report += [(dx, i) for i in chosen[half:]]
+    return selection, report
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise SystemExit(f"cannot read {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def blurred(rgb: np.ndarray, sigma: float = 3.0) -> np.ndarray:
+    return cv2.GaussianBlur(rgb, (0, 0), sigma)
+
+
+def scaled(rgb: np.ndarray, gain: float) -> np.ndarray:
+    return np.clip(rgb.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
+def darker_skin(rgb: np.ndarray, luma_gain: float = 0.45) -> np.ndarray:
+    """Shift toward a darker skin tone: scale luma, keep chroma (Cr, Cb)."""
+    ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycrcb[..., 0] *= luma_gain
+    return cv2.cvtColor(np.clip(ycrcb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+
+
+def with_noise(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    return np.clip(rgb + rng.normal(0.0, sigma, rgb.shape), 0, 255).astype(np.uint8)
+
+
+VARIANTS = {
+    "original": lambda rgb, rng: rgb,
+    "blurred": lambda rgb, rng: blurred(rgb),
+    "dark": lambda rgb, rng: scaled(rgb, 0.15),
+    "bright": lambda rgb, rng: scaled(rgb, 2.5),
+    "darker_skin": lambda rgb, rng: darker_skin(rgb),
+    # extras: reported, never used to choose a threshold
+    "blurred+noise2": lambda rgb, rng: with_noise(blurred(rgb), 2.0, rng),
+    "darker_skin_rgb": lambda rgb, rng: scaled(rgb, 0.45),
+    "darker_skin+blurred": lambda rgb, rng: blurred(darker_skin(rgb)),
+}
+EXPECTED = {"blurred": QualityIssue.BLUR, "dark": QualityIssue.UNDEREXPOSED, "bright": QualityIssue.OVEREXPOSED,
+            "blurred+noise2": QualityIssue.BLUR, "darker_skin+blurred": QualityIssue.BLUR}  # fmt: skip
+
+
+def non_skin_frames(size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    h, w = size * 3 // 4, size
+    field = cv2.GaussianBlur(rng.random((h, w)).astype(np.float32), (0, 0), 3.0)
+    field = (field - field.min()) / (field.max() - field.min())
+    foliage = np.stack([30 + 70 * field, 70 + 120 * field, 20 + 50 * field], axis=-1)
+    frames = {name: load_rgb(PRETRAINED / f"{name}.bmp") for name in ("cat", "bird", "grace_hopper")}
+    frames |= {
+        "flat_grey": np.full((h, w, 3), 128, np.uint8),
+        "green_foliage_noise": with_noise(foliage.astype(np.uint8), 4.0, rng),
+        "flat_blue": np.full((h, w, 3), (40, 80, 200), np.uint8),
+        "black": np.zeros((h, w, 3), np.uint8),
+    }
+    return frames
+
+
+# ----------------------------------------------------------------------------------------- measuring
+def measure_all(images: list[np.ndarray], settings: QualitySettings, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, list[float]]] = {v: defaultdict(list) for v in VARIANTS}
+    for rgb in images:
+        for variant, make in VARIANTS.items():
+            for name, value in measure(make(rgb, rng), settings).items():
+                out[variant][name].append(value)
+    return {v: {m: np.array(vals) for m, vals in d.items()} for v, d in out.items()}
+
+
+def verdicts(images: list[np.ndarray], settings: QualitySettings, seed: int) -> dict[str, list[tuple]]:
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[tuple]] = defaultdict(list)
+    for rgb in images:
+        for variant, make in VARIANTS.items():
+            out[variant].append(assess(make(rgb, rng), settings).issues)
+    return out
+
+
+def skin_pixel_stats(images: list[np.ndarray], settings: QualitySettings) -> np.ndarray:
+    pixels = []
+    for rgb in images:
+        ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).reshape(-1, 3)[::5].astype(np.int32)
+        luma = ycrcb[:, 0]
+        pixels.append(ycrcb[(luma >= settings.skin_luma_min) & (luma <= settings.skin_luma_max)])
+    return np.concatenate(pixels)
+
+
+# ------------------------------------------------------------------------------------------ choosing
+def midpoint(must_pass: np.ndarray, must_fail: np.ndarray, fail_is_low: bool) -> float:
+    """Midpoint between the 1st/99th percentiles of the two populations (warn when they overlap)."""
+    if fail_is_low:
+        good, bad = np.percentile(must_pass, 1), np.percentile(must_fail, 99)
+        overlap = good <= bad
+    else:
+        good, bad = np.percentile(must_pass, 99), np.percentile(must_fail, 1)
+        overlap = good >= bad
+    if overlap:
+        print(f"  WARNING: populations overlap (pass p={good:.4f}, fail p={bad:.4f})")
+    return float((good + bad) / 2)
+
+
+def choose_skin_box(pixels: np.ndarray, base: QualitySettings) -> QualitySettings:
+    """Chroma box from the originals' measurable pixels; Cr+Cb floor by design (see module docstring)."""
+    cr, cb = pixels[:, 1], pixels[:, 2]
+    print(f"  skin box: Cr/Cb 0.5th..99.5th pixel percentiles; Cr floor at least {NEUTRAL + 1} (neutral grey is "
+          f"Cr {NEUTRAL}); Cr+Cb floor {CRCB_SUM_FLOOR} by design (HAM 1st percentile would be "
+          f"{np.percentile(cr + cb, 1):.0f})")  # fmt: skip
+    return base.model_copy(
+        update=dict(
+            skin_cr_min=max(int(np.floor(np.percentile(cr, 0.5))), NEUTRAL + 1),
+            skin_cr_max=int(np.ceil(np.percentile(cr, 99.5))),
+            skin_cb_min=int(np.floor(np.percentile(cb, 0.5))),
+            skin_cb_max=int(np.ceil(np.percentile(cb, 99.5))),
+            skin_crcb_sum_min=CRCB_SUM_FLOOR,
+        )
+    )
+
+
+def choose_thresholds(sel: dict[str, dict[str, np.ndarray]], base: QualitySettings) -> QualitySettings:
+    good = {m: np.concatenate([sel["original"][m], sel["darker_skin"][m]]) for m in METRICS}
+    chosen = {}
+    for key, metric, fail_set, fail_is_low in (
+        ("blur_min", "sharpness", "blurred", True),
+        ("luma_mean_min", "luma_mean", "dark", True),
+        ("bright_fraction_max", "bright_fraction", "bright", False),
+    ):
+        print(f"  {key}: midpoint of {metric} (originals + darker skin) vs {fail_set}")
+        chosen[key] = midpoint(good[metric], sel[fail_set][metric], fail_is_low)
+    # The clipped-white fraction separates the overexposed set on its own; the mean-luma ceiling only needs
+    # to stay clear of every good frame (very pale skin is legitimately bright).
+    chosen["luma_mean_max"] = min(float(good["luma_mean"].max()) + 10.0, 250.0)
+    print(f"  luma_mean_max: brightest good frame + 10 (bright set p1 = {np.percentile(sel['bright']['luma_mean'], 1):.1f})")
+    # Crushed-black fraction does not separate x0.15 darkening (its pixels sit just above the black level;
+    # the mean catches them). It stays a design backstop: more than half the frame crushed black.
+    chosen["dark_fraction_max"] = 0.5
+    print(f"  dark_fraction_max: design value 0.5 (good frames max {good['dark_fraction'].max():.3f})")
+    chosen["skin_min_fraction"] = float(np.percentile(sel["original"]["skin_fraction"], 1)) - 0.05
+    print("  skin_min_fraction: 1st percentile of originals' skin_fraction - 0.05")
+    return base.model_copy(update=chosen)
+
+
+# ----------------------------------------------------------------------------------------- reporting
+def print_distributions(sel: dict[str, dict[str, np.ndarray]]) -> None:
+    print("\n## Metric percentiles on the selection half (" + ", ".join(f"p{p}" for p in PERCENTILES) + ")")
+    for metric in METRICS:
+        print(f"\n{metric}")
+        for variant, values in sel.items():
+            row = " ".join(f"{v:9.4f}" for v in np.percentile(values[metric], PERCENTILES))
+            print(f"  {variant:16s} {row}")
+
+
+def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
+    n = len(ver["original"])
+    print(f"\n## Report half ({n} images per set) with {name}\n")
+    print("| set | expected | rate | n |\n|---|---|---|---|")
+    ok = sum(not issues for issues in ver["original"])
+    print(f"| original | pass | {ok / n:.1%} | {n} |")
+    for variant, issue in EXPECTED.items():
+        hit = sum(issue in issues for issues in ver[variant])
+        note = " (extra)" if variant not in ("blurred", "dark", "bright") else ""
+        print(f"| {variant}{note} | {issue.value} | {hit / n:.1%} | {n} |")
+    for variant in ("darker_skin", "darker_skin_rgb"):
+        skin = sum(QualityIssue.NOT_SKIN not in issues for issues in ver[variant])
+        passed = sum(not issues for issues in ver[variant])
+        print(f"| {variant} | not NOT_SKIN | {skin / n:.1%} | {n} |")
+        print(f"| {variant} | pass (no issue) | {passed / n:.1%} | {n} |")
+    fails = [(dx, issues) for dx, issues in zip(dxs, ver["original"], strict=True) if issues]
+    by_dx = defaultdict(lambda: [0, 0])
+    for dx, issues in zip(dxs, ver["original"], strict=True):
+        by_dx[dx][0] += not issues
+        by_dx[dx][1] += 1
+    print("\noriginal pass rate by dx: " + ", ".join(f"{dx} {p}/{t}" for dx, (p, t) in sorted(by_dx.items())))
+    print("original failures: " + (", ".join(f"{dx}:{'+'.join(i.value for i in iss)}" for dx, iss in fails) or "none"))
+    for variant in ("darker_skin", "darker_skin_rgb"):
+        counts = defaultdict(int)
+        for issues in ver[variant]:
+            counts["+".join(i.value for i in issues) or "pass"] += 1
+        print(f"{variant} outcomes: {dict(counts)}")
+
+
+def print_non_skin(settings: QualitySettings, frames: dict[str, np.ndarray]) -> None:
+    print("\n| non-skin frame | skin_fraction | luma_mean | issues |\n|---|---|---|---|")
+    for name, rgb in frames.items():
+        q = assess(rgb, settings)
+        issues = ", ".join(i.value for i in q.issues) or "PASS"
+        print(f"| {name} | {q.metrics['skin_fraction']:.3f} | {q.metrics['luma_mean']:.1f} | {issues} |")
+
+
+def print_swatches(settings: QualitySettings) -> None:
+    print("\n| Monk swatch | Y | Cr | Cb | Cr+Cb | skin-coloured |\n|---|---|---|---|---|---|")
+    for name, hexcode in MONK_SWATCHES.items():
+        rgb = np.array([[[int(hexcode[i : i + 2], 16) for i in (0, 2, 4)]]], np.uint8)
+        y, cr, cb = (int(v) for v in cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[0, 0])
+        skin = _swatch_is_skin(hexcode, settings)
+        print(f"| {name} #{hexcode} | {y} | {cr} | {cb} | {cr + cb} | {'yes' if skin else 'no'} |")
+
+
+def print_pinkness_tradeoff(images: list[np.ndarray], frames: dict[str, np.ndarray], base: QualitySettings) -> None:
+    """What lowering skin_crcb_sum_min (admitting yellower skin renderings) costs and buys."""
+    print("\n| skin_crcb_sum_min | originals pass | cat skin_fraction | cat | flat_grey | Monk swatches skin-coloured |")
+    print("|---|---|---|---|---|---|")
+    for floor in (259, 257, 255, 252, 250, 247):
+        settings = base.model_copy(update={"skin_crcb_sum_min": floor})
+        passed = sum(assess(rgb, settings).ok for rgb in images) / len(images)
+        cat, grey = assess(frames["cat"], settings), assess(frames["flat_grey"], settings)
+        swatches = sum(_swatch_is_skin(hexcode, settings) for hexcode in MONK_SWATCHES.values())
+        verdict = lambda q: ", ".join(i.value for i in q.issues) or "PASS"  # noqa: E731
+        print(f"| {floor} | {passed:.1%} | {cat.metrics['skin_fraction']:.3f} | {verdict(cat)} | {verdict(grey)} "
+              f"| {swatches}/{len(MONK_SWATCHES)} |")  # fmt: skip
+
+
+def _swatch_is_skin(hexcode: str, settings: QualitySettings) -> bool:
+    rgb = np.array([[[int(hexcode[i : i + 2], 16) for i in (0, 2, 4)]]], np.uint8)
+    y, cr, cb = (int(v) for v in cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)[0, 0])
+    return (
+        settings.skin_luma_min <= y <= settings.skin_luma_max
+        and settings.skin_cr_min <= cr <= settings.skin_cr_max
+        and settings.skin_cb_min <= cb <= settings.skin_cb_max
+        and cr + cb >= settings.skin_crcb_sum_min
+    )
+
+
+def print_timing(frame_rgb: np.ndarray, settings: QualitySettings, repeats: int = 300) -> None:
+    frame = cv2.resize(frame_rgb, (640, 480), interpolation=cv2.INTER_LINEAR)
+
+    def per_call_ms(fn) -> float:
+        for _ in range(20):
+            fn()
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats // 5):
+                fn()
+            runs.append((time.perf_counter() - start) / (repeats // 5) * 1000)
+        return float(np.median(runs))
+
+    baseline = per_call_ms(lambda: cv2.resize(frame, (256, 192), interpolation=cv2.INTER_AREA))
+    gate = per_call_ms(lambda: assess(frame, settings))
+    print(f"\ntiming on a 640x480 frame: assess {gate:.2f} ms; baseline cv2.resize(INTER_AREA) to 256x192 "
+          f"{baseline:.2f} ms in the same run; ratio {gate / baseline:.1f}x")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-class", type=int, default=84, help="images sampled per dx class (default 84)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    shipped = QualitySettings()
+    selection, report = sample_ids(args.per_class, args.seed)
+    print(f"HAM10000 sample: {len(selection)} selection + {len(report)} report images "
+          f"({args.per_class} per dx class, seed {args.seed})")  # fmt: skip
+
+    def load(ids: list[tuple[str, str]]) -> list[np.ndarray]:
+        return [_resize_long_side(load_rgb(HAM / "images" / f"{i}.jpg"), shipped.analysis_size) for _, i in ids]
+
+    started = time.perf_counter()
+    sel_images, rep_images = load(selection), load(report)
+
+    pixels = skin_pixel_stats(sel_images, shipped)
+    print("\nmeasurable skin-pixel chroma (selection originals): "
+          + ", ".join(f"{n} p0.5/p1/p50/p99/p99.5 = " + "/".join(f"{np.percentile(v, p):.0f}" for p in (0.5, 1, 50, 99, 99.5))
+                      for n, v in (("Cr", pixels[:, 1]), ("Cb", pixels[:, 2]), ("Cr+Cb", pixels[:, 1] + pixels[:, 2]))))  # fmt: skip
+    # Skin fractions depend on the chroma box, so choose the box first, then measure with it.
+    print("\n## Choosing thresholds (selection half)")
+    box = choose_skin_box(pixels, shipped)
+    sel = measure_all(sel_images, box, args.seed)
+    print_distributions(sel)
+    print()
+    chosen = choose_thresholds(sel, box)
+    print("\n| setting | chosen | shipped default |\n|---|---|---|")
+    for key, value in chosen.model_dump().items():
+        print(f"| {key} | {value:.4g} | {getattr(shipped, key):.4g} |" if isinstance(value, float)
+              else f"| {key} | {value} | {getattr(shipped, key)} |")  # fmt: skip
+
+    rep_dxs = [dx for dx, _ in report]
+    rate_table("the chosen thresholds", verdicts(rep_images, chosen, args.seed + 1), rep_dxs)
+    rate_table("the shipped QualitySettings() defaults", verdicts(rep_images, shipped, args.seed + 1), rep_dxs)
+    frames = non_skin_frames(shipped.analysis_size)
+    print("\n## Non-skin frames, chosen thresholds (non-skin frames are too few to split: not held out)")
+    print_non_skin(chosen, frames)
+    print("\n## Non-skin frames, shipped defaults")
+    print_non_skin(shipped, frames)
+    print("\n## Monk Skin Tone swatch colours against the shipped skin chroma rule (pixel colour only)")
+    print_swatches(shipped)
+    print("\n## Trade-off: lowering the Cr+Cb (pinkness) floor, shipped defaults otherwise, report-half originals")
+    print_pinkness_tradeoff(rep_images, frames, shipped)
+    print_timing(rep_images[0], shipped)
+    print(f"\ntotal calibration time {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The ``edge`` command. Thin: parse flags, load settings, call into the package, print.
+
+Every ``EdgeError`` becomes one line on stderr and a non-zero exit; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+from edge import __version__
+from edge.errors import ConfigError, EdgeError
+
+log = logging.getLogger("edge")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """CLI flags as nested settings overrides; only the flags that were given."""
+    nested: dict[str, Any] = {}
+    for flag, path in (("source", "camera.source"), ("model", "inference.model_dir"), ("backend", "inference.backend"),
+                       ("threads", "inference.cpu.threads"), ("state_dir", "state_dir"), ("log_level", "log_level")):
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        *parents, leaf = path.split(".")
+        node = nested
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def _settings(args: argparse.Namespace):
+    from edge.config import load_settings
+
+    return load_settings(args.config, _overrides(args))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- classify -------------------------------------------------------------------------------------------
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from edge.inference import Classifier, load_pack
+    from edge.vision.decode import read_image_file
+    from edge.vision.quality import assess
+
+    settings = _settings(args)
+    classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend, settings.inference)
+    failures = 0
+    for image_path in args.images:
+        try:
+            image = read_image_file(Path(image_path), max_bytes=settings.limits.max_bytes,
+                                    max_pixels=settings.limits.max_pixels)
+            result = classifier.classify(image, assess(image, settings.quality))
+        except EdgeError as exc:
+            failures += 1
+            _emit_error(args.json, image_path, str(exc))
+            continue
+        if args.json:
+            print(json.dumps({"image": image_path, **result.to_json()}), flush=True)
+        else:
+            verdict = "ok" if result.quality.ok else "; ".join(result.quality.reasons)
+            print(f"{image_path}: {result.display_name} ({result.confidence:.1%}) urgency={result.urgency.value} "
+                  f"quality={verdict} [{result.backend}, {result.latency_ms:.1f} ms]", flush=True)
+    classifier.close()
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _emit_error(as_json: bool, image: str, message: str) -> None:
+    if as_json:
+        print(json.dumps({"image": image, "error": message}), flush=True)
+    else:
+        print(f"edge: {message}", file=sys.stderr, flush=True)
+
+
+# --- run ------------------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.pipeline import Pipeline, ensure_state_dir
+
+    settings = _settings(args)
+    logging.getLogger().setLevel(settings.log_level)
+    ensure_state_dir(settings)
+    pipeline = Pipeline.from_settings(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    pipeline.subscribe(lambda r: log.info("result %s %s p=%.3f urgency=%s %.1f ms", r.id[:8], r.label, r.confidence,
+                                          r.urgency.value, r.latency_ms))
+    if pipeline.camera is None:
+        log.warning("no camera: this device accepts uploads only (the kiosk serves them)")
+    log.info("edge %s running: %s", __version__, json.dumps(pipeline.health()))
+    try:
+        pipeline.run(stop, max_frames=args.max_frames)
+    finally:
+        log.info("stopping: %s", json.dumps(pipeline.health()))
+        pipeline.close()
+    return EXIT_OK
+
+
+# --- doctor ---------------------------------------------------------------------------------------------
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from edge.doctor import run_checks
+
+    settings = _settings(args)
+    checks = run_checks(settings)
+    for check in checks:
+        print(check.line())
+    failed_required = [c for c in checks if not c.ok and c.required]
+    print(f"{len(checks) - sum(not c.ok for c in checks)} passed, {sum(not c.ok for c in checks)} failed"
+          f"{' (required checks failed)' if failed_required else ''}")
+    return EXIT_FAILED if failed_required else EXIT_OK
+
+
+# --- config ---------------------------------------------------------------------------------------------
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import tomli_w
+
+    from edge.config import json_schema, load_settings, settings_as_toml_dict
+
+    if args.config_command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+    elif args.config_command == "check":
+        load_settings(Path(args.file))
+        print(f"{args.file}: ok")
+    else:
+        print(tomli_w.dumps(settings_as_toml_dict(_settings(args))), end="")
+    return EXIT_OK
+
+
+# --- model ----------------------------------------------------------------------------------------------
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from edge.inference.manifest import InputSpec, OutputSpec, load_pack, read_labels, write_pack
+
+    if args.model_command == "verify":
+        pack = load_pack(Path(args.dir))
+        report = pack.verify_all()
+        for variant, ok, detail in report:
+            print(f"[{'PASS' if ok else 'FAIL'}] {variant}: {detail}")
+        return EXIT_OK if all(ok for _, ok, _ in report) else EXIT_FAILED
+    files = {"cpu": Path(args.tflite)}
+    if args.edgetpu:
+        files["coral"] = Path(args.edgetpu)
+    if args.onnx:
+        files["jetson"] = Path(args.onnx)
+    pack = write_pack(
+        Path(args.out), model_files=files, labels=read_labels(Path(args.labels)), name=args.name,
+        version=args.version, licence=args.licence,
+        input_spec=InputSpec(width=args.size, height=args.size, mean=(args.mean,) * 3, std=(args.std,) * 3),
+        output=OutputSpec(activation=args.activation),
+    )
+    print(f"wrote {pack.root / 'model.json'}: {pack.manifest.name} {pack.manifest.version}, "
+          f"{len(pack.manifest.labels)} labels, variants {sorted(pack.manifest.files)}")
+    return EXIT_OK
+
+
+# --- bench ----------------------------------------------------------------------------------------------
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge.bench import run_bench
+
+    settings = _settings(args)
+    report = run_bench(settings, frames=args.frames, keras_baseline=not args.no_keras)
+    print(json.dumps(report, indent=2) if args.json else report["summary"])
+    return EXIT_OK
+
+
+# --- parser ---------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (default: $EDGE_CONFIG)")
+    common.add_argument("--model", help="model pack folder (inference.model_dir)")
+    common.add_argument("--backend", choices=["auto", "cpu", "coral", "jetson"], help="inference.backend")
+    common.add_argument("--threads", type=int, help="inference.cpu.threads")
+    common.add_argument("--state-dir", help="state_dir")
+    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    parser = argparse.ArgumentParser(prog="edge", description="Offline skin-screening aid. Not a diagnosis.")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("classify", parents=[common], help="classify image files")
+    p.add_argument("--json", action="store_true", help="one JSON object per line per image")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("run", parents=[common], help="start the daemon")
+    p.add_argument("--source", help="auto | none | picamera2 | opencv:0 | opencv:/dev/video2 | gst:PIPELINE | file:PATH")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames (demos, tests)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("doctor", parents=[common], help="check cameras, backends, delegates and the model")
+    p.add_argument("--source", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("config", help="show, check or describe the configuration")
+    config_sub = p.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser("show", parents=[common], help="print the effective settings as TOML")
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    config_sub.add_parser("schema", help="print the JSON schema of the settings")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("model", help="make or verify model packs")
+    model_sub = p.add_subparsers(dest="model_command", required=True)
+    verify = model_sub.add_parser("verify", help="check every file of a pack against its sha256")
+    verify.add_argument("dir")
+    pack = model_sub.add_parser("pack", help="make a pack from a .tflite file and a labels file")
+    pack.add_argument("--tflite", required=True)
+    pack.add_argument("--labels", required=True, help="text file, one label per line")
+    pack.add_argument("--name", required=True)
+    pack.add_argument("--version", required=True)
+    pack.add_argument("--licence", required=True)
+    pack.add_argument("--size", type=int, default=224)
+    pack.add_argument("--mean", type=float, default=127.5)
+    pack.add_argument("--std", type=float, default=127.5)
+    pack.add_argument("--activation", choices=["softmax", "none"], default="softmax")
+    pack.add_argument("--edgetpu", help="the edgetpu_compiler output for the coral backend")
+    pack.add_argument("--onnx", help="the ONNX export for the jetson backend")
+    pack.add_argument("out")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("bench", parents=[common], help="per-stage latency and frames/s on a replay source")
+    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-keras", action="store_true", help="skip the float Keras baseline")
+    p.add_argument("--source", help="replay source (default: HAM10000 images in shared_dir)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_by_default = args.command in ("classify", "config", "model", "doctor")
+    _setup_logging(getattr(args, "log_level", None) or ("WARNING" if quiet_by_default else "INFO"))
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"edge: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgeError as exc:
+        print(f"edge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""The classifier: a model pack run by the best backend that loads, falling back to the CPU.
+
+``Classifier.open`` tries the requested backend (or, for ``auto``, each in ``AUTO_ORDER``) and records every
+probe with its outcome. If a non-CPU backend fails while running, the classifier switches to the CPU
+backend, logs why, and keeps the reason for health reports; the caller never sees the failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.errors import BackendFailed, BackendUnavailable, ModelError
+from edge.inference.base import AUTO_ORDER, Backend, backend_class
+from edge.inference.manifest import ModelPack
+from edge.types import Quality, Result
+from edge.vision.preprocess import Preprocessor
+
+log = logging.getLogger("edge.inference")
+
+
+@dataclass(frozen=True)
+class Probe:
+    backend: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What one inference produced, with per-stage timings in milliseconds."""
+
+    probabilities: np.ndarray
+    preprocess_ms: float
+    invoke_ms: float
+    postprocess_ms: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
+
+
+class Classifier:
+    def __init__(self, pack: ModelPack, backend: Backend, probes: list[Probe], backend_settings) -> None:
+        self.pack = pack
+        self.probes = list(probes)
+        self.fallback_reason: str | None = None
+        self._backend_settings = backend_settings
+        self._use(backend)
+        failed = [p for p in probes if not p.ok]
+        if failed and backend.name == "cpu":
+            self.fallback_reason = "; ".join(f"{p.backend}: {p.detail}" for p in failed)
+
+    @classmethod
+    def open(cls, pack: ModelPack, backend: str, backend_settings) -> "Classifier":
+        """Open ``backend`` ('auto', 'cpu', 'coral', 'jetson'); anything but 'cpu' falls back to 'cpu'.
+
+        ``backend_settings`` has one attribute per backend name (``InferenceSettings``). Raises
+        ``ModelError`` / ``BackendUnavailable`` only when even the CPU backend cannot run the pack.
+        """
+        order = AUTO_ORDER if backend == "auto" else (backend, "cpu") if backend != "cpu" else ("cpu",)
+        probes: list[Probe] = []
+        for name in order:
+            try:
+                chosen = backend_class(name)(pack, getattr(backend_settings, name))
+            except (BackendUnavailable, ModelError) as exc:
+                probes.append(Probe(name, False, str(exc)))
+                # Probing for ``auto`` is expected to miss absent hardware; a named backend missing is not.
+                log.log(logging.INFO if backend == "auto" else logging.WARNING, "backend %s unavailable: %s", name, exc)
+                if name == "cpu":
+                    raise
+                continue
+            probes.append(Probe(name, True, chosen.describe()))
+            log.info("backend %s loaded: %s", name, chosen.describe())
+            return cls(pack, chosen, probes, backend_settings)
+        raise AssertionError("unreachable: cpu is always the last probe")
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def preprocess(self) -> Preprocessor:
+        return self._preprocess
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    def describe_backend(self) -> str:
+        return self._backend.describe()
+
+    def _use(self, backend: Backend) -> None:
+        self._backend = backend
+        self._preprocess = Preprocessor(self.pack.manifest.input, backend.input_spec)
+        self.model_info = self.pack.info(backend.variant)
+        n_out = int(np.prod(backend.output_spec.shape))
+        if n_out != len(self.pack.manifest.labels):
+            raise ModelError(
+                f"model pack {self.pack.manifest.name}: model has {n_out} outputs but the manifest lists "
+                f"{len(self.pack.manifest.labels)} labels"
+            )
+
+    def _fall_back_to_cpu(self, reason: str) -> None:
+        failed = self._backend
+        log.error("backend %s failed, falling back to cpu: %s", failed.name, reason)
+        self.fallback_reason = f"{failed.name} failed while running: {reason}"
+        failed.close()
+        self._use(backend_class("cpu")(self.pack, self._backend_settings.cpu))
+        self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
+
+    def scores(self, image: np.ndarray) -> Scores:
+        """Preprocess, invoke and postprocess one RGB image."""
+        start = time.perf_counter()
+        tensor = self._preprocess(image)
+        after_pre = time.perf_counter()
+        try:
+            raw = self._backend.invoke(tensor)
+        except BackendFailed as exc:
+            if self._backend.name == "cpu":
+                raise
+            self._fall_back_to_cpu(str(exc))
+            return self.scores(image)
+        after_invoke = time.perf_counter()
+        probabilities = self._postprocess(raw)
+        end = time.perf_counter()
+        return Scores(
+            probabilities,
+            (after_pre - start) * 1e3,
+            (after_invoke - after_pre) * 1e3,
+            (end - after_invoke) * 1e3,
+        )
+
+    def _postprocess(self, raw: np.ndarray) -> np.ndarray:
+        if self.pack.manifest.output.activation == "none":
+            shifted = np.exp(raw - raw.max())
+            return shifted / shifted.sum()
+        total = float(raw.sum())
+        # Quantised softmax outputs do not sum to exactly 1; renormalise so reported probabilities do.
+        return raw / total if total > 0 else np.full_like(raw, 1.0 / raw.size)
+
+    def classify(self, image: np.ndarray, quality: Quality) -> Result:
+        scores = self.scores(image)
+        labels = self.pack.manifest.labels
+        best = int(np.argmax(scores.probabilities))
+        label = labels[best]
+        return Result(
+            label=label,
+            display_name=self.pack.display_name(label),
+            confidence=float(scores.probabilities[best]),
+            probabilities={name: float(p) for name, p in zip(labels, scores.probabilities)},
+            urgency=self.pack.urgency_of(label),
+            quality=quality,
+            model=self.model_info,
+            backend=self._backend.name,
+            latency_ms=scores.latency_ms,
+        )
+
+    def health(self) -> dict:
+        return {
+            "backend": self._backend.name,
+            "backend_detail": self._backend.describe(),
+            "fallback_reason": self.fallback_reason,
+            "probes": [{"backend": p.backend, "ok": p.ok, "detail": p.detail} for p in self.probes],
+            "model": self.model_info.to_json(),
+        }
+
+    def close(self) -> None:
+        self._backend.close()

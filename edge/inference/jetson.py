@@ -1,0 +1,79 @@
+"""Jetson backend: the pack's float ``model.onnx`` through ONNX Runtime's TensorRT or CUDA provider.
+
+On a Jetson, NVIDIA's ``onnxruntime-gpu`` wheel for JetPack provides the providers. Only the providers named
+in the settings are used; if none of them is offered by the installed onnxruntime, the backend is
+unavailable and says which providers it wanted and which exist.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edge.errors import BackendFailed, BackendUnavailable
+from edge.inference.base import Backend, TensorSpec, register_backend
+from edge.inference.manifest import ModelPack
+
+log = logging.getLogger("edge.inference")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+class JetsonSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    providers: list[str] = Field(
+        default_factory=lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+        description="ONNX Runtime execution providers to use, best first.",
+    )
+    trt_cache_dir: str = Field("", description="TensorRT engine cache folder ('' = state_dir/trt-cache).")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime  # noqa: PLC0415 - optional, hardware-specific dependency
+    except ImportError:
+        raise BackendUnavailable(
+            "onnxruntime is not installed: on a Jetson install NVIDIA's onnxruntime-gpu wheel for your JetPack"
+        ) from None
+    return onnxruntime
+
+
+@register_backend
+class JetsonBackend(Backend):
+    name = "jetson"
+    variant = "jetson"
+
+    def __init__(self, pack: ModelPack, settings: JetsonSettings) -> None:
+        ort = _import_onnxruntime()
+        offered = ort.get_available_providers()
+        providers = [p for p in settings.providers if p in offered]
+        if not providers:
+            raise BackendUnavailable(
+                f"no usable ONNX Runtime provider: wanted {settings.providers}, this onnxruntime offers {offered}"
+            )
+        if not pack.has_variant(self.variant):
+            raise BackendUnavailable(f"model pack {pack.manifest.name} has no ONNX variant (model.onnx)")
+        path = pack.verified_path(self.variant)
+        try:
+            self._session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise BackendUnavailable(f"ONNX Runtime could not load {path.name}: {exc}") from None
+        self.providers = self._session.get_providers()
+        (inp,), (out,) = self._session.get_inputs(), self._session.get_outputs()
+        self._input_name = inp.name
+        self.input_spec = TensorSpec(tuple(d if isinstance(d, int) else 1 for d in inp.shape), np.dtype(_ORT_TYPES[inp.type]))
+        self.output_spec = TensorSpec(tuple(d if isinstance(d, int) else 1 for d in out.shape), np.dtype(_ORT_TYPES[out.type]))
+
+    def invoke(self, tensor: np.ndarray) -> np.ndarray:
+        try:
+            (output,) = self._session.run(None, {self._input_name: tensor})
+        except Exception as exc:
+            raise BackendFailed(f"ONNX Runtime run failed: {exc}") from exc
+        return np.asarray(output, dtype=np.float32).reshape(-1)
+
+    def close(self) -> None:
+        self._session = None
+
+    def describe(self) -> str:
+        return f"jetson (onnxruntime {', '.join(self.providers)})"

@@ -1,0 +1,214 @@
+"""Model packs: a folder with ``model.json`` describing the model files, labels, input and urgency.
+
+A pack is the unit that is trained, shipped, verified and (later) updated over the air. Every file it
+lists carries a sha256; a file whose digest does not match is refused, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edge.errors import ModelError
+from edge.types import ModelInfo, Urgency
+
+MANIFEST_NAME = "model.json"
+MANIFEST_SCHEMA = 1
+Variant = Literal["cpu", "coral", "jetson"]
+VARIANT_FILENAMES: dict[str, str] = {"cpu": "model.tflite", "coral": "model_edgetpu.tflite", "jetson": "model.onnx"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """How a camera frame becomes the model's input tensor."""
+
+    width: int = Field(ge=8, le=2048)
+    height: int = Field(ge=8, le=2048)
+    crop: Literal["center_square", "none"] = Field(
+        "center_square", description="center_square: crop the central square before resizing; none: stretch."
+    )
+    crop_fraction: float = Field(1.0, gt=0.1, le=1.0, description="Side of the crop relative to the short side.")
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+
+class OutputSpec(_Strict):
+    activation: Literal["softmax", "none"] = Field(
+        "softmax", description="softmax: the model outputs probabilities; none: logits, softmax applied here."
+    )
+
+
+class ModelFile(_Strict):
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(_Strict):
+    schema_version: int = Field(MANIFEST_SCHEMA, alias="schema")
+    name: str = Field(min_length=1, max_length=100)
+    version: str = Field(min_length=1, max_length=50)
+    licence: str = Field(min_length=1)
+    description: str = ""
+    labels: tuple[str, ...] = Field(min_length=2)
+    display_names: dict[str, str] = Field(default_factory=dict)
+    urgency: dict[str, Urgency] = Field(default_factory=dict)
+    default_urgency: Urgency = Urgency.ROUTINE
+    input: InputSpec
+    output: OutputSpec = Field(default_factory=OutputSpec)
+    files: dict[Variant, ModelFile]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if self.schema_version != MANIFEST_SCHEMA:
+            raise ValueError(f"manifest schema {self.schema_version} is not supported (expected {MANIFEST_SCHEMA})")
+        if "cpu" not in self.files:
+            raise ValueError("files.cpu is required: the CPU model is every device's fallback")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError("labels must be unique")
+        for table in ("display_names", "urgency"):
+            stray = set(getattr(self, table)) - set(self.labels)
+            if stray:
+                raise ValueError(f"{table} names labels the model does not have: {sorted(stray)}")
+        return self
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelPack:
+    """A loaded manifest plus the folder it came from. Files are verified when first used."""
+
+    root: Path
+    manifest: Manifest
+    _verified: dict[str, Path] = field(default_factory=dict, repr=False)
+
+    def has_variant(self, variant: str) -> bool:
+        return variant in self.manifest.files
+
+    def verified_path(self, variant: str) -> Path:
+        """The file for ``variant`` after checking its sha256; ``ModelError`` if missing or altered."""
+        if variant in self._verified:
+            return self._verified[variant]
+        entry = self.manifest.files.get(variant)  # type: ignore[call-overload]
+        if entry is None:
+            raise ModelError(f"model pack {self.root} has no '{variant}' model file")
+        path = self.root / entry.path
+        if not path.is_file():
+            raise ModelError(f"model pack {self.root}: {entry.path} is missing")
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ModelError(
+                f"model pack {self.root}: {entry.path} sha256 is {actual[:12]}…, manifest says "
+                f"{entry.sha256[:12]}… — refusing to load a file that is corrupt or was altered"
+            )
+        self._verified[variant] = path
+        return path
+
+    def info(self, variant: str = "cpu") -> ModelInfo:
+        return ModelInfo(self.manifest.name, self.manifest.version, self.manifest.files[variant].sha256)
+
+    def urgency_of(self, label: str) -> Urgency:
+        return self.manifest.urgency.get(label, self.manifest.default_urgency)
+
+    def display_name(self, label: str) -> str:
+        return self.manifest.display_names.get(label, label)
+
+    def verify_all(self) -> list[tuple[str, bool, str]]:
+        """(variant, ok, detail) for every listed file: what ``edge doctor`` prints."""
+        report = []
+        for variant, entry in self.manifest.files.items():
+            try:
+                self.verified_path(variant)
+                report.append((variant, True, f"{entry.path} sha256 ok"))
+            except ModelError as exc:
+                report.append((variant, False, str(exc)))
+        return report
+
+
+def load_pack(root: Path) -> ModelPack:
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise ModelError(f"no model pack at {root}: {MANIFEST_NAME} not found")
+    try:
+        raw = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = Manifest.model_validate(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{manifest_path}: not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ModelError(f"{manifest_path}: {problems}") from None
+    return ModelPack(root=root, manifest=manifest)
+
+
+def write_pack(
+    out_dir: Path,
+    *,
+    model_files: dict[str, Path],
+    labels: list[str],
+    name: str,
+    version: str,
+    licence: str,
+    input_spec: InputSpec,
+    output: OutputSpec | None = None,
+    urgency: dict[str, Urgency] | None = None,
+    display_names: dict[str, str] | None = None,
+    description: str = "",
+) -> ModelPack:
+    """Copy model files into ``out_dir`` under their standard names and write a checked manifest."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for variant, source in model_files.items():
+        target = out_dir / VARIANT_FILENAMES[variant]
+        if Path(source).resolve() != target.resolve():
+            shutil.copyfile(source, target)
+        files[variant] = {"path": target.name, "sha256": sha256_file(target)}
+    manifest = Manifest.model_validate(
+        {
+            "schema": MANIFEST_SCHEMA,
+            "name": name,
+            "version": version,
+            "licence": licence,
+            "description": description,
+            "labels": labels,
+            "display_names": display_names or {},
+            "urgency": urgency or {},
+            "input": input_spec.model_dump(),
+            "output": (output or OutputSpec()).model_dump(),
+            "files": files,
+        }
+    )
+    text = json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+    (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return load_pack(out_dir)
+
+
+def read_labels(path: Path) -> list[str]:
+    """One label per line; repeated names (ImageNet has two 'crane's) get a ' (2)' suffix, as keys must be unique."""
+    seen: dict[str, int] = {}
+    labels = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        name = line.strip()
+        if not name:
+            continue
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return labels

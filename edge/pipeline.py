@@ -1,0 +1,179 @@
+"""The daemon loop: the only place where camera, quality gate and classifier are joined.
+
+Frames flow one way: source -> quality gate -> classifier -> ``Result`` handed to every consumer. The
+pipeline keeps running when a part is missing: no camera means uploads only; a model that fails its
+checks means the quality gate still guides the user while health reports why classification is off.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edge.camera import ResilientSource, open_source, probe_auto
+from edge.camera.base import CameraSource, ProbeResult
+from edge.config import Settings
+from edge.errors import BackendUnavailable, EdgeError, ModelError
+from edge.inference import Classifier, load_pack
+from edge.types import Frame, Quality, Result
+from edge.vision.quality import assess
+
+log = logging.getLogger("edge.pipeline")
+ResultConsumer = Callable[[Result], None]
+
+
+@dataclass
+class Step:
+    """What one turn of the loop did: the frame (None while the camera is down), its verdict, its result."""
+
+    frame: Frame | None
+    quality: Quality | None = None
+    result: Result | None = None
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    classifications: int = 0
+    rejects: collections.Counter = field(default_factory=collections.Counter)
+    camera_down_reads: int = 0
+
+
+def open_classifier(settings: Settings) -> tuple[Classifier | None, str | None]:
+    """The configured classifier, or None with the reason it could not be opened."""
+    try:
+        pack = load_pack(settings.inference.model_dir)
+        return Classifier.open(pack, settings.inference.backend, settings.inference), None
+    except (ModelError, BackendUnavailable) as exc:
+        log.error("classification disabled: %s", exc)
+        return None, str(exc)
+
+
+def open_camera(settings: Settings) -> tuple[ResilientSource | None, list[ProbeResult]]:
+    """Resolve ``camera.source`` (probing for ``auto``) and wrap it so a lost device is reopened."""
+    cam = settings.camera
+    options = dict(width=cam.width, height=cam.height, fps=cam.fps, replay_dir=cam.replay_dir,
+                   shared_dir=settings.shared_dir)
+    if cam.source == "none":
+        log.info("camera disabled by configuration: uploads only")
+        return None, []
+    probes: list[ProbeResult] = []
+    spec = cam.source
+    if spec == "auto":
+        found, probes = probe_auto(replay_dir=cam.replay_dir, shared_dir=settings.shared_dir,
+                                   width=cam.width, height=cam.height, fps=cam.fps)
+        if found is None:
+            log.warning("no camera found (%s): uploads only", "; ".join(f"{p.spec}: {p.detail}" for p in probes))
+            return None, probes
+        spec = found.spec
+
+    def factory() -> CameraSource:
+        return open_source(spec, loop=cam.loop, **options)
+
+    return ResilientSource(factory, backoff_initial=cam.reopen_backoff_initial_s,
+                           backoff_max=cam.reopen_backoff_max_s), probes
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, camera: ResilientSource | None, classifier: Classifier | None,
+                 model_error: str | None = None) -> None:
+        self.settings = settings
+        self.camera = camera
+        self.classifier = classifier
+        self.model_error = model_error
+        self.counters = Counters()
+        self.started = time.monotonic()
+        self.last_frame_at: float | None = None
+        self._consumers: list[ResultConsumer] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Pipeline":
+        classifier, model_error = open_classifier(settings)
+        camera, _ = open_camera(settings)
+        return cls(settings, camera, classifier, model_error)
+
+    def subscribe(self, consumer: ResultConsumer) -> None:
+        self._consumers.append(consumer)
+
+    def assess(self, frame: Frame) -> Quality:
+        return assess(frame.image, self.settings.quality)
+
+    def classify(self, frame: Frame, quality: Quality) -> Result:
+        """Classify one frame and hand the result to every consumer. Serialised: one model, one caller."""
+        if self.classifier is None:
+            raise ModelError(f"classification is unavailable: {self.model_error}")
+        with self._lock:
+            result = self.classifier.classify(frame.image, quality)
+        self.counters.classifications += 1
+        for consumer in self._consumers:
+            try:
+                consumer(result)
+            except Exception:  # a broken consumer must not stop screening; it is logged with its traceback
+                log.exception("result consumer %r failed", consumer)
+        return result
+
+    def step(self) -> Step:
+        if self.camera is None:
+            return Step(None)
+        frame = self.camera.read()
+        if frame is None:
+            self.counters.camera_down_reads += 1
+            return Step(None)
+        self.counters.frames += 1
+        self.last_frame_at = time.monotonic()
+        quality = self.assess(frame)
+        if not quality.ok:
+            self.counters.rejects.update(issue.value for issue in quality.issues)
+            return Step(frame, quality)
+        if not (self.settings.pipeline.auto_classify and self.classifier):
+            return Step(frame, quality)
+        return Step(frame, quality, self.classify(frame, quality))
+
+    def run(self, stop: threading.Event, max_frames: int | None = None,
+            on_step: Callable[[Step], None] | None = None) -> None:
+        """Loop until ``stop`` is set (or ``max_frames`` frames were read), paced to ``camera.fps``."""
+        period = 1.0 / self.settings.camera.fps
+        idle_wait = 0.5
+        while not stop.is_set():
+            began = time.monotonic()
+            step = self.step()
+            if on_step:
+                on_step(step)
+            if max_frames is not None and self.counters.frames >= max_frames:
+                break
+            wait = period - (time.monotonic() - began) if step.frame is not None else idle_wait
+            if wait > 0:
+                stop.wait(wait)
+
+    def health(self) -> dict:
+        camera = None
+        if self.camera is not None:
+            camera = {"spec": self.camera.spec, "state": self.camera.state, "last_error": self.camera.last_error,
+                      "reopen_attempts": self.camera.reopen_attempts}
+        return {
+            "status": "ok" if self.classifier and (self.camera is None or self.camera.state == "ok") else "degraded",
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "camera": camera,
+            "inference": self.classifier.health() if self.classifier else {"error": self.model_error},
+            "frames": self.counters.frames,
+            "classifications": self.counters.classifications,
+            "rejects": dict(self.counters.rejects),
+        }
+
+    def close(self) -> None:
+        if self.camera is not None:
+            self.camera.close()
+        if self.classifier is not None:
+            self.classifier.close()
+
+
+def ensure_state_dir(settings: Settings) -> None:
+    try:
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeError(f"state_dir {settings.state_dir} cannot be created: {exc.strerror}") from None

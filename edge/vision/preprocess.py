@@ -1,0 +1,74 @@
+"""Frame -> model input tensor, exactly as the pack's manifest says.
+
+Crop the central square (or a fraction of it), resize with area interpolation, normalise with the
+manifest's mean/std, and quantise with the backend's input tensor parameters. For an integer input the
+normalise+quantise steps are one affine map per channel, so they are folded into a 256-entry lookup table:
+one gather per pixel instead of four float operations.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from edge.inference.base import TensorSpec
+from edge.inference.manifest import InputSpec
+
+
+def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the region the model sees."""
+    if spec.crop == "none":
+        return 0, 0, height, width
+    side = max(1, int(round(min(height, width) * spec.crop_fraction)))
+    top, left = (height - side) // 2, (width - side) // 2
+    return top, left, top + side, left + side
+
+
+class Preprocessor:
+    """Callable turning an RGB uint8 image into a (1, H, W, 3) tensor for one backend's input."""
+
+    def __init__(self, spec: InputSpec, tensor: TensorSpec) -> None:
+        self.spec = spec
+        self.tensor = tensor
+        height, width = tensor.height_width
+        if (height, width) != (spec.height, spec.width):
+            raise ValueError(
+                f"manifest input {spec.width}x{spec.height} does not match the model's {width}x{height}"
+            )
+        self._lut = _quantization_lut(spec, tensor) if tensor.quantized else None
+        self._mean = np.asarray(spec.mean, dtype=np.float32)
+        self._inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
+
+    def crop_resize(self, image: np.ndarray) -> np.ndarray:
+        top, left, bottom, right = crop_box(image.shape[0], image.shape[1], self.spec)
+        region = image[top:bottom, left:right]
+        size = (self.spec.width, self.spec.height)
+        if region.shape[:2] == (self.spec.height, self.spec.width):
+            return np.ascontiguousarray(region)
+        shrinking = region.shape[0] > self.spec.height
+        return cv2.resize(region, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
+        resized = self.crop_resize(image)
+        if self._lut is not None:
+            tensor = self._lut[_CHANNELS, resized]
+        else:
+            tensor = ((resized.astype(np.float32) - self._mean) * self._inv_std).astype(self.tensor.dtype)
+        return tensor[np.newaxis]
+
+
+_CHANNELS = np.arange(3)
+
+
+def _quantization_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray:
+    """(3, 256) table: pixel value -> quantised input value, per channel."""
+    info = np.iinfo(tensor.dtype)
+    pixels = np.arange(256, dtype=np.float64)
+    table = np.empty((3, 256), dtype=tensor.dtype)
+    for channel in range(3):
+        real = (pixels - spec.mean[channel]) / spec.std[channel]
+        quantised = np.round(real / tensor.scale + tensor.zero_point)
+        table[channel] = np.clip(quantised, info.min, info.max).astype(tensor.dtype)
+    return table

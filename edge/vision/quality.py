@@ -1,0 +1,256 @@
+"""The capture quality gate: is this frame good enough to classify?
+
+``assess`` runs on every preview frame, so it is cheap (a few milliseconds for a 640x480 frame): the frame is
+resized so its long side is ``analysis_size`` pixels, converted once to YCrCb, and four things are measured
+on that small image:
+
+* exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel);
+* skin -- the fraction of colour-measurable pixels whose chroma (Cr, Cb) falls in the skin/lesion band;
+* sharpness -- how much fine detail the sharpest parts of the frame hold (see ``_sharpness``).
+
+Issues are reported by root cause, in the order a user should fix them: light first (colour and sharpness
+cannot be judged in a frame that is too dark or too bright), then framing (the sharpness of a scene that is
+not skin says nothing about the skin), then focus. So a frame carries exposure issues, or NOT_SKIN, or BLUR.
+
+Every threshold lives in ``QualitySettings``. The defaults were calibrated on HAM10000 dermoscopic images by
+``benchmarks/calibrate_quality.py`` (results in ``benchmarks/quality_calibration.md``); they must be re-checked
+on the device's own camera, whose colour and noise differ from a dermatoscope's.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge.errors import ImageError
+from edge.types import Quality, QualityIssue
+
+__all__ = ["InvalidImage", "QualitySettings", "assess", "measure"]
+
+# Smallest frame side we accept, and the most elongated frame: below/above these a frame is not a camera image.
+MIN_SIDE = 16
+MAX_ASPECT = 8.0
+
+# Sharpness is measured per tile on a TILES x TILES grid; tiles whose coarse structure carries less energy than
+# FLAT_TILE_ENERGY (grey levels squared, for a frame of mean luma 128; scaled with the square of the frame's
+# mean luma so that darker skin and brighter skin measure alike) are treated as flat, so that sensor noise on
+# flat skin does not read as detail.
+_TILES = 6
+_FLAT_TILE_ENERGY = 2.0
+_FLAT_TILE_REFERENCE_LUMA = 128.0
+_SHARPEST_TILES_PERCENTILE = 90.0
+
+
+class InvalidImage(ImageError, ValueError):
+    """The array handed to the quality gate is not an RGB uint8 frame it can measure."""
+
+
+class QualitySettings(BaseModel):
+    """Thresholds of the capture quality gate (defaults calibrated on HAM10000; re-check on the device)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="Run the gate; when false every frame is accepted.")
+    analysis_size: int = Field(
+        256,
+        ge=64,
+        le=1024,
+        description="Frames are resized so their long side is this many pixels before measuring, so a 640x480 "
+        "camera frame and a 200x150 image are measured alike. Thresholds are calibrated at 256.",
+    )
+    blur_min: float = Field(
+        0.047,
+        ge=0.0,
+        le=10.0,
+        description="Minimum sharpness (fine-detail energy relative to coarse structure in the sharpest tiles "
+        "of the frame); below it the frame is reported as BLUR.",
+    )
+    luma_mean_min: float = Field(
+        42.0, ge=0.0, le=255.0, description="Mean luma (0-255) below which the frame is UNDEREXPOSED."
+    )
+    luma_mean_max: float = Field(
+        237.0, ge=0.0, le=255.0, description="Mean luma (0-255) above which the frame is OVEREXPOSED."
+    )
+    dark_level: int = Field(
+        20, ge=0, le=254, description="Luma at or below which a pixel counts as crushed black."
+    )
+    dark_fraction_max: float = Field(
+        0.5, ge=0.0, le=1.0, description="Fraction of crushed-black pixels above which the frame is UNDEREXPOSED."
+    )
+    bright_level: int = Field(
+        250,
+        ge=1,
+        le=255,
+        description="A pixel with any colour channel at or above this counts as clipped (skin clips in red "
+        "first, long before its luma reaches white).",
+    )
+    bright_fraction_max: float = Field(
+        0.41, ge=0.0, le=1.0, description="Fraction of clipped pixels above which the frame is OVEREXPOSED."
+    )
+    skin_luma_min: int = Field(
+        25,
+        ge=0,
+        le=254,
+        description="Pixels darker than this have unreliable colour and are left out of the skin fraction "
+        "(dermatoscope vignette, black lesion centres).",
+    )
+    skin_luma_max: int = Field(
+        249, ge=1, le=255, description="Pixels brighter than this (clipped glare) are left out of the skin fraction."
+    )
+    skin_cr_min: int = Field(129, ge=0, le=255, description="Lowest Cr of a skin or lesion pixel.")
+    skin_cr_max: int = Field(188, ge=0, le=255, description="Highest Cr of a skin or lesion pixel.")
+    skin_cb_min: int = Field(101, ge=0, le=255, description="Lowest Cb of a skin or lesion pixel.")
+    skin_cb_max: int = Field(143, ge=0, le=255, description="Highest Cb of a skin or lesion pixel.")
+    skin_crcb_sum_min: int = Field(
+        255,
+        ge=0,
+        le=510,
+        description="Lowest Cr+Cb of a skin pixel: neutral grey is 256, yellow/green/orange lie below, pink and "
+        "red skin above. Lowering it admits warmer (more yellow) skin renderings but also tan fur and wood.",
+    )
+    skin_min_fraction: float = Field(
+        0.74,
+        ge=0.0,
+        le=1.0,
+        description="Minimum fraction of colour-measurable pixels that are skin or lesion coloured; below it "
+        "the frame is reported as NOT_SKIN.",
+    )
+
+    @model_validator(mode="after")
+    def _ranges_are_ordered(self) -> QualitySettings:
+        for low, high in (
+            ("luma_mean_min", "luma_mean_max"),
+            ("dark_level", "bright_level"),
+            ("skin_luma_min", "skin_luma_max"),
+            ("skin_cr_min", "skin_cr_max"),
+            ("skin_cb_min", "skin_cb_max"),
+        ):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} ({getattr(self, low)}) must be below {high} ({getattr(self, high)})")
+        return self
+
+
+def assess(image: np.ndarray, settings: QualitySettings) -> Quality:
+    """Judge one RGB uint8 HxWx3 frame; raise ``InvalidImage`` for anything else."""
+    _check_frame(image)
+    if not settings.enabled:
+        return Quality()
+    metrics = measure(image, settings)
+    return Quality(issues=_issues(metrics, settings), metrics=metrics)
+
+
+def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
+    """The gate's measurements on one frame, before any threshold is applied."""
+    _check_frame(image)
+    small = _resize_long_side(image, settings.analysis_size)
+    ycrcb = cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb)
+    luma = cv2.extractChannel(ycrcb, 0)
+    pixels = luma.size
+    luma_mean = float(cv2.mean(luma)[0])
+    below_clip = (settings.bright_level - 1,) * 3
+    unclipped = cv2.countNonZero(cv2.inRange(small, (0, 0, 0), below_clip))
+    return {
+        "luma_mean": luma_mean,
+        "dark_fraction": int(np.count_nonzero(luma <= settings.dark_level)) / pixels,
+        "bright_fraction": (pixels - unclipped) / pixels,
+        "skin_fraction": _skin_fraction(ycrcb, settings),
+        "sharpness": _sharpness(luma, luma_mean),
+    }
+
+
+def _issues(metrics: dict[str, float], settings: QualitySettings) -> tuple[QualityIssue, ...]:
+    exposure = []
+    if metrics["luma_mean"] < settings.luma_mean_min or metrics["dark_fraction"] > settings.dark_fraction_max:
+        exposure.append(QualityIssue.UNDEREXPOSED)
+    if metrics["luma_mean"] > settings.luma_mean_max or metrics["bright_fraction"] > settings.bright_fraction_max:
+        exposure.append(QualityIssue.OVEREXPOSED)
+    if exposure:
+        return tuple(exposure)
+    if metrics["skin_fraction"] < settings.skin_min_fraction:
+        return (QualityIssue.NOT_SKIN,)
+    if metrics["sharpness"] < settings.blur_min:
+        return (QualityIssue.BLUR,)
+    return ()
+
+
+def _check_frame(image: np.ndarray) -> None:
+    if not isinstance(image, np.ndarray):
+        raise InvalidImage(f"quality gate needs a numpy RGB image, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImage(
+            f"quality gate needs an RGB colour image of shape HxWx3, got shape {image.shape}; "
+            "a grayscale or RGBA frame cannot be checked for skin colour"
+        )
+    if image.dtype != np.uint8:
+        raise InvalidImage(f"quality gate needs uint8 pixels (0-255), got dtype {image.dtype}")
+    height, width = image.shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise InvalidImage(
+            f"frame of {width}x{height} px is too small to assess; need at least {MIN_SIDE} px on each side"
+        )
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise InvalidImage(f"frame of {width}x{height} px is too elongated to be a camera frame")
+
+
+def _resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
+    height, width = image.shape[:2]
+    scale = long_side / max(height, width)
+    if scale == 1.0:
+        return np.ascontiguousarray(image)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    interpolation = cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(image), size, interpolation=interpolation)
+
+
+def _skin_fraction(ycrcb: np.ndarray, settings: QualitySettings) -> float:
+    """Fraction of colour-measurable pixels whose chroma is in the skin/lesion band.
+
+    The band is a box in (Cr, Cb) cut by Cr + Cb >= ``skin_crcb_sum_min``; it does not depend on luma, so darker
+    skin (lower Y, chroma in the same band) counts as skin. Pixels too dark or too bright for their colour to
+    mean anything are left out of both counts; exposure checks deal with frames made mostly of them.
+    """
+    luma = ycrcb[..., 0]
+    measurable = np.count_nonzero((luma >= settings.skin_luma_min) & (luma <= settings.skin_luma_max))
+    if measurable == 0:
+        return 0.0
+    in_box = cv2.inRange(
+        ycrcb,
+        (settings.skin_luma_min, settings.skin_cr_min, settings.skin_cb_min),
+        (settings.skin_luma_max, settings.skin_cr_max, settings.skin_cb_max),
+    ) > 0
+    crcb_sum = ycrcb[..., 1].astype(np.uint16) + ycrcb[..., 2]
+    return int(np.count_nonzero(in_box & (crcb_sum >= settings.skin_crcb_sum_min))) / int(measurable)
+
+
+def _sharpness(luma: np.ndarray, luma_mean: float) -> float:
+    """Fine-detail energy relative to coarse structure, in the sharpest tiles of the frame.
+
+    Two difference-of-Gaussian bands of the luma: fine (sigma 1 to 2 px) and coarse (sigma 2 to 8 px). Defocus
+    removes the fine band first, so their ratio falls for a blurred frame whatever its contrast. Starting the
+    fine band at sigma 1 keeps pixel noise out of it. The ratio is taken per tile (a 6x6 grid) and the 90th
+    percentile over tiles is kept: dermoscopic skin is smooth almost everywhere and what is in focus is
+    mostly the lesion edge and hairs; one dominant soft edge (a dermatoscope vignette) cannot then swamp it.
+    Both bands scale with the square of the exposure, and so does the flat-tile floor, so the measure does not
+    depend on how bright the skin is.
+    """
+    grey = luma.astype(np.float32)
+    fine_low = cv2.GaussianBlur(grey, (0, 0), 1.0)
+    mid = cv2.GaussianBlur(grey, (0, 0), 2.0)
+    coarse_low = _coarse_blur(grey)
+    fine = cv2.multiply(fine_low - mid, fine_low - mid)
+    coarse = cv2.multiply(mid - coarse_low, mid - coarse_low)
+    tiles = (_TILES, _TILES)
+    fine_tiles = cv2.resize(fine, tiles, interpolation=cv2.INTER_AREA)
+    coarse_tiles = cv2.resize(coarse, tiles, interpolation=cv2.INTER_AREA)
+    flat = _FLAT_TILE_ENERGY * (max(luma_mean, 1.0) / _FLAT_TILE_REFERENCE_LUMA) ** 2
+    ratio = fine_tiles / (coarse_tiles + flat)
+    return float(np.percentile(ratio, _SHARPEST_TILES_PERCENTILE))
+
+
+def _coarse_blur(grey: np.ndarray) -> np.ndarray:
+    """A Gaussian low-pass of about sigma 8 px, computed at quarter resolution (10x cheaper than directly)."""
+    height, width = grey.shape
+    quarter = cv2.resize(grey, (max(1, width // 4), max(1, height // 4)), interpolation=cv2.INTER_AREA)
+    quarter = cv2.GaussianBlur(quarter, (0, 0), 1.9)
+    return cv2.resize(quarter, (width, height), interpolation=cv2.INTER_LINEAR)

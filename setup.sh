@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Set up the edge daemon: Debian packages, a virtualenv in .venv, and the Python package with its extras.
+# Idempotent: a second run checks what is there and installs nothing new (seconds, not minutes).
+#
+#   ./setup.sh                 run-time install for this machine (detects Raspberry Pi / Jetson)
+#   ./setup.sh --dev           plus what the tests need (pytest, broker, browser ...)
+#   ./setup.sh --train         plus TensorFlow for `edge train` (~1.5 GB)
+#   ./setup.sh --device [--root DIR]   (root, on the device) also install service units and firmware config
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here"
+
+dev=0 train=0 device=0 root=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dev) dev=1 ;;
+    --train) train=1 ;;
+    --device) device=1 ;;
+    --root) root="${2:?--root needs a folder}"; shift ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+say() { printf 'setup: %s\n' "$*"; }
+
+detect_platform() {
+  local model=""
+  [ -r /proc/device-tree/model ] && model=$(tr -d '\0' < /proc/device-tree/model)
+  case "$model" in
+    *"Raspberry Pi"*) echo pi ;;
+    *Jetson*|*NVIDIA*) echo jetson ;;
+    *) if [ -e /etc/nv_tegra_release ]; then echo jetson; else echo generic; fi ;;
+  esac
+}
+platform=$(detect_platform)
+say "platform: $platform"
+
+# --- Debian packages --------------------------------------------------------------------------------------
+apt_packages=()
+case "$platform" in
+  pi) apt_packages+=(python3-venv python3-picamera2) ;;
+  jetson) apt_packages+=(python3-venv) ;;
+esac
+if [ "$dev" = 1 ]; then
+  # Tests run against real parts: a mosquitto broker, headless Chromium, systemd-analyze.
+  apt_packages+=(mosquitto chromium chromium-driver systemd libsystemd-dev pkg-config)
+fi
+
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else sudo="none"; fi
+  if [ "$sudo" = none ]; then
+    say "WARNING: missing Debian packages (${missing[*]}) and no root/sudo to install them; continuing"
+  else
+    say "installing Debian packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+else
+  say "Debian packages: nothing to install"
+fi
+
+# --- virtualenv ---------------------------------------------------------------------------------------------
+python=${PYTHON:-python3}
+venv_flags=()
+# picamera2 (Pi) and JetPack's OpenCV/onnxruntime-gpu (Jetson) live in the system site-packages.
+[ "$platform" != generic ] && venv_flags+=(--system-site-packages)
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv ${venv_flags[*]:-}"
+  "$python" -m venv "${venv_flags[@]}" .venv
+fi
+
+extras=()
+case "$platform" in pi) extras+=(pi) ;; jetson) extras+=(jetson) ;; esac
+[ "$dev" = 1 ] && extras+=(dev)
+[ "$train" = 1 ] && extras+=(train)
+spec="."
+[ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
+
+# Re-install only when the dependency list or the extras changed; pip's wheel cache keeps rebuilds cheap.
+stamp=.venv/.edge-setup-stamp
+want=$( (cat pyproject.toml; echo "$spec") | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  say "installing python package $spec"
+  .venv/bin/python -m pip install -q --upgrade pip wheel
+  .venv/bin/python -m pip install -q -e "$spec"
+  echo "$want" > "$stamp"
+else
+  say "python package $spec: up to date"
+fi
+
+# --- device install (units, firmware config) ----------------------------------------------------------------
+if [ "$device" = 1 ]; then
+  exec "$here/scripts/install-device.sh" --root "${root:-/}"
+fi
+
+say "done. Try: .venv/bin/edge doctor"

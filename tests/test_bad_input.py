@@ -1,0 +1,104 @@
+"""Unreadable, corrupt, empty and absurdly large images: a clear line each, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import PRETRAINED, run_edge
+from edge.errors import ImageError
+from edge.vision.decode import decode_image, read_image_file
+
+
+def png_bytes(width, height, mode="1") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, ham_images):
+    folder = tmp_path_factory.mktemp("bad")
+    good_jpeg = ham_images[0].read_bytes()
+    files = {
+        "empty.jpg": b"",
+        "text.jpg": b"this is not an image at all\n" * 10,
+        "truncated.jpg": good_jpeg[: len(good_jpeg) // 3],
+        "bomb.png": png_bytes(12_000, 12_000),  # 144 MP of 1-bit pixels in a few kB
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "a-folder.jpg").mkdir()
+    return folder
+
+
+@pytest.mark.parametrize("name, message", [
+    ("empty.jpg", "empty file"),
+    ("text.jpg", "not an image"),
+    ("truncated.jpg", "corrupt or truncated"),
+    ("bomb.png", r"12000x12000 \(144 MP\), above the 40 MP limit"),
+    ("a-folder.jpg", "is a folder"),
+    ("missing.jpg", "no such file"),
+])
+def test_decoder_refuses_with_a_reason(bad_files, name, message):
+    with pytest.raises(ImageError, match=message):
+        read_image_file(bad_files / name)
+
+
+def test_bomb_is_refused_before_pixels_are_allocated(bad_files):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError):
+        decode_image((bad_files / "bomb.png").read_bytes())
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB: far below 144 MP
+
+
+def test_byte_limit_and_tiny_images():
+    with pytest.raises(ImageError, match="above the 0.0 MB limit"):
+        decode_image(png_bytes(64, 64, "RGB"), max_bytes=10)
+    with pytest.raises(ImageError, match="too small"):
+        decode_image(png_bytes(4, 4, "RGB"))
+
+
+def test_exotic_modes_become_rgb():
+    for mode in ("L", "RGBA", "P", "CMYK", "I;16"):
+        buffer = io.BytesIO()
+        Image.new(mode, (32, 24)).save(buffer, format="TIFF")
+        image = decode_image(buffer.getvalue())
+        assert image.shape == (24, 32, 3) and image.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied():
+    buffer = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    Image.new("RGB", (40, 20)).save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).shape == (40, 20, 3)
+
+
+def test_cli_reports_each_bad_image_and_keeps_going(imagenet_pack, bad_files):
+    names = ["empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "a-folder.jpg", "missing.jpg"]
+    images = [str(bad_files / n) for n in names[:3]] + [str(PRETRAINED / "grace_hopper.bmp")] + \
+             [str(bad_files / n) for n in names[3:]]
+    result = run_edge("classify", "--json", "--model", str(imagenet_pack), *images)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in records] == images
+    assert records[3]["label"] == "military uniform"
+    errors = [r for r in records if "error" in r]
+    assert len(errors) == 6 and all(r["error"] for r in errors)
+
+
+def test_cli_text_mode_prints_one_line_per_bad_image(imagenet_pack, bad_files):
+    result = run_edge("classify", "--model", str(imagenet_pack), str(bad_files / "text.jpg"),
+                      str(PRETRAINED / "grace_hopper.bmp"))
+    assert result.returncode == 1
+    assert "military uniform" in result.stdout
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("edge:")]
+    assert len(error_lines) == 1 and "text.jpg" in error_lines[0]

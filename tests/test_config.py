@@ -1,0 +1,108 @@
+"""The one settings schema: file < environment < flags, strict about unknown keys and bad values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from conftest import run_edge
+from edge.config import load_settings
+from edge.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_valid_and_state_dir_follows_xdg(tmp_path):
+    settings = load_settings()
+    assert settings.camera.source == "auto"
+    assert settings.inference.backend == "auto"
+    assert settings.inference.cpu.threads == 2
+    assert settings.state_dir == tmp_path / "xdg-state" / "edge"
+
+
+def test_state_dir_under_systemd_uses_state_directory(monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edge")
+    assert load_settings().state_dir == Path("/var/lib/edge")
+
+
+def test_file_env_and_flags_in_rising_precedence(tmp_path, monkeypatch):
+    config = write(tmp_path, '[camera]\nfps = 5\nwidth = 800\n[inference.cpu]\nthreads = 3\n')
+    monkeypatch.setenv("EDGE_CAMERA__FPS", "10")
+    settings = load_settings(config, {"inference": {"cpu": {"threads": 1}}})
+    assert settings.camera.width == 800  # from the file
+    assert settings.camera.fps == 10.0  # env beats file
+    assert settings.inference.cpu.threads == 1  # flags beat both
+
+
+def test_env_state_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGE_STATE_DIR", str(tmp_path / "s"))
+    assert load_settings().state_dir == tmp_path / "s"
+
+
+def test_unknown_key_in_file_names_the_key_path(tmp_path):
+    config = write(tmp_path, "[camera]\nfsp = 5\n")
+    with pytest.raises(ConfigError, match=r"camera\.fsp: unknown setting"):
+        load_settings(config)
+
+
+def test_unknown_env_variable_is_refused(monkeypatch):
+    monkeypatch.setenv("EDGE_CAMERA__FSP", "5")
+    with pytest.raises(ConfigError, match="EDGE_CAMERA__FSP"):
+        load_settings()
+
+
+def test_bad_value_names_key_and_reason(tmp_path):
+    config = write(tmp_path, "[camera]\nfps = -1\n[inference]\nbackend = 'tpu'\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert "camera.fps" in message and "greater than 0" in message
+    assert "inference.backend" in message and "'tpu'" in message
+
+
+def test_bad_env_value(monkeypatch):
+    monkeypatch.setenv("EDGE_INFERENCE__CPU__THREADS", "many")
+    with pytest.raises(ConfigError, match=r"inference\.cpu\.threads"):
+        load_settings()
+
+
+def test_invalid_toml_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[camera\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_edge_config_env_selects_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, "log_level = 'DEBUG'\n")))
+    assert load_settings().log_level == "DEBUG"
+
+
+def test_cli_show_round_trips_through_check(tmp_path):
+    shown = run_edge("config", "show", "--threads", "3", "--state-dir", str(tmp_path / "st"))
+    assert shown.returncode == 0, shown.stderr
+    parsed = tomllib.loads(shown.stdout)
+    assert parsed["inference"]["cpu"]["threads"] == 3
+    saved = write(tmp_path, shown.stdout)
+    checked = run_edge("config", "check", str(saved))
+    assert checked.returncode == 0 and "ok" in checked.stdout
+
+
+def test_cli_check_reports_one_clear_line(tmp_path):
+    result = run_edge("config", "check", str(write(tmp_path, "[kiosk]\nport = 1\n")))
+    assert result.returncode == 2
+    assert "kiosk: unknown setting" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_schema_is_json_schema_of_every_section():
+    result = run_edge("config", "schema")
+    schema = json.loads(result.stdout)
+    assert {"camera", "quality", "inference", "limits", "state_dir"} <= set(schema["properties"])

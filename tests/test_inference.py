@@ -1,0 +1,224 @@
+"""Model packs, backends, fallback and the classify CLI, on the real ImageNet int8 MobileNetV2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import PRETRAINED, run_edge
+from edge.config import InferenceSettings
+from edge.errors import BackendFailed, BackendUnavailable, ModelError
+from edge.inference import Classifier, load_pack
+from edge.inference import base as registry
+from edge.inference import tflite
+from edge.inference.cpu import CpuBackend, CpuSettings
+from edge.inference.manifest import InputSpec, write_pack
+from edge.types import Quality
+from edge.vision.decode import read_image_file
+from edge.vision.preprocess import Preprocessor
+
+GRACE_HOPPER = PRETRAINED / "grace_hopper.bmp"
+
+
+@pytest.fixture(scope="module")
+def grace_hopper():
+    return read_image_file(GRACE_HOPPER)
+
+
+def open_classifier(pack_dir, backend="auto", **settings):
+    return Classifier.open(load_pack(pack_dir), backend, InferenceSettings(**settings))
+
+
+def test_cpu_backend_classifies_real_images(imagenet_pack, grace_hopper):
+    classifier = open_classifier(imagenet_pack, "cpu")
+    result = classifier.classify(grace_hopper, Quality())
+    assert result.label == "military uniform"
+    assert result.backend == "cpu"
+    assert abs(sum(result.probabilities.values()) - 1.0) < 1e-4
+    assert result.confidence == max(result.probabilities.values())
+    cat = classifier.classify(read_image_file(PRETRAINED / "cat.bmp"), Quality())
+    assert "cat" in cat.label
+
+
+def test_auto_probes_coral_and_jetson_then_uses_cpu_with_reasons(imagenet_pack):
+    classifier = open_classifier(imagenet_pack, "auto")
+    health = classifier.health()
+    assert [p["backend"] for p in health["probes"]] == ["coral", "jetson", "cpu"]
+    assert health["backend"] == "cpu"
+    assert "Edge TPU variant" in health["fallback_reason"]
+    assert "no usable ONNX Runtime provider" in health["fallback_reason"]
+
+
+@pytest.fixture(scope="module")
+def pack_with_edgetpu_file(tmp_path_factory, imagenet_pack):
+    """A pack that lists an Edge TPU file, so the coral backend gets as far as loading the delegate."""
+    out = tmp_path_factory.mktemp("coral") / "pack"
+    pack = load_pack(imagenet_pack)
+    files = {"cpu": imagenet_pack / "model.tflite", "coral": imagenet_pack / "model.tflite"}
+    write_pack(out, model_files=files, labels=list(pack.manifest.labels), name="imagenet", version="1",
+               licence="Apache-2.0", input_spec=pack.manifest.input)
+    return out
+
+
+def test_coral_requested_without_libedgetpu_falls_back_to_cpu(pack_with_edgetpu_file, grace_hopper):
+    classifier = open_classifier(pack_with_edgetpu_file, "coral")
+    assert classifier.backend_name == "cpu"
+    assert "libedgetpu.so.1" in classifier.fallback_reason
+    assert classifier.classify(grace_hopper, Quality()).label == "military uniform"
+
+
+def test_coral_backend_alone_raises_clear_unavailable(pack_with_edgetpu_file):
+    with pytest.raises(BackendUnavailable, match=r"Edge TPU delegate libedgetpu.so.1 did not load \(libedgetpu.so.1: cannot open"):
+        registry.backend_class("coral")(load_pack(pack_with_edgetpu_file), InferenceSettings().coral)
+
+
+class FlakyTpu(CpuBackend):
+    """Stands in for an Edge TPU that loads, then fails mid-run (a USB accelerator unplugged)."""
+
+    name = "coral"
+    variant = "cpu"
+    invocations = 0
+
+    def __init__(self, pack, settings):
+        super().__init__(pack, CpuSettings(threads=1))
+
+    def invoke(self, tensor):
+        FlakyTpu.invocations += 1
+        if FlakyTpu.invocations > 2:
+            raise BackendFailed("USB transfer failed: device disconnected")
+        return super().invoke(tensor)
+
+
+def test_backend_failing_during_inference_falls_back_to_cpu(imagenet_pack, grace_hopper, monkeypatch, caplog):
+    monkeypatch.setitem(registry._REGISTRY, "coral", FlakyTpu)
+    classifier = open_classifier(imagenet_pack, "coral")
+    assert classifier.backend_name == "coral" and classifier.fallback_reason is None
+    labels = [classifier.classify(grace_hopper, Quality()).label for _ in range(4)]
+    assert labels == ["military uniform"] * 4  # the caller never sees the failure
+    assert classifier.backend_name == "cpu"
+    assert "coral failed while running: USB transfer failed" in classifier.health()["fallback_reason"]
+    assert "falling back to cpu" in caplog.text
+
+
+def test_jetson_backend_without_gpu_provider_reports_what_exists(imagenet_pack):
+    with pytest.raises(BackendUnavailable, match=r"wanted \['TensorrtExecutionProvider'.*offers \["):
+        registry.backend_class("jetson")(load_pack(imagenet_pack), InferenceSettings().jetson)
+
+
+def tiny_onnx_classifier(path, n_labels=3):
+    """A real ONNX graph (mean colour -> linear -> softmax) to run the jetson code path on ONNX Runtime."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([[4.0, -2.0, -2.0], [-2.0, 4.0, -2.0], [-2.0, -2.0, 4.0]], dtype=np.float32)[:, :n_labels]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 224, 224, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, n_labels])],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([1, 2]), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_jetson_code_path_runs_a_real_onnx_model(tmp_path, imagenet_pack):
+    """ONNX Runtime's CPU provider, named explicitly in config, stands in for the Jetson GPU providers."""
+    tiny_onnx_classifier(tmp_path / "tiny.onnx")
+    pack = write_pack(tmp_path / "pack", model_files={"cpu": imagenet_pack / "model.tflite", "jetson": tmp_path / "tiny.onnx"},
+                      labels=["red", "green", "blue"], name="tiny", version="1", licence="test",
+                      input_spec=InputSpec(width=224, height=224))
+    classifier = Classifier.open(pack, "jetson", InferenceSettings(jetson={"providers": ["CPUExecutionProvider"]}))
+    assert classifier.backend_name == "jetson"
+    red = np.zeros((300, 300, 3), np.uint8)
+    red[..., 0] = 220
+    green = np.roll(red, 1, axis=2)
+    assert classifier.classify(red, Quality()).label == "red"
+    assert classifier.classify(green, Quality()).label == "green"
+
+
+def test_sha256_mismatch_refuses_to_load(tmp_path, imagenet_pack):
+    tampered = tmp_path / "pack"
+    shutil.copytree(imagenet_pack, tampered)
+    with open(tampered / "model.tflite", "r+b") as handle:
+        handle.seek(5000)
+        handle.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ModelError, match="sha256 .* refusing to load"):
+        open_classifier(tampered, "cpu")
+    result = run_edge("classify", "--model", str(tampered), str(GRACE_HOPPER))
+    assert result.returncode == 1 and "refusing to load" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: m.pop("labels"), "labels: Field required"),
+    (lambda m: m["files"].pop("cpu"), "files.cpu is required"),
+    (lambda m: m.update(urgency={"not-a-label": "urgent"}), "urgency names labels the model does not have"),
+    (lambda m: m["files"]["cpu"].update(sha256="xyz"), "files.cpu.sha256"),
+])
+def test_malformed_manifest_is_refused_with_the_reason(tmp_path, imagenet_pack, mutate, message):
+    broken = tmp_path / "pack"
+    shutil.copytree(imagenet_pack, broken)
+    manifest = json.loads((broken / "model.json").read_text())
+    mutate(manifest)
+    (broken / "model.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        load_pack(broken)
+
+
+def test_label_count_must_match_model_outputs(tmp_path, imagenet_pack):
+    pack = write_pack(tmp_path / "pack", model_files={"cpu": imagenet_pack / "model.tflite"}, labels=["a", "b"],
+                      name="wrong", version="1", licence="test", input_spec=InputSpec(width=224, height=224))
+    with pytest.raises(ModelError, match="1001 outputs but the manifest lists 2 labels"):
+        Classifier.open(pack, "cpu", InferenceSettings())
+
+
+def test_missing_pack_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="no model pack at"):
+        load_pack(tmp_path / "absent")
+
+
+def test_tflite_runtime_fallback_import_order(monkeypatch):
+    monkeypatch.setattr(tflite, "RUNTIME_MODULES", ("tflite_runtime_not_here.interpreter", "ai_edge_litert.interpreter"))
+    assert tflite.runtime_module().__name__ == "ai_edge_litert.interpreter"
+    monkeypatch.setattr(tflite, "RUNTIME_MODULES", ("nope_a.interpreter", "nope_b.interpreter"))
+    with pytest.raises(BackendUnavailable, match="no TFLite runtime: pip install ai-edge-litert"):
+        tflite.runtime_module()
+
+
+def test_quantisation_lookup_table_matches_the_formula(imagenet_pack):
+    classifier = open_classifier(imagenet_pack, "cpu")
+    spec = classifier.backend.input_spec
+    image = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    tensor = Preprocessor(load_pack(imagenet_pack).manifest.input, spec)(image)
+    expected = np.clip(np.round((image.astype(np.float64) - 127.5) / 127.5 / spec.scale + spec.zero_point), 0, 255)
+    assert tensor.shape == (1, 224, 224, 3) and tensor.dtype == np.uint8
+    np.testing.assert_array_equal(tensor[0], expected.astype(np.uint8))
+
+
+def test_center_square_crop_keeps_the_middle():
+    from edge.inference.base import TensorSpec
+
+    pre = Preprocessor(InputSpec(width=8, height=8, mean=(0, 0, 0), std=(1, 1, 1)),
+                       TensorSpec((1, 8, 8, 3), np.dtype(np.float32)))
+    image = np.zeros((8, 16, 3), np.uint8)
+    image[:, 4:12] = 200  # the central square
+    assert np.all(pre(image) == 200)
+
+
+def test_classify_cli_json_grace_hopper(imagenet_pack):
+    result = run_edge("classify", "--json", "--model", str(imagenet_pack), str(GRACE_HOPPER))
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    record = json.loads(line)
+    assert record["image"] == str(GRACE_HOPPER)
+    assert record["label"] == "military uniform"
+    assert record["confidence"] == pytest.approx(record["probabilities"]["military uniform"])
+    assert len(record["probabilities"]) == 1001
+    assert set(record["quality"]) >= {"ok", "reasons"}
+    assert record["latency_ms"] > 0
+    assert record["model"]["name"] == "imagenet-mobilenetv2-int8" and len(record["model"]["sha256"]) == 64
+    assert record["backend"] == "cpu"
