@@ -39,18 +39,16 @@ platform=$(detect_platform)
 say "platform: $platform"
 
 # --- Debian packages --------------------------------------------------------------------------------------
+python=${PYTHON:-python3}
 apt_packages=()
+# Debian splits venv/ensurepip out of python3; a pyenv or distro Python that has it needs nothing.
+"$python" -c "import ensurepip, venv" 2>/dev/null || apt_packages+=(python3-venv)
 case "$platform" in
-  pi) apt_packages+=(python3-venv python3-picamera2) ;;
-  jetson) apt_packages+=(python3-venv) ;;
+  pi) apt_packages+=(python3-picamera2) ;;  # libcamera bindings: only packaged by Raspberry Pi OS
 esac
-if [ "$dev" = 1 ]; then
-  # Tests run against real parts: a mosquitto broker, headless Chromium, systemd-analyze.
-  apt_packages+=(mosquitto chromium chromium-driver systemd libsystemd-dev pkg-config)
-fi
 
 missing=()
-for pkg in "${apt_packages[@]}"; do
+for pkg in "${apt_packages[@]+"${apt_packages[@]}"}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -67,7 +65,6 @@ else
 fi
 
 # --- virtualenv ---------------------------------------------------------------------------------------------
-python=${PYTHON:-python3}
 venv_flags=()
 # picamera2 (Pi) and JetPack's OpenCV/onnxruntime-gpu (Jetson) live in the system site-packages.
 [ "$platform" != generic ] && venv_flags+=(--system-site-packages)

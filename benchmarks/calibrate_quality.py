@@ -11,17 +11,24 @@ What it does:
 2. Resizes each image to the analysis size (long side 256) and derives degraded versions there:
    Gaussian blur sigma 3 (should be BLUR), x0.15 darkening (UNDEREXPOSED), x2.5 gain with clipping
    (OVEREXPOSED), and a synthetic darker skin tone (luma x0.45, chroma kept; should still pass).
-   Extras that are reported but never used to choose: blur + sensor noise, RGB x0.45 darker skin.
+   Extras that are reported but never used to choose: blur + sensor noise (sigma 2 grey levels), RGB x0.45
+   darker skin (chroma shrinks with it), and blurred darker skin.
 3. Non-skin frames: cat.bmp, bird.bmp (grace_hopper.bmp is reported for information: a portrait is partly
    skin), flat grey, green foliage-like noise, flat blue, black. They should fail NOT_SKIN or exposure.
 4. Prints metric percentiles on the selection half, the thresholds chosen from them, and then pass/reject
    rates on the report half for both the chosen values and the shipped ``QualitySettings()`` defaults.
 
-Choice rules (selection half only): skin chroma box = 0.5th..99.5th percentile of measurable pixel Cr and Cb
-of the originals, with Cr above neutral grey's 128; Cr+Cb floor 255 by design (see CRCB_SUM_FLOOR);
-skin_min_fraction = 1st percentile of the originals' skin fraction minus 0.05; every other threshold is
-the midpoint between the 1st/99th percentile of the frames that must pass (originals and darker skin) and the
-99th/1st percentile of the degraded frames that must fail.
+Choice rules (selection half only):
+  * skin chroma box: 0.5th..99.5th percentile of the originals' measurable-pixel Cr and Cb, with the Cr floor
+    above neutral grey's 128; the Cr+Cb floor is a design value, 255 (see CRCB_SUM_FLOOR and the trade-off
+    table the run prints);
+  * skin_min_fraction: 1st percentile of the originals' skin fraction, minus 0.05;
+  * blur_min, luma_mean_min, bright_fraction_max: midpoint between the 1st/99th percentile of the frames that
+    must pass (originals and darker-tone versions) and the 99th/1st percentile of the degraded set that must
+    fail (blurred, darkened, brightened);
+  * luma_mean_max: brightest frame that must pass + 10 (the clipped fraction separates over-exposure on its
+    own; a tight mean ceiling would only reject pale skin);
+  * dark_fraction_max: design backstop 0.5 (x0.15 darkening leaves pixels just above black, the mean catches it).
 """
 
 from __future__ import annotations
@@ -222,7 +229,7 @@ def print_distributions(sel: dict[str, dict[str, np.ndarray]]) -> None:
         print(f"\n{metric}")
         for variant, values in sel.items():
             row = " ".join(f"{v:9.4f}" for v in np.percentile(values[metric], PERCENTILES))
-            print(f"  {variant:16s} {row}")
+            print(f"  {variant:20s} {row}")
 
 
 def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
@@ -338,11 +345,11 @@ def main() -> None:
           + ", ".join(f"{n} p0.5/p1/p50/p99/p99.5 = " + "/".join(f"{np.percentile(v, p):.0f}" for p in (0.5, 1, 50, 99, 99.5))
                       for n, v in (("Cr", pixels[:, 1]), ("Cb", pixels[:, 2]), ("Cr+Cb", pixels[:, 1] + pixels[:, 2]))))  # fmt: skip
     # Skin fractions depend on the chroma box, so choose the box first, then measure with it.
-    print("\n## Choosing thresholds (selection half)")
+    print("\n## Skin chroma box (selection half)")
     box = choose_skin_box(pixels, shipped)
     sel = measure_all(sel_images, box, args.seed)
     print_distributions(sel)
-    print()
+    print("\n## Choosing thresholds (selection half)")
     chosen = choose_thresholds(sel, box)
     print("\n| setting | chosen | shipped default |\n|---|---|---|")
     for key, value in chosen.model_dump().items():

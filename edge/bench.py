@@ -42,15 +42,22 @@ def replay_spec(settings: Settings) -> str:
     return f"file:{folder}"
 
 
-def measure_pipeline(settings: Settings, classifier: Classifier, frames: int) -> tuple[dict, float, np.ndarray]:
-    """Run ``frames`` frames through every stage; return per-stage ms lists, frames/s and the last image."""
+def measure_pipeline(settings: Settings, classifier: Classifier, frames: int) -> tuple[dict, float, list[float]]:
+    """Run ``frames`` frames through every stage; return per-stage ms lists, frames/s and raw invoke ms.
+
+    The baseline (the interpreter alone on one prepared tensor) is timed interleaved with the pipeline,
+    one raw invoke per frame, so that load from elsewhere on the machine affects both sides alike.
+    """
     stages: dict[str, list[float]] = {name: [] for name in STAGES}
+    raw: list[float] = []
+    busy = 0.0
     source = open_source(replay_spec(settings), width=settings.camera.width, height=settings.camera.height,
                          fps=settings.camera.fps, loop=True)
     with source:
+        tensor = classifier.preprocess(source.read().image)
         for _ in range(WARMUP_FRAMES):
             classifier.scores(source.read().image)
-        started = time.perf_counter()
+            classifier.backend.invoke(tensor)
         for _ in range(frames):
             t0 = time.perf_counter()
             frame = source.read()
@@ -58,26 +65,16 @@ def measure_pipeline(settings: Settings, classifier: Classifier, frames: int) ->
             assess(frame.image, settings.quality)
             t2 = time.perf_counter()
             scores = classifier.scores(frame.image)
+            t3 = time.perf_counter()
+            classifier.backend.invoke(tensor)
+            raw.append((time.perf_counter() - t3) * 1e3)
+            busy += t3 - t0
             stages["decode"].append((t1 - t0) * 1e3)
             stages["quality"].append((t2 - t1) * 1e3)
             stages["preprocess"].append(scores.preprocess_ms)
             stages["invoke"].append(scores.invoke_ms)
             stages["postprocess"].append(scores.postprocess_ms)
-        elapsed = time.perf_counter() - started
-    return stages, frames / elapsed, frame.image
-
-
-def measure_raw_invoke(classifier: Classifier, image: np.ndarray, repeats: int) -> list[float]:
-    """The baseline: the interpreter alone on one prepared tensor, nothing else in the loop."""
-    tensor = classifier.preprocess(image)
-    for _ in range(WARMUP_FRAMES):
-        classifier.backend.invoke(tensor)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        classifier.backend.invoke(tensor)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return stages, frames / busy, raw
 
 
 def measure_keras_predict(repeats: int = 30) -> list[float] | None:
@@ -102,8 +99,7 @@ def measure_keras_predict(repeats: int = 30) -> list[float] | None:
 def run_bench(settings: Settings, frames: int = 300, keras_baseline: bool = True) -> dict:
     classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend,
                                  settings.inference)
-    stages, fps, last_image = measure_pipeline(settings, classifier, frames)
-    raw = measure_raw_invoke(classifier, last_image, frames)
+    stages, fps, raw = measure_pipeline(settings, classifier, frames)
     per_frame = np.sum([stages[s] for s in STAGES if s != "decode"], axis=0)
     report = {
         "model": classifier.model_info.to_json(),

@@ -70,6 +70,8 @@ def open_camera(settings: Settings) -> tuple[ResilientSource | None, list[ProbeR
             log.warning("no camera found (%s): uploads only", "; ".join(f"{p.spec}: {p.detail}" for p in probes))
             return None, probes
         spec = found.spec
+        if spec.startswith("file:"):
+            log.warning("no camera found: replaying %s instead; uploads are always accepted", spec[len("file:"):])
 
     def factory() -> CameraSource:
         return open_source(spec, loop=cam.loop, **options)

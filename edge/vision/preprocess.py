@@ -35,6 +35,8 @@ class Preprocessor:
             raise ValueError(
                 f"manifest input {spec.width}x{spec.height} does not match the model's {width}x{height}"
             )
+        if tensor.quantized and tensor.dtype.itemsize != 1:
+            raise ValueError(f"unsupported quantised input type {tensor.dtype}: only 8-bit inputs are supported")
         self._lut = _quantization_lut(spec, tensor) if tensor.quantized else None
         self._mean = np.asarray(spec.mean, dtype=np.float32)
         self._inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
@@ -53,17 +55,17 @@ class Preprocessor:
             raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
         resized = self.crop_resize(image)
         if self._lut is not None:
-            tensor = self._lut[_CHANNELS, resized]
+            tensor = cv2.LUT(resized, self._lut).view(self.tensor.dtype)
         else:
             tensor = ((resized.astype(np.float32) - self._mean) * self._inv_std).astype(self.tensor.dtype)
         return tensor[np.newaxis]
 
 
-_CHANNELS = np.arange(3)
-
-
 def _quantization_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray:
-    """(3, 256) table: pixel value -> quantised input value, per channel."""
+    """(256, 1, 3) uint8 table for ``cv2.LUT``: pixel value -> quantised input byte, per channel.
+
+    Int8 values are stored as their bytes and the result is viewed as int8 (``cv2.LUT`` wants 8-bit tables).
+    """
     info = np.iinfo(tensor.dtype)
     pixels = np.arange(256, dtype=np.float64)
     table = np.empty((3, 256), dtype=tensor.dtype)
@@ -71,4 +73,4 @@ def _quantization_lut(spec: InputSpec, tensor: TensorSpec) -> np.ndarray:
         real = (pixels - spec.mean[channel]) / spec.std[channel]
         quantised = np.round(real / tensor.scale + tensor.zero_point)
         table[channel] = np.clip(quantised, info.min, info.max).astype(tensor.dtype)
-    return table
+    return np.ascontiguousarray(table.T.reshape(256, 1, 3)).view(np.uint8)
