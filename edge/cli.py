@@ -178,6 +178,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- train --------------------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    try:
+        from edge.training.command import run_training
+    except ImportError as exc:
+        raise EdgeError(f"training needs the train extra (./setup.sh --train): {exc}") from None
+    return run_training(args, _settings(args))
+
+
 # --- parser ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("--onnx", help="the ONNX export for the jetson backend")
     pack.add_argument("out")
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("train", parents=[common], help="train a model pack (needs the train extra)")
+    from edge.training.command import add_arguments as add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", parents=[common], help="per-stage latency and frames/s on a replay source")
     p.add_argument("--frames", type=int, default=300)

@@ -17,7 +17,8 @@ def test_scripts_parse():
 
 
 def test_setup_rerun_is_a_no_op():
-    """The suite runs after `./setup.sh --dev`; running it again must find everything in place."""
+    """Once `./setup.sh --dev` has run (as before this suite), running it again finds everything in place."""
+    assert run("./setup.sh", "--dev").returncode == 0
     result = run("./setup.sh", "--dev")
     assert result.returncode == 0, result.stderr
     assert "Debian packages: nothing to install" in result.stdout

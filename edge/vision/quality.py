@@ -1,8 +1,7 @@
 """The capture quality gate: is this frame good enough to classify?
 
 ``assess`` runs on every preview frame, so it is cheap (a few milliseconds for a 640x480 frame): the frame is
-resized so its long side is ``analysis_size`` pixels, converted once to YCrCb, and four things are measured
-on that small image:
+resized so its long side is ``analysis_size`` pixels, converted once to YCrCb, and measured:
 
 * exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel);
 * skin -- the fraction of colour-measurable pixels whose chroma (Cr, Cb) falls in the skin/lesion band;

@@ -1,0 +1,63 @@
+"""``edge train``: read a labelled set, split it by group, train, and write the model pack."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import fields
+from pathlib import Path
+
+from edge.training.data import read_csv_dataset, read_folder_dataset, split_by_group, write_split
+from edge.training.train import TrainConfig
+
+log = logging.getLogger("edge.train")
+
+
+def add_arguments(parser) -> None:
+    data = parser.add_argument_group("data (default: HAM10000 in shared_dir)")
+    data.add_argument("--csv", type=Path, help="metadata CSV (default: shared HAM10000_metadata.csv)")
+    data.add_argument("--images", type=Path, help="folder of the CSV's images")
+    data.add_argument("--folder", type=Path, help="instead of a CSV: a folder with one sub-folder per label")
+    data.add_argument("--image-column", default="image_id")
+    data.add_argument("--label-column", default="dx")
+    data.add_argument("--group-column", default="lesion_id", help="images of one group never straddle splits")
+    data.add_argument("--limit", type=int, help="use only this many images (smoke tests)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", type=Path, help="model pack folder to write (default: inference.model_dir)")
+    run.add_argument("--work", type=Path, help="checkpoints (default: state_dir/train/<pack name>)")
+    run.add_argument("--name", default="ham10000-mobilenetv2-int8")
+    run.add_argument("--version", default="1.0.0")
+    run.add_argument("--licence", default="CC-BY-NC-4.0 (inherited from the HAM10000 training data)")
+    run.add_argument("--no-progress", action="store_true")
+    for f in fields(TrainConfig):
+        if f.type in ("int", "float"):
+            run.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=f.default)
+
+
+def run_training(args, settings) -> int:
+    from edge.training.train import train
+
+    if args.folder:
+        samples = read_folder_dataset(args.folder)
+    else:
+        ham = settings.shared_dir / "data" / "ham10000"
+        samples = read_csv_dataset(args.csv or ham / "HAM10000_metadata.csv", args.images or ham / "images",
+                                   image_column=args.image_column, label_column=args.label_column,
+                                   group_column=args.group_column or None)
+    if args.limit:
+        samples = samples[: args.limit]
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                            if f.type in ("int", "float")})
+    labels = sorted({s.label for s in samples})
+    split = split_by_group(samples, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    work = args.work or settings.state_dir / "train" / args.name
+    work.mkdir(parents=True, exist_ok=True)
+    write_split(split, work / "split.csv")
+    log.info("split by %s: %s", args.group_column, {k: len(v) for k, v in split.items()})
+    pretrained = settings.shared_dir / "pretrained" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
+    model, state = train(config, split, labels, work, pretrained, progress=not args.no_progress)
+    from edge.training.export import finish_pack
+
+    out = args.out or settings.inference.model_dir
+    finish_pack(model, config, split, labels, work, out, name=args.name, version=args.version, licence=args.licence,
+                history=state.history)
+    return 0

@@ -1,0 +1,94 @@
+"""Labelled image sets and the lesion-grouped, stratified train/val/test split.
+
+A dataset is read from either a CSV (HAM10000's metadata, or any CSV with an image column, a label column and
+optionally a group column) or a folder with one sub-folder per label. Splitting is by *group* (HAM10000's
+``lesion_id``): images of one lesion never straddle train and test, otherwise test accuracy is inflated by
+near-duplicates. Groups are split per label (stratified) with a fixed seed. No TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    label: str
+    group: str
+
+
+def read_csv_dataset(csv_path: Path, images_dir: Path, *, image_column: str = "image_id",
+                     label_column: str = "dx", group_column: str | None = "lesion_id") -> list[Sample]:
+    """Rows of a CSV; an image value without a suffix gets ``.jpg`` (HAM10000 style)."""
+    samples = []
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            name = row[image_column]
+            path = images_dir / (name if Path(name).suffix else f"{name}.jpg")
+            group = row[group_column] if group_column else name
+            samples.append(Sample(path, row[label_column], group))
+    missing = [s.path for s in samples if not s.path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images listed in {csv_path} are missing, e.g. {missing[0]}")
+    return samples
+
+
+def read_folder_dataset(root: Path) -> list[Sample]:
+    """``root/<label>/*.jpg``: every image is its own group."""
+    samples = [Sample(path, label_dir.name, f"{label_dir.name}/{path.stem}")
+               for label_dir in sorted(p for p in root.iterdir() if p.is_dir())
+               for path in sorted(label_dir.iterdir()) if path.suffix.lower() in IMAGE_SUFFIXES]
+    if not samples:
+        raise FileNotFoundError(f"no images under {root}/<label>/")
+    return samples
+
+
+def split_by_group(samples: list[Sample], *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict[str, list[Sample]]:
+    """Stratified split of groups per label; every image follows its group."""
+    rng = np.random.default_rng(seed)
+    group_label: dict[str, str] = {}
+    for sample in samples:
+        group_label.setdefault(sample.group, sample.label)
+    assignment: dict[str, str] = {}
+    for label in sorted(set(group_label.values())):
+        groups = sorted(g for g, lab in group_label.items() if lab == label)
+        rng.shuffle(groups)
+        n_test, n_val = round(len(groups) * test), round(len(groups) * val)
+        for index, group in enumerate(groups):
+            assignment[group] = "test" if index < n_test else "val" if index < n_test + n_val else "train"
+    split: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for sample in samples:
+        split[assignment[sample.group]].append(sample)
+    return split
+
+
+def write_split(split: dict[str, list[Sample]], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "group", "split"])
+        for name in SPLITS:
+            for sample in split[name]:
+                writer.writerow([sample.path.name, sample.label, sample.group, name])
+
+
+def read_split(path: Path, images_dir: Path, which: str) -> list[Sample]:
+    """The samples of one split recorded by ``write_split``, with paths under ``images_dir``."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [Sample(images_dir / row["image"], row["label"], row["group"])
+                for row in csv.DictReader(handle) if row["split"] == which]
+
+
+def class_counts(samples: list[Sample], labels: list[str]) -> np.ndarray:
+    counts = np.zeros(len(labels), dtype=np.int64)
+    index = {label: i for i, label in enumerate(labels)}
+    for sample in samples:
+        counts[index[sample.label]] += 1
+    return counts
