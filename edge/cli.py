@@ -66,14 +66,24 @@ def cmd_classify(args: argparse.Namespace) -> int:
             failures += 1
             _emit_error(args.json, image_path, str(exc))
             continue
+        record = {"image": image_path, **result.to_json()}
+        if args.saliency:
+            record["saliency"] = _write_saliency(classifier, image, Path(args.saliency), image_path)
         if args.json:
-            print(json.dumps({"image": image_path, **result.to_json()}), flush=True)
+            print(json.dumps(record), flush=True)
         else:
             verdict = "ok" if result.quality.ok else "; ".join(result.quality.reasons)
             print(f"{image_path}: {result.display_name} ({result.confidence:.1%}) urgency={result.urgency.value} "
                   f"quality={verdict} [{result.backend}, {result.latency_ms:.1f} ms]", flush=True)
     classifier.close()
     return EXIT_FAILED if failures else EXIT_OK
+
+
+def _write_saliency(classifier, image, folder: Path, image_path: str) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{Path(image_path).stem}.saliency.png"
+    target.write_bytes(classifier.saliency(image).png())
+    return str(target)
 
 
 def _emit_error(as_json: bool, image: str, message: str) -> None:
@@ -178,6 +188,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- evaluate -----------------------------------------------------------------------------------------
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge.evaluation.command import run_evaluation
+
+    report = run_evaluation(args, _settings(args))
+    print(json.dumps(report, indent=2) if args.json else report["summary"])
+    return EXIT_OK
+
+
 # --- train --------------------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -205,8 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", parents=[common], help="classify image files")
     p.add_argument("--json", action="store_true", help="one JSON object per line per image")
+    p.add_argument("--saliency", metavar="DIR", help="also write an occlusion-saliency overlay PNG per image")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a model pack on a labelled set")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="which split of the pack's split.csv (default test), images from --images")
+    p.add_argument("--images", type=Path, help="images folder (default: shared HAM10000 images)")
+    p.add_argument("--csv", type=Path, help="instead of the pack's split: a CSV with image,label columns")
+    p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
+    p.add_argument("--no-tta", action="store_true", help="skip the flip test-time-augmentation variant")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", parents=[common], help="start the daemon")
     p.add_argument("--source", help="auto | none | picamera2 | opencv:0 | opencv:/dev/video2 | gst:PIPELINE | file:PATH")

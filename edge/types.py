@@ -111,6 +111,8 @@ class Result:
     model: ModelInfo
     backend: str
     latency_ms: float
+    abstained: bool = False
+    abstain_reason: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     timestamp: float = field(default_factory=time.time)
 
@@ -125,6 +127,8 @@ class Result:
             "confidence": round(self.confidence, 6),
             "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
             "urgency": self.urgency.value,
+            "abstained": self.abstained,
+            "abstain_reason": self.abstain_reason,
             "quality": self.quality.to_json(),
             "latency_ms": round(self.latency_ms, 3),
             "model": self.model.to_json(),

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.inference.manifest import InputSpec, read_labels, write_pack
@@ -42,6 +43,36 @@ def imagenet_pack(tmp_path_factory) -> Path:
                name="imagenet-mobilenetv2-int8", version="2.0.0", licence="Apache-2.0",
                input_spec=InputSpec(width=224, height=224))
     return out
+
+
+@pytest.fixture(scope="session")
+def colour_pack(tmp_path_factory, imagenet_pack) -> Path:
+    """A pack whose jetson variant is a real ONNX graph classifying the mean colour as red/green/blue."""
+    folder = tmp_path_factory.mktemp("colour")
+    tiny_onnx_classifier(folder / "tiny.onnx")
+    write_pack(folder / "pack", model_files={"cpu": imagenet_pack / "model.tflite", "jetson": folder / "tiny.onnx"},
+               labels=["red", "green", "blue"], name="colour", version="1", licence="test",
+               input_spec=InputSpec(width=224, height=224))
+    return folder / "pack"
+
+
+def tiny_onnx_classifier(path, n_labels=3):
+    """A real ONNX graph (mean colour -> linear -> softmax) to run the jetson code path on ONNX Runtime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = np.array([[4.0, -2.0, -2.0], [-2.0, 4.0, -2.0], [-2.0, -2.0, 4.0]], dtype=np.float32)[:, :n_labels]
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 224, 224, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, n_labels])],
+        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([1, 2]), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
 
 
 @pytest.fixture(scope="session")

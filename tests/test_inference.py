@@ -108,31 +108,10 @@ def test_jetson_backend_without_gpu_provider_reports_what_exists(imagenet_pack):
         registry.backend_class("jetson")(load_pack(imagenet_pack), InferenceSettings().jetson)
 
 
-def tiny_onnx_classifier(path, n_labels=3):
-    """A real ONNX graph (mean colour -> linear -> softmax) to run the jetson code path on ONNX Runtime."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    weights = np.array([[4.0, -2.0, -2.0], [-2.0, 4.0, -2.0], [-2.0, -2.0, 4.0]], dtype=np.float32)[:, :n_labels]
-    graph = helper.make_graph(
-        [helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
-         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
-         helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 224, 224, 3])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, n_labels])],
-        initializer=[numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array([1, 2]), "axes")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, path)
-
-
-def test_jetson_code_path_runs_a_real_onnx_model(tmp_path, imagenet_pack):
+def test_jetson_code_path_runs_a_real_onnx_model(colour_pack):
     """ONNX Runtime's CPU provider, named explicitly in config, stands in for the Jetson GPU providers."""
-    tiny_onnx_classifier(tmp_path / "tiny.onnx")
-    pack = write_pack(tmp_path / "pack", model_files={"cpu": imagenet_pack / "model.tflite", "jetson": tmp_path / "tiny.onnx"},
-                      labels=["red", "green", "blue"], name="tiny", version="1", licence="test",
-                      input_spec=InputSpec(width=224, height=224))
-    classifier = Classifier.open(pack, "jetson", InferenceSettings(jetson={"providers": ["CPUExecutionProvider"]}))
+    classifier = Classifier.open(load_pack(colour_pack), "jetson",
+                                 InferenceSettings(jetson={"providers": ["CPUExecutionProvider"]}))
     assert classifier.backend_name == "jetson"
     red = np.zeros((300, 300, 3), np.uint8)
     red[..., 0] = 220

@@ -16,7 +16,8 @@ import numpy as np
 from edge.errors import BackendFailed, BackendUnavailable, ModelError
 from edge.inference.base import AUTO_ORDER, Backend, backend_class
 from edge.inference.manifest import ModelPack
-from edge.types import Quality, Result
+from edge.inference.decision import decide, softmax
+from edge.types import Quality, Result, Urgency
 from edge.vision.preprocess import Preprocessor
 
 log = logging.getLogger("edge.inference")
@@ -31,9 +32,11 @@ class Probe:
 
 @dataclass(frozen=True)
 class Scores:
-    """What one inference produced, with per-stage timings in milliseconds."""
+    """What one inference produced, with per-stage timings in milliseconds. ``logits`` is None for packs
+    whose model outputs probabilities."""
 
     probabilities: np.ndarray
+    logits: np.ndarray | None
     preprocess_ms: float
     invoke_ms: float
     postprocess_ms: float
@@ -125,39 +128,49 @@ class Classifier:
             self._fall_back_to_cpu(str(exc))
             return self.scores(image)
         after_invoke = time.perf_counter()
-        probabilities = self._postprocess(raw)
+        logits, probabilities = self._postprocess(raw)
         end = time.perf_counter()
         return Scores(
             probabilities,
+            logits,
             (after_pre - start) * 1e3,
             (after_invoke - after_pre) * 1e3,
             (end - after_invoke) * 1e3,
         )
 
-    def _postprocess(self, raw: np.ndarray) -> np.ndarray:
+    def _postprocess(self, raw: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """(logits or None, calibrated probabilities)."""
         if self.pack.manifest.output.activation == "none":
-            shifted = np.exp(raw - raw.max())
-            return shifted / shifted.sum()
+            return raw, softmax(raw, self.pack.manifest.decision.temperature)
         total = float(raw.sum())
         # Quantised softmax outputs do not sum to exactly 1; renormalise so reported probabilities do.
-        return raw / total if total > 0 else np.full_like(raw, 1.0 / raw.size)
+        return None, raw / total if total > 0 else np.full_like(raw, 1.0 / raw.size)
 
     def classify(self, image: np.ndarray, quality: Quality) -> Result:
         scores = self.scores(image)
         labels = self.pack.manifest.labels
-        best = int(np.argmax(scores.probabilities))
-        label = labels[best]
+        decision = decide(scores.probabilities, scores.logits, self.pack.manifest.decision, labels)
+        label = labels[decision.index]
         return Result(
             label=label,
             display_name=self.pack.display_name(label),
-            confidence=float(scores.probabilities[best]),
+            confidence=float(scores.probabilities[decision.index]),
             probabilities={name: float(p) for name, p in zip(labels, scores.probabilities)},
-            urgency=self.pack.urgency_of(label),
+            urgency=Urgency.UNSURE if decision.abstained else self.pack.urgency_of(label),
+            abstained=decision.abstained,
+            abstain_reason=decision.reason,
             quality=quality,
             model=self.model_info,
             backend=self._backend.name,
             latency_ms=scores.latency_ms,
         )
+
+    def saliency(self, image: np.ndarray, target: int | None = None):
+        """Occlusion saliency of ``image`` for ``target`` (default: the top class) on this classifier."""
+        from edge.vision.saliency import occlusion_saliency
+
+        view = self._preprocess.crop_resize(image)
+        return occlusion_saliency(view, lambda v: self.scores(v).probabilities, target)
 
     def health(self) -> dict:
         return {

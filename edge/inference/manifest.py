@@ -47,6 +47,25 @@ class OutputSpec(_Strict):
     )
 
 
+class PriorityRule(_Strict):
+    """Report ``label`` whenever its calibrated probability reaches ``min_probability``, even if another
+    label is more likely: the operating point that trades specificity for melanoma/BCC sensitivity."""
+
+    label: str
+    min_probability: float = Field(gt=0.0, le=1.0)
+
+
+class DecisionSpec(_Strict):
+    """How calibrated probabilities become an answer, fitted on the validation split."""
+
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="Logits are divided by this before softmax.")
+    priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax.")
+    abstain_below: float = Field(0.0, ge=0.0, le=1.0, description="Top calibrated probability below which "
+                                 "the answer is 'unsure - please see a clinician'.")
+    ood_min_logsumexp: float | None = Field(None, description="logsumexp of the logits below which the input "
+                                            "is unlike anything seen in training (out of distribution).")
+
+
 class ModelFile(_Strict):
     path: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -64,6 +83,7 @@ class Manifest(_Strict):
     default_urgency: Urgency = Urgency.ROUTINE
     input: InputSpec
     output: OutputSpec = Field(default_factory=OutputSpec)
+    decision: DecisionSpec = Field(default_factory=DecisionSpec)
     files: dict[Variant, ModelFile]
 
     @model_validator(mode="after")
@@ -78,6 +98,11 @@ class Manifest(_Strict):
             stray = set(getattr(self, table)) - set(self.labels)
             if stray:
                 raise ValueError(f"{table} names labels the model does not have: {sorted(stray)}")
+        stray = {rule.label for rule in self.decision.priority} - set(self.labels)
+        if stray:
+            raise ValueError(f"decision.priority names labels the model does not have: {sorted(stray)}")
+        if self.decision.temperature != 1.0 and self.output.activation != "none":
+            raise ValueError("decision.temperature needs logits: set output.activation to 'none'")
         return self
 
 
@@ -168,6 +193,7 @@ def write_pack(
     licence: str,
     input_spec: InputSpec,
     output: OutputSpec | None = None,
+    decision: DecisionSpec | None = None,
     urgency: dict[str, Urgency] | None = None,
     display_names: dict[str, str] | None = None,
     description: str = "",
@@ -193,6 +219,7 @@ def write_pack(
             "urgency": urgency or {},
             "input": input_spec.model_dump(),
             "output": (output or OutputSpec()).model_dump(),
+            "decision": (decision or DecisionSpec()).model_dump(),
             "files": files,
         }
     )

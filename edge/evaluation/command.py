@@ -1,0 +1,57 @@
+"""``edge evaluate``: pick the labelled set, run ``evaluate``, and summarise it in a few lines."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from edge.errors import EdgeError
+from edge.evaluation.run import evaluate
+from edge.inference import load_pack
+from edge.paths import HAM10000_IMAGES
+
+
+def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
+    if args.folder:
+        pairs = [(path, sub.name) for sub in sorted(p for p in args.folder.iterdir() if p.is_dir())
+                 for path in sorted(sub.iterdir()) if path.is_file()]
+    else:
+        table = args.csv or pack.root / "split.csv"
+        if not Path(table).is_file():
+            raise EdgeError(f"no labelled set: {table} not found (pass --csv or --folder)")
+        images = args.images or (Path(args.csv).parent if args.csv else settings.shared_dir / HAM10000_IMAGES)
+        with open(table, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        if not args.csv:
+            rows = [row for row in rows if row["split"] == args.split]
+        pairs = [(images / row["image"], row["label"]) for row in rows]
+    if args.limit:
+        pairs = pairs[: args.limit]
+    if not pairs:
+        raise EdgeError("the labelled set is empty")
+    return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def run_evaluation(args, settings) -> dict:
+    pack = load_pack(settings.inference.model_dir)
+    paths, labels = labelled_set(args, settings, pack)
+    report = evaluate(pack, paths, labels, tta_options=(False,) if args.no_tta else (False, True),
+                      threads=settings.inference.cpu.threads)
+    report["summary"] = summary(report)
+    return report
+
+
+def summary(report: dict) -> str:
+    lines = [f"{report['model']['name']} {report['model']['version']}: {report['n_images']} images"]
+    for variant, by_tta in report["variants"].items():
+        if "error" in by_tta:
+            lines.append(f"{variant}: {by_tta['error']}")
+            continue
+        for tta, r in by_tta.items():
+            op, am = r["operating_point"], r["argmax"]
+            mel = (f", mel sens {op['mel_sensitivity']:.3f} spec {op['mel_specificity']:.3f}"
+                   if op.get("mel_sensitivity") is not None else "")
+            lines.append(f"{variant:<5} {tta:<5} balanced acc {op['balanced_accuracy']:.4f} (argmax "
+                         f"{am['balanced_accuracy']:.4f}), macro AUROC {op['macro_auroc']}, ECE {op['ece']:.4f}"
+                         f"{mel}, abstain {r['abstain_rate']:.1%}, invoke {r['invoke_ms']:.2f} ms")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""``edge evaluate``: score a model pack on a labelled set, through the same code the device runs.
+
+Each variant of the pack is run by its real backend: the int8 ``model.tflite`` on the CPU backend, and the
+float ``model.onnx`` (the Jetson export) on ONNX Runtime's CPU provider. Preprocessing, temperature and the
+operating point are the device's own (``Classifier``, ``decision``), so the numbers are what a user gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.config import InferenceSettings
+from edge.errors import EdgeError
+from edge.evaluation.metrics import summarise
+from edge.inference import Classifier, ModelPack
+from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
+from edge.vision.decode import read_image_file
+
+log = logging.getLogger("edge.evaluate")
+FLIPS = (lambda im: im, lambda im: im[:, ::-1], lambda im: im[::-1], lambda im: im[::-1, ::-1])
+
+
+@dataclass
+class Outputs:
+    """Raw model outputs for a set: logits (n, k) per flip, and the mean invoke time."""
+
+    logits_per_flip: np.ndarray  # (flips, n, k)
+    invoke_ms: float
+
+    def logits(self, tta: bool) -> np.ndarray:
+        return self.logits_per_flip.mean(axis=0) if tta else self.logits_per_flip[0]
+
+    def probabilities(self, tta: bool, temperature: float) -> np.ndarray:
+        if tta:
+            return softmax(self.logits_per_flip, temperature).mean(axis=0)
+        return softmax(self.logits_per_flip[0], temperature)
+
+
+def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
+    """The classifier for one pack variant: 'int8' (cpu backend) or 'float' (ONNX on the CPU provider)."""
+    settings = InferenceSettings(cpu={"threads": threads}, jetson={"providers": ["CPUExecutionProvider"]})
+    backend = {"int8": "cpu", "float": "jetson"}[variant]
+    classifier = Classifier.open(pack, backend, settings)
+    if classifier.backend_name != backend:
+        raise EdgeError(f"{variant} variant could not be opened: {classifier.fallback_reason}")
+    return classifier
+
+
+def collect_outputs(classifier: Classifier, images: list[np.ndarray], tta: bool) -> Outputs:
+    flips = FLIPS if tta else FLIPS[:1]
+    rows = np.zeros((len(flips), len(images), len(classifier.pack.manifest.labels)), dtype=np.float32)
+    invoke_total = 0.0
+    for i, image in enumerate(images):
+        for f, flip in enumerate(flips):
+            tensor = classifier.preprocess(np.ascontiguousarray(flip(image)))
+            started = time.perf_counter()
+            rows[f, i] = classifier.backend.invoke(tensor)
+            invoke_total += time.perf_counter() - started
+    return Outputs(rows, invoke_total / (len(images) * len(flips)) * 1e3)
+
+
+def load_images(paths: list[Path]) -> list[np.ndarray]:
+    return [read_image_file(path) for path in paths]
+
+
+def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, tta: bool) -> dict:
+    labels = list(pack.manifest.labels)
+    spec = pack.manifest.decision
+    logits = outputs.logits(tta)
+    p = outputs.probabilities(tta, spec.temperature)
+    uncalibrated = outputs.probabilities(tta, 1.0)
+    decisions = decide_batch(p, logits, spec, pack.manifest.labels)
+    decided = np.array([d.index for d in decisions])
+    abstained = np.array([d.abstained for d in decisions])
+    ood = np.array([d.reason == OUT_OF_DISTRIBUTION for d in decisions])
+    argmax = summarise(y, p, p.argmax(axis=1), labels)
+    operating = summarise(y, p, decided, labels)
+    mel = labels.index("mel") if "mel" in labels else None
+    result = {
+        "argmax": _compact(argmax),
+        "operating_point": _compact(operating),
+        "ece_before_temperature": summarise(y, uncalibrated, uncalibrated.argmax(axis=1), labels)["ece"],
+        "abstain_rate": float(abstained.mean()),
+        "out_of_distribution_rate": float(ood.mean()),
+        "invoke_ms": round(outputs.invoke_ms, 3),
+    }
+    if mel is not None:
+        referred = (decided == mel) | abstained  # an abstained case is also sent to a clinician
+        result["mel_referral_sensitivity"] = float(referred[y == mel].mean())
+        result["mel_referral_specificity"] = float(1 - referred[y != mel].mean())
+    return result
+
+
+def _compact(summary: dict) -> dict:
+    def clean(value):
+        if isinstance(value, float):
+            return None if np.isnan(value) else round(value, 4)
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    return clean(summary)
+
+
+def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=("int8", "float"),
+             tta_options=(False, True), threads: int = 2, raw: dict | None = None) -> dict:
+    """Score every available variant with and without flip TTA; variants the pack lacks are reported as such.
+
+    ``raw``, when given, receives ``{variant: (y, Outputs)}`` for plots.
+    """
+    index = {label: i for i, label in enumerate(pack.manifest.labels)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise EdgeError(f"labels {unknown} are not in model {pack.manifest.name}")
+    y = np.array([index[label] for label in labels])
+    images = load_images(paths)
+    report: dict = {"model": pack.info().to_json(), "n_images": len(paths),
+                    "class_counts": {k: int((y == i).sum()) for k, i in index.items()}, "variants": {}}
+    for variant in variants:
+        try:
+            classifier = open_variant(pack, variant, threads)
+        except EdgeError as exc:
+            report["variants"][variant] = {"error": str(exc)}
+            continue
+        outputs = collect_outputs(classifier, images, tta=True in tta_options)
+        report["variants"][variant] = {("tta" if tta else "plain"): score(outputs, y, pack, tta) for tta in tta_options}
+        if raw is not None:
+            raw[variant] = (y, outputs)
+        classifier.close()
+    return report

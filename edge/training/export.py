@@ -1,0 +1,140 @@
+"""After training: export, quantise, calibrate on val, evaluate once on test, and write the model pack.
+
+* SavedModel first (the route from Keras 3 to the TFLite converter), then a **full-integer int8** TFLite
+  (int8 weights, activations, input and output; representative data from the training split) for the CPU
+  and, after ``edgetpu_compiler``, the Coral; and a float **ONNX** export for the Jetson backend.
+* **Calibration on val only**: temperature scaling (NLL), the melanoma/BCC operating point, the abstention
+  and out-of-distribution thresholds, all measured through the int8 model on the device's preprocessing.
+* **Test once**: the lesion-grouped test split is scored at the very end and written to the pack as is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from edge.evaluation.metrics import fit_temperature
+from edge.evaluation.run import collect_outputs, evaluate, load_images, open_variant
+from edge.inference.decision import decide_batch, logsumexp, softmax
+from edge.inference.manifest import DecisionSpec, InputSpec, OutputSpec, PriorityRule, load_pack, write_pack
+from edge.training.data import SPLITS, Sample, write_split
+from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
+from edge.types import Urgency
+
+log = logging.getLogger("edge.train")
+LABEL_INFO = Path(__file__).with_name("ham10000_labels.json")
+# Operating point targets on val (the test split must reach >= 0.80; val targets carry a margin).
+PRIORITY_TARGETS = {"mel": 0.85, "bcc": 0.85}
+ABSTAIN_BELOW = 0.5  # calibrated: the top answer is less likely than not
+OOD_PERCENTILE = 0.5  # % of val images whose logsumexp falls below the OOD threshold
+
+
+def export_savedmodel(model, work: Path) -> Path:
+    path = work / "saved_model"
+    shutil.rmtree(path, ignore_errors=True)
+    model.export(str(path), verbose=False)
+    return path
+
+
+def quantize_int8(tf, saved_model: Path, representative: np.ndarray, out: Path) -> Path:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[None]] for x in representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    out.write_bytes(converter.convert())
+    return out
+
+
+def export_onnx(saved_model: Path, out: Path) -> Path:
+    command = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(out),
+               "--opset", "17"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"tf2onnx failed: {result.stderr[-2000:]}")
+    return out
+
+
+def representative_images(samples: list[Sample], config: TrainConfig) -> np.ndarray:
+    rng = np.random.default_rng(config.seed)
+    chosen = rng.choice(len(samples), size=min(config.representative_images, len(samples)), replace=False)
+    return to_model_input(np.stack([center_square(load_image(samples[i].path, config.load_short_side), config.input_size)
+                                    for i in chosen]))
+
+
+def label_tables(labels: list[str]) -> tuple[dict, dict]:
+    info = json.loads(LABEL_INFO.read_text()) if LABEL_INFO.exists() else {}
+    display = {label: info[label]["display_name"] for label in labels if label in info}
+    urgency = {label: Urgency(info[label]["urgency"]) for label in labels if label in info}
+    return display, urgency
+
+
+def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
+    """Temperature, operating point and abstention fitted on val through the int8 model."""
+    labels = list(pack.manifest.labels)
+    y = np.array([labels.index(s.label) for s in val])
+    classifier = open_variant(pack, "int8")
+    logits = collect_outputs(classifier, load_images([s.path for s in val]), tta=False).logits(False)
+    classifier.close()
+    temperature = fit_temperature(y, logits)
+    p = softmax(logits, temperature)
+    rules: list[PriorityRule] = []
+    chosen = {}
+    for label, target in PRIORITY_TARGETS.items():
+        if label not in labels:
+            continue
+        c = labels.index(label)
+        for threshold in np.round(np.arange(0.50, 0.01, -0.01), 2):
+            spec = DecisionSpec(temperature=temperature, priority=(*rules, PriorityRule(label=label, min_probability=threshold)))
+            decided = np.array([d.index for d in decide_batch(p, None, spec, pack.manifest.labels)])
+            sensitivity = float(np.mean(decided[y == c] == c))
+            if sensitivity >= target:
+                break
+        rules.append(PriorityRule(label=label, min_probability=float(threshold)))
+        chosen[label] = {"threshold": float(threshold), "val_sensitivity": sensitivity}
+    ood = float(np.percentile(logsumexp(logits), OOD_PERCENTILE))
+    decision = DecisionSpec(temperature=temperature, priority=tuple(rules), abstain_below=ABSTAIN_BELOW,
+                            ood_min_logsumexp=round(ood, 4))
+    return decision, {"temperature": temperature, "priority": chosen, "abstain_below": ABSTAIN_BELOW,
+                      "ood_min_logsumexp": ood, "ood_percentile_of_val": OOD_PERCENTILE, "n_val": len(val)}
+
+
+def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labels: list[str], work: Path, out: Path,
+                *, name: str, version: str, licence: str, history: list) -> Path:
+    keras, tf = setup_tensorflow(config.seed)
+    saved_model = export_savedmodel(model, work)
+    log.info("quantising to int8 with %d representative training images", config.representative_images)
+    tflite = quantize_int8(tf, saved_model, representative_images(split["train"], config), work / "model.tflite")
+    onnx = export_onnx(saved_model, work / "model.onnx")
+    display, urgency = label_tables(labels)
+    common = dict(model_files={"cpu": tflite, "jetson": onnx}, labels=labels, name=name, version=version,
+                  licence=licence, display_names=display, urgency=urgency,
+                  input_spec=InputSpec(width=config.input_size, height=config.input_size, crop="center_square"),
+                  output=OutputSpec(activation="none"),
+                  description="MobileNetV2 fine-tuned on HAM10000 dermoscopy; a screening aid, not a diagnosis.")
+    out = Path(out)
+    pack = write_pack(out, **common)
+    log.info("fitting temperature, operating point and abstention on val (%d images)", len(split["val"]))
+    decision, calibration = fit_decision(pack, split["val"])
+    pack = write_pack(out, decision=decision, **common)
+    write_split(split, out / "split.csv")
+    (out / "training.json").write_text(json.dumps({"config": asdict(config), "history": history,
+                                                   "calibration": calibration,
+                                                   "split_sizes": {k: len(split[k]) for k in SPLITS}}, indent=2))
+    log.info("evaluating once on the held-out test split (%d images)", len(split["test"]))
+    raw: dict = {}
+    report = evaluate(load_pack(out), [s.path for s in split["test"]], [s.label for s in split["test"]], raw=raw)
+    (out / "evaluation_test.json").write_text(json.dumps(report, indent=2))
+    from edge.training.report import write_plots
+
+    write_plots(out, history, raw["int8"], load_pack(out))
+    log.info("model pack written to %s", out)
+    return out

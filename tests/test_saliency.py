@@ -1,0 +1,39 @@
+"""Occlusion saliency points at what drove the answer, on real models."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import PRETRAINED, run_edge
+from edge.config import InferenceSettings
+from edge.inference import Classifier, load_pack
+from edge.types import Quality
+from edge.vision.decode import read_image_file
+
+
+def test_saliency_finds_the_patch_that_decides_the_class(colour_pack):
+    classifier = Classifier.open(load_pack(colour_pack), "jetson",
+                                 InferenceSettings(jetson={"providers": ["CPUExecutionProvider"]}))
+    image = np.full((224, 224, 3), 90, np.uint8)
+    image[150:210, 20:80] = (255, 0, 0)  # a red patch, bottom left, makes the mean colour red
+    result = classifier.classify(image, Quality())
+    assert result.label == "red"
+    saliency = classifier.saliency(image)
+    peak_y, peak_x = np.unravel_index(np.argmax(saliency.heatmap), saliency.heatmap.shape)
+    assert 130 <= peak_y <= 224 and 0 <= peak_x <= 100
+    assert saliency.heatmap[:80, 140:].max() < 0.3  # far from the patch, hiding the image changes little
+    assert saliency.overlay.shape == (224, 224, 3) and saliency.png()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saliency_on_the_int8_model(imagenet_pack):
+    classifier = Classifier.open(load_pack(imagenet_pack), "cpu", InferenceSettings())
+    saliency = classifier.saliency(read_image_file(PRETRAINED / "grace_hopper.bmp"))
+    assert classifier.pack.manifest.labels[saliency.target] == "military uniform"
+    assert 0.0 <= saliency.heatmap.min() and saliency.heatmap.max() == 1.0
+
+
+def test_classify_cli_writes_saliency_overlays(imagenet_pack, tmp_path):
+    result = run_edge("classify", "--json", "--model", str(imagenet_pack), "--saliency", str(tmp_path),
+                      str(PRETRAINED / "cat.bmp"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cat.saliency.png").read_bytes()[:4] == b"\x89PNG"
