@@ -332,29 +332,32 @@ def print_timing(images: list[np.ndarray], settings: QualitySettings, frames: in
     """p50 per-frame cost of ``assess`` against the preprocess resize to 224x224, interleaved frame by frame.
 
     ``images`` are HAM images at their own 200x150; each is timed as it is and upscaled to a 640x480 camera
-    frame. The reference is the model-input resize of the same frame (INTER_AREA when shrinking, as
-    ``edge.vision.preprocess`` does), measured in the same loop so machine load hits both alike.
+    frame. The reference is the model-input resize of the same frame (INTER_AREA when shrinking, INTER_LINEAR
+    when enlarging, as ``edge.vision.preprocess`` does), timed in the same loop so machine load hits both
+    alike. Each frame is copied in just before it is timed, as a camera capture writes it, and the two take
+    turns going first so neither gets the other's warmed-up cache.
     """
-    print("\n| frame | assess p50 | assess p90 | reference resize to 224x224 p50 | ratio (p50 / p50) | frames |")
+    print("\n| frame | assess p50 | assess p90 | reference: resize to 224x224, p50 | ratio of p50s | frames |")
     print("|---|---|---|---|---|---|")
     for size in ((640, 480), (200, 150)):
         sources = [cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR) for rgb in images]
-        shrinking = size[0] > 224
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        interpolation = cv2.INTER_AREA if size[0] > 224 else cv2.INTER_LINEAR
         gate, reference = [], []
         for i in range(frames + 20):  # the first 20 warm up
-            frame = sources[i % len(sources)]
-            start = time.perf_counter()
-            assess(frame, settings)
-            middle = time.perf_counter()
-            cv2.resize(frame, (224, 224), interpolation=interpolation)
-            end = time.perf_counter()
+            frame = sources[i % len(sources)].copy()
+            steps = [lambda: assess(frame, settings), lambda: cv2.resize(frame, (224, 224), interpolation=interpolation)]
+            took = []
+            for step in steps if i % 2 else steps[::-1]:
+                start = time.perf_counter()
+                step()
+                took.append((time.perf_counter() - start) * 1e3)
             if i >= 20:
-                gate.append((middle - start) * 1e3)
-                reference.append((end - middle) * 1e3)
+                gate_ms, reference_ms = took if i % 2 else took[::-1]
+                gate.append(gate_ms)
+                reference.append(reference_ms)
         g50, g90, r50 = np.percentile(gate, 50), np.percentile(gate, 90), np.percentile(reference, 50)
-        print(f"| {size[0]}x{size[1]} | {g50:.3f} ms | {g90:.3f} ms | {r50:.3f} ms "
-              f"({'INTER_AREA' if shrinking else 'INTER_LINEAR'}) | {g50 / r50:.2f} | {frames} |")  # fmt: skip
+        name = "INTER_AREA" if interpolation == cv2.INTER_AREA else "INTER_LINEAR"
+        print(f"| {size[0]}x{size[1]} | {g50:.3f} ms | {g90:.3f} ms | {r50:.3f} ms ({name}) | {g50 / r50:.2f} | {frames} |")
 
 
 def main() -> None:

@@ -153,7 +153,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 # --- model ----------------------------------------------------------------------------------------------
 
 def cmd_model(args: argparse.Namespace) -> int:
-    from edge.inference.manifest import InputSpec, OutputSpec, load_pack, read_labels, write_pack
+    from edge.inference.manifest import InputSpec, OutputSpec, add_variant, load_pack, read_labels, write_pack
 
     if args.model_command == "verify":
         pack = load_pack(Path(args.dir))
@@ -161,6 +161,10 @@ def cmd_model(args: argparse.Namespace) -> int:
         for variant, ok, detail in report:
             print(f"[{'PASS' if ok else 'FAIL'}] {variant}: {detail}")
         return EXIT_OK if all(ok for _, ok, _ in report) else EXIT_FAILED
+    if args.model_command == "add-variant":
+        pack = add_variant(Path(args.dir), args.variant, Path(args.file))
+        print(f"{pack.root}: {args.variant} variant added ({pack.manifest.files[args.variant].sha256[:12]}…)")
+        return EXIT_OK
     files = {"cpu": Path(args.tflite)}
     if args.edgetpu:
         files["coral"] = Path(args.edgetpu)
@@ -261,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub = p.add_subparsers(dest="model_command", required=True)
     verify = model_sub.add_parser("verify", help="check every file of a pack against its sha256")
     verify.add_argument("dir")
+    variant = model_sub.add_parser("add-variant", help="add a coral (edgetpu_compiler output) or jetson (ONNX) file")
+    variant.add_argument("dir")
+    variant.add_argument("variant", choices=["coral", "jetson"])
+    variant.add_argument("file")
     pack = model_sub.add_parser("pack", help="make a pack from a .tflite file and a labels file")
     pack.add_argument("--tflite", required=True)
     pack.add_argument("--labels", required=True, help="text file, one label per line")

@@ -201,3 +201,16 @@ def test_classify_cli_json_grace_hopper(imagenet_pack):
     assert record["latency_ms"] > 0
     assert record["model"]["name"] == "imagenet-mobilenetv2-int8" and len(record["model"]["sha256"]) == 64
     assert record["backend"] == "cpu"
+
+
+def test_add_variant_signs_the_new_file(tmp_path, imagenet_pack):
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(imagenet_pack, pack_dir)
+    compiled = tmp_path / "model_edgetpu_from_compiler.tflite"
+    compiled.write_bytes((imagenet_pack / "model.tflite").read_bytes())
+    result = run_edge("model", "add-variant", str(pack_dir), "coral", str(compiled))
+    assert result.returncode == 0, result.stderr
+    pack = load_pack(pack_dir)
+    assert pack.verified_path("coral").name == "model_edgetpu.tflite"
+    verify = run_edge("model", "verify", str(pack_dir))
+    assert verify.returncode == 0 and "[PASS] coral: model_edgetpu.tflite sha256 ok" in verify.stdout

@@ -228,6 +228,20 @@ def write_pack(
     return load_pack(out_dir)
 
 
+def add_variant(pack_dir: Path, variant: str, source: Path) -> ModelPack:
+    """Copy ``source`` into the pack as ``variant`` (e.g. the edgetpu_compiler output) and re-sign the manifest."""
+    pack = load_pack(pack_dir)
+    target = Path(pack_dir) / VARIANT_FILENAMES[variant]
+    if Path(source).resolve() != target.resolve():
+        shutil.copyfile(source, target)
+    raw = pack.manifest.model_dump(mode="json", by_alias=True)
+    raw["files"][variant] = {"path": target.name, "sha256": sha256_file(target)}
+    manifest = Manifest.model_validate(raw)
+    text = json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2) + "\n"
+    (Path(pack_dir) / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return load_pack(pack_dir)
+
+
 def read_labels(path: Path) -> list[str]:
     """One label per line; repeated names (ImageNet has two 'crane's) get a ' (2)' suffix, as keys must be unique."""
     seen: dict[str, int] = {}
