@@ -24,7 +24,6 @@ from edge.camera import (
     ResilientSource,
     open_source,
     probe_auto,
-    resolve_source,
 )
 from edge.camera.opencv import opencv_has_gstreamer
 from edge.errors import CameraUnavailable
@@ -312,7 +311,6 @@ def test_specs_build_the_right_unopened_sources(tmp_path: Path) -> None:
 
 
 def test_none_spec_means_no_camera() -> None:
-    assert resolve_source("none") is None
     with pytest.raises(CameraUnavailable, match="disabled"):
         open_source("none")
 
@@ -413,7 +411,6 @@ def test_probe_finding_nothing_returns_none_and_every_step(
     assert source is None
     assert [r.ok for r in results] == [False, False, False, False]
     assert any("no camera found, uploads only" in r.getMessage() for r in camera_log.records)
-    assert resolve_source("auto", replay_dir=tmp_path) is None
     with pytest.raises(CameraUnavailable, match=r"no camera found: probed picamera2: .*opencv:/dev/video\*"):
         open_source("auto", replay_dir=tmp_path)
 

@@ -4,7 +4,7 @@ Only the pipeline imports this package. Everything here hands out RGB ``edge.typ
 reports failures as ``edge.errors.CameraUnavailable`` with a message the user can act on.
 """
 
-from edge.camera.auto import open_source, probe_auto, resolve_source
+from edge.camera.auto import open_source, probe_auto
 from edge.camera.base import CameraSource, ProbeResult
 from edge.camera.opencv import OpenCVSource
 from edge.camera.picam import Picamera2Source
@@ -20,5 +20,4 @@ __all__ = [
     "ResilientSource",
     "open_source",
     "probe_auto",
-    "resolve_source",
 ]

@@ -164,25 +164,3 @@ def open_source(
     if spec == NONE_SPEC:
         raise CameraUnavailable("camera is disabled (camera source 'none'): uploads only")
     raise CameraUnavailable(f"unknown camera source '{spec}': expected one of {EXPECTED_SPECS}")
-
-
-def resolve_source(
-    spec: str,
-    *,
-    width: int = 640,
-    height: int = 480,
-    fps: float = 15.0,
-    replay_dir: Path | None = None,
-    shared_dir: Path | None = None,
-    loop: bool = True,
-) -> CameraSource | None:
-    """Like ``open_source`` but ``none``, and ``auto`` finding nothing, give None (run uploads-only)."""
-    if spec.strip() == NONE_SPEC:
-        log.info("camera disabled by configuration: uploads only")
-        return None
-    if spec.strip() == AUTO_SPEC:
-        source, _ = probe_auto(replay_dir=replay_dir, shared_dir=shared_dir, width=width, height=height, fps=fps)
-        return source
-    return open_source(
-        spec, width=width, height=height, fps=fps, replay_dir=replay_dir, shared_dir=shared_dir, loop=loop
-    )

@@ -1,7 +1,8 @@
 """The capture quality gate: is this frame good enough to classify?
 
-``assess`` runs on every preview frame, so it is cheap (a few milliseconds for a 640x480 frame): the frame is
-resized so its long side is ``analysis_size`` pixels, converted once to YCrCb, and measured:
+``assess`` runs on every preview frame, in front of every model invoke, so it must be cheap (about 0.3 ms for a
+640x480 frame, measured in ``benchmarks/quality_calibration.md``): the frame is area-averaged so its long side is ``analysis_size`` (160) pixels, converted once to YCrCb, and measured there
+with OpenCV calls on 8-bit masks and small float32 images:
 
 * exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel);
 * skin -- the fraction of colour-measurable pixels whose chroma (Cr, Cb) falls in the skin/lesion band;
@@ -62,10 +63,12 @@ class QualitySettings(BaseModel):
         ge=64,
         le=1024,
         description="Frames are resized so their long side is this many pixels before measuring, so a 640x480 "
-        "camera frame and a 200x150 image are measured alike. Thresholds are calibrated at 256.",
+        "camera frame and a 200x150 image are measured alike. The sharpness bands scale with it, but blur_min "
+        "and the other thresholds are calibrated at 160: re-calibrate if it is changed. 160 is a quarter of a "
+        "640x480 frame, which the gate reaches by two cheap 2x area halvings.",
     )
     blur_min: float = Field(
-        0.047,
+        0.042,
         ge=0.0,
         le=10.0,
         description="Minimum sharpness (fine-detail energy relative to coarse structure in the sharpest tiles "
@@ -91,7 +94,7 @@ class QualitySettings(BaseModel):
         "first, long before its luma reaches white).",
     )
     bright_fraction_max: float = Field(
-        0.41, ge=0.0, le=1.0, description="Fraction of clipped pixels above which the frame is OVEREXPOSED."
+        0.40, ge=0.0, le=1.0, description="Fraction of clipped pixels above which the frame is OVEREXPOSED."
     )
     skin_luma_min: int = Field(
         25,
