@@ -52,7 +52,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edge.types import QualityIssue  # noqa: E402
-from edge.vision.quality import QualitySettings, _resize_long_side, assess, measure  # noqa: E402
+from edge.vision.quality import QualitySettings, assess, measure  # noqa: E402
 
 HAM = Path("/work/shared/data/ham10000")
 PRETRAINED = Path("/work/shared/pretrained")
@@ -95,6 +95,15 @@ def load_rgb(path: Path) -> np.ndarray:
     if bgr is None:
         raise SystemExit(f"cannot read {path}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def at_degrade_size(rgb: np.ndarray) -> np.ndarray:
+    """The image with its long side at DEGRADE_SIZE, resized exactly as the first calibration did (INTER_LINEAR up,
+    INTER_AREA down), so the originals and their degraded versions are the same frames as then."""
+    height, width = rgb.shape[:2]
+    scale = DEGRADE_SIZE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA if scale < 1.0 else cv2.INTER_LINEAR)
 
 
 def blurred(rgb: np.ndarray, sigma: float = 3.0) -> np.ndarray:
@@ -345,19 +354,28 @@ def print_timing(images: list[np.ndarray], settings: QualitySettings, frames: in
         gate, reference = [], []
         for i in range(frames + 20):  # the first 20 warm up
             frame = sources[i % len(sources)].copy()
-            steps = [lambda: assess(frame, settings), lambda: cv2.resize(frame, (224, 224), interpolation=interpolation)]
-            took = []
-            for step in steps if i % 2 else steps[::-1]:
-                start = time.perf_counter()
-                step()
-                took.append((time.perf_counter() - start) * 1e3)
+            gate_ms, reference_ms = _time_pair(
+                lambda: assess(frame, settings),  # noqa: B023 (called at once, inside this iteration)
+                lambda: cv2.resize(frame, (224, 224), interpolation=interpolation),  # noqa: B023
+                in_order=i % 2 == 0,
+            )
             if i >= 20:
-                gate_ms, reference_ms = took if i % 2 else took[::-1]
                 gate.append(gate_ms)
                 reference.append(reference_ms)
         g50, g90, r50 = np.percentile(gate, 50), np.percentile(gate, 90), np.percentile(reference, 50)
         name = "INTER_AREA" if interpolation == cv2.INTER_AREA else "INTER_LINEAR"
-        print(f"| {size[0]}x{size[1]} | {g50:.3f} ms | {g90:.3f} ms | {r50:.3f} ms ({name}) | {g50 / r50:.2f} | {frames} |")
+        print(f"| {size[0]}x{size[1]} | {g50:.3f} ms | {g90:.3f} ms | {r50:.3f} ms ({name}) "
+              f"| {g50 / r50:.2f} | {frames} |")  # fmt: skip
+
+
+def _time_pair(first, second, in_order: bool) -> tuple[float, float]:
+    """Milliseconds taken by ``first`` and by ``second``, run in that order if ``in_order``, else reversed."""
+    took = {}
+    for key, step in ((0, first), (1, second)) if in_order else ((1, second), (0, first)):
+        start = time.perf_counter()
+        step()
+        took[key] = (time.perf_counter() - start) * 1e3
+    return took[0], took[1]
 
 
 def main() -> None:
@@ -372,7 +390,7 @@ def main() -> None:
           f"({args.per_class} per dx class, seed {args.seed})")  # fmt: skip
 
     def load(ids: list[tuple[str, str]]) -> list[np.ndarray]:
-        return [_resize_long_side(load_rgb(HAM / "images" / f"{i}.jpg"), DEGRADE_SIZE) for _, i in ids]
+        return [at_degrade_size(load_rgb(HAM / "images" / f"{i}.jpg")) for _, i in ids]
 
     started = time.perf_counter()
     sel_images, rep_images = load(selection), load(report)
