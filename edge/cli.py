@@ -96,25 +96,15 @@ def _emit_error(as_json: bool, image: str, message: str) -> None:
 # --- run ------------------------------------------------------------------------------------------------
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge.pipeline import Pipeline, ensure_state_dir
+    from edge.daemon import Daemon
 
     settings = _settings(args)
     logging.getLogger().setLevel(settings.log_level)
-    ensure_state_dir(settings)
-    pipeline = Pipeline.from_settings(settings)
+    daemon = Daemon(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    pipeline.subscribe(lambda r: log.info("result %s %s p=%.3f urgency=%s %.1f ms", r.id[:8], r.label, r.confidence,
-                                          r.urgency.value, r.latency_ms))
-    if pipeline.camera is None:
-        log.warning("no camera: this device accepts uploads only (the kiosk serves them)")
-    log.info("edge %s running: %s", __version__, json.dumps(pipeline.health()))
-    try:
-        pipeline.run(stop, max_frames=args.max_frames)
-    finally:
-        log.info("stopping: %s", json.dumps(pipeline.health()))
-        pipeline.close()
+    daemon.run(stop, max_frames=args.max_frames)
     return EXIT_OK
 
 

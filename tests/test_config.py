@@ -96,9 +96,9 @@ def test_cli_show_round_trips_through_check(tmp_path):
 
 
 def test_cli_check_reports_one_clear_line(tmp_path):
-    result = run_edge("config", "check", str(write(tmp_path, "[kiosk]\nport = 1\n")))
+    result = run_edge("config", "check", str(write(tmp_path, "[kiosks]\nport = 1\n")))
     assert result.returncode == 2
-    assert "kiosk: unknown setting" in result.stderr
+    assert "kiosks: unknown setting" in result.stderr
     assert "Traceback" not in result.stderr
 
 

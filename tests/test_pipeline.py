@@ -29,7 +29,8 @@ def replay_folder(tmp_path, ham_images):
 
 
 def settings_for(pack, source, **extra):
-    overrides = {"camera": {"source": source, "fps": 100}, "inference": {"model_dir": str(pack), "backend": "cpu"}}
+    overrides = {"camera": {"source": source, "fps": 100}, "inference": {"model_dir": str(pack), "backend": "cpu"},
+                 "pipeline": {"auto_classify": True}}
     overrides.update(extra)
     return load_settings(None, overrides)
 
@@ -99,14 +100,16 @@ def test_camera_that_disappears_is_reopened_without_stopping(imagenet_pack, repl
 
 def test_edge_run_cli_replays_and_exits_cleanly(imagenet_pack, replay_folder, tmp_path):
     result = run_edge("run", "--model", str(imagenet_pack), "--source", f"file:{replay_folder}",
-                      "--max-frames", "4", "--state-dir", str(tmp_path / "state"))
+                      "--max-frames", "4", "--state-dir", str(tmp_path / "state"),
+                      env={"EDGE_PIPELINE__AUTO_CLASSIFY": "true", "EDGE_KIOSK__ENABLED": "false"})
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(" result ") >= 3
     assert (tmp_path / "state").is_dir()
 
 
 def test_edge_run_without_camera_says_so_and_stops_on_sigterm(imagenet_pack, tmp_path):
-    env = {**os.environ, "EDGE_SHARED_DIR": str(tmp_path / "empty-shared")}
+    env = {**os.environ, "EDGE_SHARED_DIR": str(tmp_path / "empty-shared"), "EDGE_KIOSK__PORT": "0",
+           "EDGE_ASSISTANT__ENABLED": "false"}
     daemon = subprocess.Popen([sys.executable, "-m", "edge", "run", "--model", str(imagenet_pack), "--source", "auto",
                                "--state-dir", str(tmp_path / "s")], env=env, stderr=subprocess.PIPE, text=True)
     lines = []

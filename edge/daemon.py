@@ -1,0 +1,78 @@
+"""``edge run``: the pipeline loop, the kiosk server and (later) MQTT, started and stopped together.
+
+This is the composition root: it builds every service from the settings and wires them, so the services
+themselves never look each other up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+from edge import __version__
+from edge.config import Settings
+from edge.pipeline import Pipeline, ensure_state_dir
+from edge.screening import PipelineScreening
+
+log = logging.getLogger("edge")
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        ensure_state_dir(settings)
+        self.settings = settings
+        self.pipeline = Pipeline.from_settings(settings)
+        self.pipeline.subscribe(lambda r: log.info("result %s %s p=%.3f urgency=%s %.1f ms", r.id[:8], r.label,
+                                                   r.confidence, r.urgency.value, r.latency_ms))
+        self.screening = PipelineScreening(self.pipeline)
+        self.assistant = self._assistant()
+        self.history = self._history()
+        self.server = self._kiosk_server()
+
+    def _assistant(self):
+        if not (self.settings.kiosk.enabled and self.settings.assistant.enabled):
+            return None
+        from edge.assistant.service import build_assistant
+
+        return build_assistant(self.settings, self.pipeline.classifier.pack if self.pipeline.classifier else None)
+
+    def _history(self):
+        if not self.settings.kiosk.health_worker_mode:
+            return None
+        from edge.store import History
+
+        return History(self.settings.state_dir / "history.sqlite")
+
+    def _kiosk_server(self):
+        if not self.settings.kiosk.enabled:
+            return None
+        from waitress import create_server
+
+        from edge.kiosk.app import create_app
+
+        app = create_app(self.screening, self.settings, assistant=self.assistant, history=self.history)
+        kiosk = self.settings.kiosk
+        return create_server(app, host=kiosk.host, port=kiosk.port, threads=6, channel_timeout=30)
+
+    def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
+        if self.pipeline.camera is None:
+            log.warning("no camera: this device accepts uploads only")
+        if self.server is not None:
+            threading.Thread(target=self.server.run, name="kiosk", daemon=True).start()
+            log.info("kiosk UI on http://%s:%d/", self.settings.kiosk.host, self.server.effective_port)
+        log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
+        try:
+            self.pipeline.run(stop, max_frames=max_frames)
+        finally:
+            log.info("stopping: %s", json.dumps(self.pipeline.health()))
+            self.close()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.assistant is not None:
+            self.assistant.close()
+        if self.history is not None:
+            self.history.close()
+        self.pipeline.close()

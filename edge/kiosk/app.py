@@ -1,0 +1,273 @@
+"""The kiosk's Flask app factory: the JSON API the page itself uses, served locally by waitress.
+
+Every error is JSON with a 4xx status and one message a person can act on; the server keeps serving.
+The app holds no module-level state: everything lives on the objects passed to ``create_app``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Iterator
+
+from flask import Flask, Response, jsonify, render_template, request, stream_with_context
+from werkzeug.exceptions import HTTPException
+
+from edge import __version__
+from edge.errors import CameraUnavailable, EdgeError, ImageError, ModelError
+from edge.kiosk import i18n, metrics
+from edge.kiosk.ports import NotFound, RetakeNeeded, Screening
+from edge.kiosk.session import SessionKeeper
+
+log = logging.getLogger("edge.kiosk")
+HERE = Path(__file__).parent
+MJPEG_BOUNDARY = "frame"
+
+
+class ApiError(EdgeError):
+    def __init__(self, status: int, message: str, **extra) -> None:
+        super().__init__(message)
+        self.status, self.extra = status, extra
+
+
+def create_app(screening: Screening, settings, *, assistant=None, history=None) -> Flask:
+    """``settings`` is the full ``Settings``; ``assistant`` and ``history`` are optional services."""
+    kiosk = settings.kiosk
+    app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_bytes + 64 * 1024
+    sessions = SessionKeeper(kiosk.idle_timeout_s, screening.forget)
+    started = time.monotonic()
+    app.extensions["edge"] = {"screening": screening, "sessions": sessions, "assistant": assistant,
+                              "history": history}
+
+    def language() -> str:
+        asked = request.args.get("lang")
+        if not asked and request.is_json:
+            body = request.get_json(silent=True)
+            asked = body.get("lang") if isinstance(body, dict) else None
+        if not asked and request.method == "POST" and not request.is_json:
+            asked = request.form.get("lang")
+        return i18n.supported(asked if isinstance(asked, str) else kiosk.language)
+
+    # -- errors ----------------------------------------------------------------------------------------
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return jsonify({"error": str(exc), **exc.extra}), exc.status
+
+    @app.errorhandler(RetakeNeeded)
+    def retake(exc: RetakeNeeded):
+        lang = language()
+        return jsonify({"error": "retake", "quality": exc.quality.to_json(),
+                        "guidance": [i18n.text(lang, f"quality.{issue.value}") for issue in exc.quality.issues]}), 422
+
+    @app.errorhandler(NotFound)
+    def not_found(exc: NotFound):
+        return jsonify({"error": str(exc)}), 404
+
+    @app.errorhandler(ImageError)
+    def bad_image(exc: ImageError):
+        return jsonify({"error": str(exc)}), 400
+
+    @app.errorhandler(CameraUnavailable)
+    @app.errorhandler(ModelError)
+    def unavailable(exc: EdgeError):
+        return jsonify({"error": str(exc)}), 409
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        message = "image is larger than the upload limit" if exc.code == 413 else exc.description
+        return jsonify({"error": message}), exc.code
+
+    # -- pages and health ------------------------------------------------------------------------------
+    @app.get("/")
+    def index():
+        lang = language()
+        return render_template("index.html", lang=lang, catalogue=i18n.catalogue(lang), languages=i18n.LANGUAGES,
+                               version=__version__, health_worker=kiosk.health_worker_mode)
+
+    @app.get("/api/i18n/<lang>")
+    def catalogue(lang: str):
+        if lang not in i18n.LANGUAGES:
+            raise ApiError(404, f"unknown language {lang!r}: {', '.join(i18n.LANGUAGES)}")
+        return jsonify(i18n.catalogue(lang))
+
+    @app.get("/health")
+    def health():
+        body = screening.health()
+        body.update({"version": __version__, "uptime_s": round(time.monotonic() - started, 1),
+                     "llm": assistant.health() if assistant else {"status": "disabled"},
+                     "mqtt": {"status": "disabled"}})
+        return jsonify(body)
+
+    @app.get("/metrics")
+    def prometheus():
+        text = metrics.render(screening.stats(), time.monotonic() - started, assistant.stats() if assistant else None)
+        return Response(text, mimetype="text/plain; version=0.0.4")
+
+    # -- preview and capture ---------------------------------------------------------------------------
+    @app.get("/api/preview")
+    def preview_status():
+        preview = screening.preview()
+        if preview is None:
+            return jsonify({"camera": False})
+        lang = language()
+        quality = preview.quality
+        return jsonify({"camera": True, "index": preview.index, "ok": bool(quality and quality.ok),
+                        "guidance": [i18n.text(lang, f"quality.{i.value}") for i in (quality.issues if quality else ())]})
+
+    @app.get("/api/stream.mjpg")
+    def stream():
+        if screening.preview() is None:
+            raise ApiError(409, "no camera on this device: upload a photo instead")
+        limit = request.args.get("frames", type=int)
+        return Response(stream_with_context(_mjpeg(screening, kiosk.preview_fps, limit)),
+                        mimetype=f"multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}")
+
+    @app.post("/api/capture")
+    def capture():
+        return _result_response(screening.capture())
+
+    @app.post("/api/classify")
+    def classify():
+        upload = request.files.get("image")
+        if upload is None:
+            raise ApiError(400, "send the photo as multipart form field 'image'")
+        data = upload.read(settings.limits.max_bytes + 1)
+        if len(data) > settings.limits.max_bytes:
+            raise ApiError(413, "image is larger than the upload limit")
+        return _result_response(screening.classify_upload(data))
+
+    def _result_response(result):
+        sessions.add(result)
+        if history is not None:
+            history.record(result)
+        lang = language()
+        body = result.to_json()
+        body["urgency_text"] = i18n.text(lang, f"urgency.{result.urgency.value}")
+        body["next_step"] = i18n.text(lang, f"next.{result.urgency.value}")
+        body["saliency_url"] = f"/api/saliency/{result.id}.png"
+        return jsonify(body)
+
+    @app.get("/api/saliency/<result_id>.png")
+    def saliency(result_id: str):
+        sessions.result(result_id)
+        return Response(screening.saliency_png(result_id), mimetype="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/session/new")
+    def new_patient():
+        sessions.new_patient()
+        return jsonify({"ok": True})
+
+    # -- symptoms, chat, report ------------------------------------------------------------------------
+    @app.post("/api/symptoms/<result_id>")
+    def symptoms(result_id: str):
+        from edge.assistant.symptoms import adjust_urgency
+
+        result = sessions.result(result_id)
+        body = request.get_json(silent=True) or {}
+        ticked = body.get("symptoms")
+        if not isinstance(ticked, list) or not all(isinstance(s, str) for s in ticked):
+            raise ApiError(400, "send JSON {\"symptoms\": [ids]}")
+        try:
+            adjustment = adjust_urgency(result.urgency, set(ticked), language())
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from None
+        sessions.touch().symptoms[result_id] = frozenset(ticked)
+        return jsonify({"urgency": adjustment.urgency.value, "reasons": list(adjustment.reasons),
+                        "urgency_text": i18n.text(language(), f"urgency.{adjustment.urgency.value}")})
+
+    @app.post("/api/chat")
+    def chat():
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("message"), str) or not body["message"].strip():
+            raise ApiError(400, "send JSON {\"message\": \"…\"} with an optional result_id and lang")
+        message = body["message"].strip()
+        if len(message) > kiosk.max_chat_chars:
+            raise ApiError(413, f"message is longer than {kiosk.max_chat_chars} characters")
+        result = sessions.result(body["result_id"]) if body.get("result_id") else None
+        lang = i18n.supported(body.get("lang") or kiosk.language)
+        if assistant is None:
+            raise ApiError(409, "the assistant is not enabled on this device")
+        session = sessions.touch()
+        events = assistant.answer(message, result, lang, history=list(session.chat),
+                                  symptoms=session.symptoms.get(result.id, frozenset()) if result else frozenset())
+        session.chat.append({"role": "user", "content": message})
+        return Response(stream_with_context(_sse(events, session)), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/api/report/<result_id>")
+    def report(result_id: str):
+        result = sessions.result(result_id)
+        fmt = request.args.get("format", "json")
+        if fmt not in ("json", "md", "html"):
+            raise ApiError(400, "format must be json, md or html")
+        if assistant is None:
+            raise ApiError(409, "reports need the assistant package")
+        built = assistant.report(result, language(), symptoms=sessions.touch().symptoms.get(result_id, frozenset()))
+        if fmt == "md":
+            return Response(built.markdown(), mimetype="text/markdown; charset=utf-8")
+        if fmt == "html":
+            return Response(built.html(), mimetype="text/html; charset=utf-8")
+        return jsonify({"source": built.source, "note": built.note,
+                        "sections": [{"key": s.key, "title": s.title, "text": s.text} for s in built.sections]})
+
+    # -- health-worker history -------------------------------------------------------------------------
+    def _history():
+        if history is None:
+            raise ApiError(404, "history is only kept in health-worker mode (kiosk.health_worker_mode)")
+        return history
+
+    @app.get("/api/history")
+    def history_list():
+        return jsonify({"entries": _history().entries()})
+
+    @app.get("/api/history.csv")
+    def history_csv():
+        return Response(_history().csv(), mimetype="text/csv",
+                        headers={"Content-Disposition": "attachment; filename=edge-history.csv"})
+
+    @app.post("/api/history/<result_id>/note")
+    def history_note(result_id: str):
+        body = request.get_json(silent=True) or {}
+        note = body.get("note")
+        if not isinstance(note, str) or len(note) > 1000:
+            raise ApiError(400, "send JSON {\"note\": \"…\"} of at most 1000 characters")
+        if not _history().set_note(result_id, note):
+            raise NotFound(f"no history entry {result_id!r}")
+        return jsonify({"ok": True})
+
+    @app.post("/api/history/purge")
+    def history_purge():
+        return jsonify({"deleted": _history().purge()})
+
+    return app
+
+
+def _mjpeg(screening: Screening, fps: float, limit: int | None) -> Iterator[bytes]:
+    sent, last_index = 0, None
+    while limit is None or sent < limit:
+        preview = screening.preview()
+        if preview is None:
+            return
+        if preview.index != last_index:
+            last_index = preview.index
+            sent += 1
+            yield (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(preview.jpeg)}\r\n"
+                   f"X-Quality-Ok: {int(bool(preview.quality and preview.quality.ok))}\r\n\r\n").encode() \
+                + preview.jpeg + b"\r\n"
+        time.sleep(1.0 / fps)
+
+
+def _sse(events, session) -> Iterator[str]:
+    answer = []
+    try:
+        for event in events:
+            if event.kind in ("token", "replace", "redflag"):
+                answer = [event.data["text"]] if event.kind != "token" else answer + [event.data["text"]]
+            yield f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
+    finally:
+        if answer:
+            session.chat.append({"role": "assistant", "content": "".join(answer)})

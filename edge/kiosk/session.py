@@ -1,0 +1,71 @@
+"""The kiosk's one patient session: results, ticked symptoms and chat, in memory only.
+
+A kiosk serves one person at a time. "New patient" or an idle timeout clears everything, and the screening
+side is told to forget the images it held for those results. Nothing here is ever written to disk.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from edge.kiosk.ports import NotFound
+from edge.types import Result
+
+
+@dataclass
+class PatientSession:
+    results: dict[str, Result] = field(default_factory=dict)
+    symptoms: dict[str, frozenset[str]] = field(default_factory=dict)
+    chat: list[dict] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    last_activity: float = field(default_factory=time.monotonic)
+
+
+class SessionKeeper:
+    def __init__(self, idle_timeout_s: float, on_clear: Callable[[list[str]], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self._on_clear = on_clear
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._session = PatientSession(started=clock(), last_activity=clock())
+        self.cleared = 0
+
+    def touch(self) -> PatientSession:
+        """The current session, after expiring it if it has been idle too long."""
+        with self._lock:
+            now = self._clock()
+            if self._session.results and now - self._session.last_activity > self.idle_timeout_s:
+                self._clear_locked()
+            self._session.last_activity = now
+            return self._session
+
+    def expire_if_idle(self) -> bool:
+        with self._lock:
+            if self._session.results and self._clock() - self._session.last_activity > self.idle_timeout_s:
+                self._clear_locked()
+                return True
+            return False
+
+    def new_patient(self) -> None:
+        with self._lock:
+            self._clear_locked()
+
+    def _clear_locked(self) -> None:
+        ids = list(self._session.results)
+        self._session = PatientSession(started=self._clock(), last_activity=self._clock())
+        self.cleared += 1
+        self._on_clear(ids)
+
+    def add(self, result: Result) -> None:
+        self.touch().results[result.id] = result
+
+    def result(self, result_id: str) -> Result:
+        session = self.touch()
+        try:
+            return session.results[result_id]
+        except KeyError:
+            raise NotFound(f"unknown result id {result_id!r} (a new patient session clears results)") from None

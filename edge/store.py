@@ -1,0 +1,75 @@
+"""Local SQLite history for health-worker mode: one row per screening, on this device only.
+
+Opt-in (``kiosk.health_worker_mode``). Rows hold the result, urgency, time and an optional note typed by the
+health worker; never an image, never a name. CSV export for the worker's own records, and a purge.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import threading
+from pathlib import Path
+
+from edge.types import Result
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    id TEXT PRIMARY KEY,
+    time REAL NOT NULL,
+    label TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    confidence REAL NOT NULL,
+    urgency TEXT NOT NULL,
+    abstained INTEGER NOT NULL,
+    model_version TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+)
+"""
+COLUMNS = ("id", "time", "label", "display_name", "confidence", "urgency", "abstained", "model_version", "note")
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(SCHEMA)
+        self._lock = threading.Lock()
+
+    def record(self, result: Result) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO history (id, time, label, display_name, confidence, urgency, abstained, "
+                "model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.id, result.timestamp, result.label, result.display_name, result.confidence,
+                 result.urgency.value, int(result.abstained), result.model.version))
+
+    def set_note(self, result_id: str, note: str) -> bool:
+        with self._lock:
+            return self._db.execute("UPDATE history SET note = ? WHERE id = ?", (note, result_id)).rowcount == 1
+
+    def entries(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM history ORDER BY time DESC").fetchall()
+        return [dict(zip(COLUMNS, row)) for row in rows]
+
+    def csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(COLUMNS)
+        for entry in self.entries():
+            writer.writerow([entry[c] for c in COLUMNS])
+        return buffer.getvalue()
+
+    def purge(self) -> int:
+        with self._lock:
+            deleted = self._db.execute("DELETE FROM history").rowcount
+            self._db.execute("VACUUM")
+        return deleted
+
+    def close(self) -> None:
+        self._db.close()
