@@ -33,8 +33,11 @@ class Daemon:
     def _assistant(self):
         if not (self.settings.kiosk.enabled and self.settings.assistant.enabled):
             return None
-        from edge.assistant.service import build_assistant
-
+        try:
+            from edge.assistant.service import build_assistant
+        except ImportError as exc:
+            log.warning("assistant unavailable (%s): reports come from templates", exc)
+            return None
         return build_assistant(self.settings, self.pipeline.classifier.pack if self.pipeline.classifier else None)
 
     def _history(self):
