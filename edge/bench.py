@@ -13,6 +13,7 @@ import resource
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from edge.camera import open_source
@@ -42,6 +43,14 @@ def replay_spec(settings: Settings) -> str:
     return f"file:{folder}"
 
 
+def camera_sized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Replayed images (HAM10000 is 200x150) scaled to the camera's frame size, so that every stage works on
+    what a real camera delivers; the scaling is counted in the decode stage, as the camera's cost."""
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return cv2.resize(image, size, interpolation=cv2.INTER_LINEAR)
+
+
 def measure_pipeline(settings: Settings, classifier: Classifier, frames: int) -> tuple[dict, float, list[float]]:
     """Run ``frames`` frames through every stage; return per-stage ms lists, frames/s and raw invoke ms.
 
@@ -53,18 +62,19 @@ def measure_pipeline(settings: Settings, classifier: Classifier, frames: int) ->
     busy = 0.0
     source = open_source(replay_spec(settings), width=settings.camera.width, height=settings.camera.height,
                          fps=settings.camera.fps, loop=True)
+    size = (settings.camera.width, settings.camera.height)
     with source:
-        tensor = classifier.preprocess(source.read().image)
+        tensor = classifier.preprocess(camera_sized(source.read().image, size))
         for _ in range(WARMUP_FRAMES):
-            classifier.scores(source.read().image)
+            classifier.scores(camera_sized(source.read().image, size))
             classifier.backend.invoke(tensor)
         for _ in range(frames):
             t0 = time.perf_counter()
-            frame = source.read()
+            image = camera_sized(source.read().image, size)
             t1 = time.perf_counter()
-            assess(frame.image, settings.quality)
+            assess(image, settings.quality)
             t2 = time.perf_counter()
-            scores = classifier.scores(frame.image)
+            scores = classifier.scores(image)
             t3 = time.perf_counter()
             classifier.backend.invoke(tensor)
             raw.append((time.perf_counter() - t3) * 1e3)

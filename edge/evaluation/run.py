@@ -22,7 +22,8 @@ from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
 from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.evaluate")
-FLIPS = (lambda im: im, lambda im: im[:, ::-1], lambda im: im[::-1], lambda im: im[::-1, ::-1])
+# The same flips as ``Classifier.scores`` applies to the NHWC input tensor.
+FLIPS = (lambda t: t, lambda t: t[:, :, ::-1], lambda t: t[:, ::-1], lambda t: t[:, ::-1, ::-1])
 
 
 @dataclass
@@ -36,9 +37,8 @@ class Outputs:
         return self.logits_per_flip.mean(axis=0) if tta else self.logits_per_flip[0]
 
     def probabilities(self, tta: bool, temperature: float) -> np.ndarray:
-        if tta:
-            return softmax(self.logits_per_flip, temperature).mean(axis=0)
-        return softmax(self.logits_per_flip[0], temperature)
+        """As the device computes them: softmax of the (flip-averaged) logits over the temperature."""
+        return softmax(self.logits(tta), temperature)
 
 
 def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
@@ -56,10 +56,11 @@ def collect_outputs(classifier: Classifier, images: list[np.ndarray], tta: bool)
     rows = np.zeros((len(flips), len(images), len(classifier.pack.manifest.labels)), dtype=np.float32)
     invoke_total = 0.0
     for i, image in enumerate(images):
+        tensor = classifier.preprocess(image)
         for f, flip in enumerate(flips):
-            tensor = classifier.preprocess(np.ascontiguousarray(flip(image)))
+            flipped = np.ascontiguousarray(flip(tensor))
             started = time.perf_counter()
-            rows[f, i] = classifier.backend.invoke(tensor)
+            rows[f, i] = classifier.backend.invoke(flipped)
             invoke_total += time.perf_counter() - started
     return Outputs(rows, invoke_total / (len(images) * len(flips)) * 1e3)
 
@@ -129,6 +130,7 @@ def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=
             continue
         outputs = collect_outputs(classifier, images, tta=True in tta_options)
         report["variants"][variant] = {("tta" if tta else "plain"): score(outputs, y, pack, tta) for tta in tta_options}
+        report["shipped"] = "tta" if pack.manifest.decision.test_time_flips else "plain"
         if raw is not None:
             raw[variant] = (y, outputs)
         classifier.close()

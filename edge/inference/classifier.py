@@ -116,12 +116,16 @@ class Classifier:
         self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
 
     def scores(self, image: np.ndarray) -> Scores:
-        """Preprocess, invoke and postprocess one RGB image."""
+        """Preprocess, invoke and postprocess one RGB image (with its flips when the pack asks for them)."""
         start = time.perf_counter()
         tensor = self._preprocess(image)
+        tensors = [tensor]
+        if self.pack.manifest.decision.test_time_flips:
+            tensors += [np.ascontiguousarray(tensor[:, :, ::-1]), np.ascontiguousarray(tensor[:, ::-1]),
+                        np.ascontiguousarray(tensor[:, ::-1, ::-1])]
         after_pre = time.perf_counter()
         try:
-            raw = self._backend.invoke(tensor)
+            raw = np.mean([self._backend.invoke(t) for t in tensors], axis=0)
         except BackendFailed as exc:
             if self._backend.name == "cpu":
                 raise

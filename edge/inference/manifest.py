@@ -59,6 +59,8 @@ class DecisionSpec(_Strict):
     """How calibrated probabilities become an answer, fitted on the validation split."""
 
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Logits are divided by this before softmax.")
+    test_time_flips: bool = Field(False, description="Average the logits of the image and its three flips "
+                                  "(4 invokes); chosen on val when it helps there.")
     priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax.")
     abstain_below: float = Field(0.0, ge=0.0, le=1.0, description="Top calibrated probability below which "
                                  "the answer is 'unsure - please see a clinician'.")

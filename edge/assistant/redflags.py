@@ -1,0 +1,417 @@
+"""Red flags in what a person types, checked *before* any LLM sees the text.
+
+Some symptoms need a clinician soon whatever the photo shows; this device cannot assess them. When one is
+mentioned, the kiosk shows ``urgent_message`` (fixed, vetted text) instead of, or before, anything generated.
+
+Detection is deliberately simple and auditable: regular expressions over normalised text, in English,
+Spanish and French at once (a Spanish speaker may type Spanish while the UI is English).
+
+- Normalisation: NFKD, combining marks stripped, case-folded; punctuation becomes a clause boundary.
+- Inflections are covered by stems: bleeds/bleeding/bled, sangra/sangrado/sangrando, saigne/saignement.
+- Negation: a negation word (no, not, never, without, n't; no, sin, nunca, ni; ne, n', pas, sans, jamais,
+  aucun) up to four words before a mention, in the same clause, cancels that mention: "no bleeding", "sin
+  sangrado", "pas de saignement", "ne saigne pas". Clauses end at punctuation and at "but / and / pero / y /
+  mais / et", so "no pain but it bleeds" still flags bleeding. Phrases whose meaning *includes* a negation
+  ("won't stop bleeding", "no para de sangrar", "doesn't heal", "ne cicatrise pas") are matched as a whole.
+- Errors go one way on purpose: when unsure, flag. Any un-negated mention of bleeding or oozing from a spot
+  counts (a spot that bleeds without injury is itself a warning sign, and free text cannot tell "bled once"
+  from "won't stop"); a false alarm costs a clinic visit, a miss can cost much more.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from edge.assistant.guard import DISCLAIMER, ByLanguage, fold, resolve_lang
+
+log = logging.getLogger("edge.assistant")
+
+FLAGS = ("bleeding", "rapid_change", "non_healing", "spreading_redness_fever", "severe_pain", "new_lump",
+         "ulceration", "nail_streak")
+
+
+@dataclass(frozen=True)
+class RedFlagMatch:
+    """Flags found, in the stable order of ``FLAGS``; ``matched_text[i]`` is the user's words for ``flags[i]``."""
+
+    flags: tuple[str, ...]
+    matched_text: tuple[str, ...]
+
+
+# --- normalisation with a map back to the user's text ----------------------------------------------------
+
+_BOUNDARY = ","
+_CLAUSE_PUNCT = set(".,;:!?¡¿()[]{}\"“”«»…\n\r|/")
+
+
+@dataclass(frozen=True)
+class _Normalised:
+    text: str  # lower-case ascii-ish words separated by single spaces; "," marks a clause boundary
+    origin: tuple[int, ...]  # origin[i] = index in the original text of text[i]
+    original: str
+
+    def source(self, start: int, end: int) -> str:
+        return self.original[self.origin[start]: self.origin[end - 1] + 1]
+
+
+def _normalise(text: str) -> _Normalised:
+    chars: list[str] = []
+    origin: list[int] = []
+
+    def emit(c: str, i: int) -> None:
+        if c == " " and (not chars or chars[-1] == " "):
+            return
+        chars.append(c)
+        origin.append(i)
+
+    for i, ch in enumerate(text):
+        if ch in _CLAUSE_PUNCT:
+            for c in f" {_BOUNDARY} ":
+                emit(c, i)
+            continue
+        for c in fold(ch):
+            emit(c if c.isalnum() else " ", i)
+    while chars and chars[-1] == " ":
+        chars.pop()
+        origin.pop()
+    return _Normalised("".join(chars), tuple(origin), text)
+
+
+# --- negation ---------------------------------------------------------------------------------------------
+
+_NEGATIONS = frozenset({
+    "no", "not", "never", "without", "nor", "neither", "none", "nothing", "cannot", "t", "dont", "doesnt",
+    "didnt", "isnt", "wasnt", "hasnt", "havent", "hadnt", "wont", "cant", "arent", "werent", "deny", "denies",
+    "sin", "nunca", "ni", "jamas", "tampoco", "ningun", "ninguna", "ninguno", "nada",
+    "ne", "n", "pas", "sans", "jamais", "aucun", "aucune", "rien",
+})
+# Words that end a negation's reach: clause joiners, and subordinators ("I don't know why it bleeds").
+_SCOPE_ENDS = frozenset({
+    _BOUNDARY, "but", "however", "although", "though", "yet", "and", "except", "why", "because", "when",
+    "whether", "if", "that", "which",
+    "pero", "aunque", "sino", "y", "e", "excepto", "salvo", "porque", "cuando", "si", "que",
+    "mais", "cependant", "pourtant", "et", "sauf", "parce", "quand", "lorsque", "pourquoi", "qui",
+})
+_NEGATION_REACH = 4  # words
+
+
+def _negated_before(text: str, start: int) -> bool:
+    for count, word in enumerate(reversed(text[:start].split())):
+        if word in _SCOPE_ENDS or count >= _NEGATION_REACH:
+            return False
+        if word in _NEGATIONS:
+            return True
+    return False
+
+
+def _negated_after(text: str, end: int) -> bool:
+    """Spoken French drops the "ne": "ça saigne pas" (but "saigne pas mal" means "bleeds quite a lot")."""
+    after = text[end:].split()[:2]
+    if not after or after[0] not in {"pas", "jamais"}:
+        return False
+    return not (after[0] == "pas" and after[1:] == ["mal"])
+
+
+# --- rules ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Term:
+    pattern: re.Pattern
+    negation_inside: bool = False  # the phrase means something *because* of its negation ("won't heal")
+    check: Callable[[re.Match], bool] | None = None
+
+
+def _terms(*patterns: str, negation_inside: bool = False, check=None) -> tuple[_Term, ...]:
+    return tuple(_Term(re.compile(rf"\b(?:{p})(?![a-z0-9])"), negation_inside, check) for p in patterns)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    flag: str
+    terms: tuple[_Term, ...] = ()
+    # Alternatively, every group mentioned (un-negated) anywhere in the text: fever *and* redness.
+    together: tuple[tuple[_Term, ...], ...] = field(default_factory=tuple)
+
+
+_W = r"[a-z0-9]+ "  # one word inside a clause (never crosses a "," boundary)
+
+_NUMBER_WORDS = {
+    "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9, "ten": 10, "un": 1, "una": 1, "uno": 1, "dos": 2, "tres": 3, "cuatro": 4, "cinco": 5, "seis": 6,
+    "siete": 7, "ocho": 8, "une": 1, "deux": 2, "trois": 3, "quatre": 4, "cinq": 5, "sept": 7, "huit": 8,
+}
+_SORE = (r"sores?|wounds?|ulcers?|scabs?|cuts?|llagas?|heridas?|ulceras?|costras?|grietas?|plaies?|blessures?"
+         r"|croutes?|ulceres?")
+_DURATION = (rf"(?:{_SORE}) (?:{_W}){{0,8}}(?P<n>\d+|a few|an?|one|two|three|four|five|six|seven|eight|nine|ten"
+             r"|several|many|few|un|una|uno|dos|tres|cuatro|cinco|seis|siete|ocho|varias|varios|muchas|muchos|unas"
+             r"|unos|une|deux|trois|quatre|cinq|sept|huit|plusieurs|quelques) (?P<unit>weeks?|months?|years?|semanas?"
+             r"|mes|meses|anos?|semaines?|mois|ans?|annees?)")
+
+
+def _long_enough(match: re.Match) -> bool:
+    """A sore present for three weeks or more (any number of months or years) has not healed."""
+    unit, amount = match.group("unit"), match.group("n")
+    if not unit.startswith(("week", "semana", "semaine")):
+        return True
+    number = int(amount) if amount.isdigit() else _NUMBER_WORDS.get(amount, 3)  # several/a few/varias -> 3
+    return number >= 3
+
+
+_LUMP_EN = r"lumps?|swelling|swollen|mass|masses|knots?|nodes?|glands?|balls?"
+_LOC_EN = r"armpits?|underarms?|under arm|arm pit|axilla|groin|neck"
+_LUMP_ES = (r"bultos?|bolas?|bolitas?|ganglios?|nodulos?|hinchazon|inflamacion|masas?|pelotitas?|quistes?"
+            r"|chichon\w*|dureza")
+_LOC_ES = r"axilas?|sobacos?|ingles?|cuello"
+_LUMP_FR = r"boules?|grosseurs?|ganglions?|masses?|nodules?|gonflements?|kystes?|durete"
+_LOC_FR = r"aisselles?|aine|aines|cou|creux axillaire"
+_NAIL_EN = r"nails?|fingernails?|toenails?|nail beds?"
+_STREAK_EN = r"streaks?|lines?|stripes?|bands?|strips?"
+
+_RULES: tuple[_Rule, ...] = (
+    _Rule("bleeding", _terms(
+        r"bleed\w*|bled|bloody|ooz\w*|weeping|blood (?:comes|coming|came|keeps|everywhere|on|from)",
+        r"sangr\w*|supur\w*", r"saign\w*|suint\w*|du sang|de sang|sang coule",
+    ) + _terms(
+        r"(?:not|never|t|wont|cant|doesnt|dont|didnt|cannot) stop\w* (?:the )?(?:bleed\w*|ooz\w*)",
+        r"no (?:[a-z]+ ){0,2}(?:para|paro|deja|dejo|parado|dejado|detiene|corta|cesa) (?:de )?(?:sangr\w*|supur\w*)",
+        r"(?:ne |n )?(?:arret\w*|cesse) (?:pas |plus |jamais )?de (?:saign\w*|suint\w*)",
+        negation_inside=True,
+    )),
+    _Rule("rapid_change", _terms(
+        r"grows|growing|grown|grew|enlarg\w*|expanding|evolv\w*|(?:fast|rapid|quick|sudden)\w* (?:growth|change\w*)",
+        r"(?:get|gets|getting|got|gotten|become|becomes|became|becoming|turn|turns|turned|turning|went|gone|go"
+        r"|going) (?:much |a lot |a bit |really |way |even )?(?:bigger|larger|wider|darker|thicker|raised|lumpy"
+        r"|irregular|uneven)",
+        r"(?:bigger|larger|darker|wider|thicker) than (?:before|it was|it used|last)",
+        r"chang\w* (?:in |its |the |of ){0,2}(?:size|shape|colou?rs?|appearance|texture)",
+        r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
+        r"(?:has|have|had|is|s|keeps|kept|been|started|starting|began|begun|it|mole|spot|lesion|mark|lump|freckle"
+        r"|patch) (?:[a-z]+ )?chang\w*",
+        r"new colou?rs?",
+        # Spanish
+        r"crec\w*|agrand\w*|oscurec\w*|evolu\w*|aument\w* (?:de )?(?:tamano|volumen)",
+        r"(?:hecho|puesto|vuelto|volviendo|haciendo|poniendo|pone|vuelve) (?:mas |muy )?(?:grande|oscur\w*"
+        r"|grues\w*|irregular|elevad\w*|abultad\w*)",
+        r"cada vez mas (?:grande|oscur\w*|grues\w*|irregular)",
+        r"cambi\w* (?:de |en |su |el |la ){0,2}(?:tamano|forma|color|aspecto|apariencia)",
+        r"(?:tamano|forma|color|aspecto) (?:ha |han )?cambi\w*",
+        r"(?:ha|han|esta|estan|sigue|va) (?:[a-z]+ )?cambi\w*",
+        # French
+        r"grossi\w*|grandi\w*|agrandi\w*|assombri\w*",
+        r"chang\w* (?:de |d |en ){0,2}(?:taille|forme|couleur|aspect)",
+        r"(?:taille|forme|couleur|aspect) (?:a |ont |qui )?(?:chang\w*|evolu\w*)",
+        r"(?:a|ont|avoir|ai|as) (?:[a-z]+ ){0,2}chang\w*",
+        r"(?:devenu|devenue|devenus|devient|deviennent) (?:[a-z]+ )?(?:plus )?(?:gros|grosse|grand|grande|fonce\w*"
+        r"|sombre|noir\w*|epais\w*|irregulier\w*|bomb\w*)",
+        r"de plus en plus (?:gros|grosse|grand|grande|fonce\w*|sombre|noir\w*|epais\w*)",
+    )),
+    _Rule("non_healing", _terms(
+        r"(?:not|never|t|wont|doesnt|dont|didnt|isnt|hasnt|havent|cant|cannot) (?:[a-z]+ ){0,2}heal\w*",
+        r"non ?heal\w*|unheal\w*",
+        r"keeps? (?:on )?(?:coming back|reopening|re opening|opening up|breaking down|scabbing)",
+        r"heal\w* (?:and|then|but) (?:[a-z]+ )?(?:comes back|came back|reopens|reopened|opens again|breaks down)",
+        r"no (?:se |me |le |lo |la |ha |han |he |termina de |acaba de |quiere |logra |parece |consigue ){0,3}"
+        r"(?:cura\w*|curo|sana\w*|sano|cicatriz\w*|cierra\w*|cerrad\w*|cerro|curad\w*)",
+        r"sin (?:cura\w*|sana\w*|cicatriz\w*|cerrar\w*)|vuelve a abrir\w*|se vuelve a abrir|sigue abierta"
+        r"|todavia abierta",
+        r"(?:ne|n) (?:[a-z]+ ){0,2}(?:gueri\w*|cicatris\w*|referm\w*|ferme\w*)(?: pas| jamais| plus| toujours pas)?",
+        r"(?:pas|jamais|toujours pas) (?:encore |vraiment )?(?:gueri\w*|cicatris\w*|referm\w*)(?: pas| jamais)?",
+        r"sans (?:gueri\w*|cicatris\w*|se refermer)|rouvr\w*|reouvr\w*|toujours ouverte?",
+        negation_inside=True,
+    ) + _terms(_DURATION, check=_long_enough)),
+    _Rule("spreading_redness_fever", _terms(
+        rf"(?:redness|red area|red patch|red skin|rash|swelling|infection|inflammation|red) (?:{_W}){{0,3}}"
+        r"(?:spread\w*|expand\w*|getting bigger|moving up|going up|extending)",
+        r"spreading (?:redness|red|rash|swelling|infection|inflammation)|red (?:streaks?|lines?) (?:up|along|going)",
+        rf"(?:enrojecimiento|rojez|rojo|roja|zona roja|hinchazon|inflamacion|infeccion) (?:{_W}){{0,3}}"
+        r"(?:extiende\w*|extendiendo|expande\w*|expandiendo|propaga\w*|propagando|avanza\w*)",
+        r"lineas? rojas?|rayas? rojas?",
+        rf"(?:rougeurs?|rouge|gonflement|inflammation|infection|zone rouge) (?:{_W}){{0,3}}(?:s etend\w*|s etal\w*"
+        r"|se propag\w*|progresse\w*|gagne\w*|avance\w*)",
+        r"trainees? rouges?|lignes? rouges? (?:qui )?(?:monte|remonte)\w*",
+    ), together=(
+        _terms(r"fever\w*|feverish|chills|shivering|high temperature|(?:running|got|have|has) a temperature",
+               r"fiebre|febril|escalofrio\w*|calentura|temperatura alta",
+               r"fievre\w*|fiev\w*|frissons?|temperature elevee|de la temperature"),
+        _terms(r"red|redness|reddish|warm|hot|swollen|swelling|inflamed|infected",
+               r"roj\w*|enrojec\w*|caliente|calor|hinchad\w*|hinchazon|inflamad\w*|infectad\w*",
+               r"rouge\w*|chaud\w*|chaleur|gonfl\w*|enfl\w*|inflamm\w*|infecte\w*"),
+    )),
+    _Rule("severe_pain", _terms(
+        r"(?:severe|intense|terrible|unbearable|excruciating|extreme|agoni[sz]ing|awful|horrible|worsening"
+        r"|increasing|a lot of|lots of|so much|really bad|very bad) (?:[a-z]+ )?(?:pain|ache|aching|burning)",
+        r"(?:pain|ache|hurts?|hurting) (?:[a-z]+ ){0,2}(?:getting worse|worse and worse|worsening|increasing"
+        r"|unbearable|severe|so much|a lot(?! better| less)|really bad|very bad|badly|terribly|more and more)",
+        r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)",
+        r"(?:mucho|muchisimo|fuerte|intenso|terrible|insoportable|severo|horrible|tremendo) dolor",
+        r"dolor (?:muy |bastante |tan )?(?:fuerte|intenso|severo|insoportable|terrible|horrible|tremendo)",
+        r"dolor (?:que )?(?:aumenta|empeora|va en aumento|es cada vez mayor)",
+        r"duele (?:muchisimo|mucho|bastante|demasiado|horrible|cada vez mas|un monton|fuerte)"
+        r"|cada vez (?:me |le |te )?duele mas|(?:muy|super|extremadamente|bastante) doloros\w*",
+        r"(?:douleurs?|mal) (?:tres |vraiment |de plus en plus )?(?:fortes?|intenses?|severes?|insupportable\w*"
+        r"|terrible\w*|atroce\w*|horrible\w*)",
+        r"(?:fortes?|intenses?|vives?|terribles?|atroces?|horribles?|grosses?) douleurs?",
+        r"(?:tres|extremement|vraiment|super|trop) doulour\w*",
+        r"fait (?:tres|vraiment|super|trop|atrocement|horriblement|de plus en plus) mal",
+        r"douleurs? (?:qui )?(?:augmente\w*|empire\w*|s aggrave\w*|s intensifie\w*)",
+    )),
+    _Rule("new_lump", _terms(
+        rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}(?:in|under|on|near|at|of) (?:my |the |his |her |their |your |one )?"
+        rf"(?:left |right )?(?:{_LOC_EN})",
+        rf"(?:{_LOC_EN}) (?:{_W}){{0,2}}(?:lumps?|swollen|swelling|mass)",
+        r"swollen (?:lymph )?(?:nodes?|glands?)|lymph nodes? (?:[a-z]+ ){0,2}(?:swollen|enlarged|bigger|up)",
+        rf"(?:{_LUMP_ES}) (?:{_W}){{0,4}}(?:en|bajo|debajo de|de|cerca de) (?:la |el |mi |las |los |mis )?"
+        rf"(?:{_LOC_ES})",
+        rf"(?:{_LOC_ES}) (?:{_W}){{0,2}}(?:hinchad\w*|inflamad\w*|con un bulto|con una bola)",
+        r"ganglios? (?:[a-z]+ )?(?:inflamad\w*|hinchad\w*|grandes|agrandad\w*)",
+        rf"(?:{_LUMP_FR}) (?:{_W}){{0,4}}(?:sous (?:le|mon) bras|(?:a|au|dans|sous|sur|de|pres de) "
+        rf"(?:l |la |le |mon |ma |mes |les )?(?:{_LOC_FR}))",
+        r"ganglions? (?:[a-z]+ )?(?:gonfle\w*|enfle\w*|grossi\w*|augmente\w*)",
+    )),
+    _Rule("ulceration", _terms(
+        r"ulcer\w*|open (?:sore|wound)|crater\w*|blacken\w*|necros\w*",
+        r"(?:turn\w*|went|gone|going|become|became|becoming|get|gets|getting|got|gotten) (?:all |completely |very "
+        r"|really )?black",
+        r"llaga abierta|herida abierta|ennegrec\w*",
+        r"(?:puesto|volviendo|vuelto|volvio|pone|puso|vuelve|poniendo|torno|tornado) (?:muy |completamente |toda "
+        r"|todo )?negr\w*",
+        r"plaie (?:ouverte|a vif)|noirci\w*|(?:devenu\w*|devient) (?:tout |toute |completement )?noir\w*",
+    )),
+    _Rule("nail_streak", _terms(
+        rf"(?:{_STREAK_EN}) (?:{_W}){{0,4}}(?:under|in|on|along|down|through|across) (?:my |the |a |one |his "
+        rf"|her |your )?(?:[a-z]+ )?(?:{_NAIL_EN})",
+        rf"(?:{_NAIL_EN}) (?:{_W}){{0,3}}(?:dark|black|brown|brownish|blackish) (?:{_STREAK_EN})",
+        r"melanonych\w*|melanoniqui\w*",
+        # "uña" folds to "una" (also "a"/"one"), so Spanish nails need an article or preposition before them.
+        rf"(?:linea|raya|franja|banda|veta|estria)s? (?:{_W}){{0,3}}(?:en|bajo|debajo de|de|por) "
+        r"(?:la|mi|las|mis|una|su|sus) unas?",
+        rf"(?:la|mi|las|mis|su|sus) unas? (?:{_W}){{0,3}}(?:linea|raya|franja|banda|veta)s?",
+        rf"(?:ligne|bande|trait|strie|raie|rayure)s? (?:{_W}){{0,4}}(?:sous|sur|dans|de|le long de) "
+        r"(?:l |un |mon |ma |mes |le |la |les )?ongles?",
+        rf"ongles? (?:{_W}){{0,4}}(?:ligne|bande|trait|strie|raie|rayure)s?",
+    )),
+)
+
+
+def _affirmed(norm: _Normalised, terms: Iterable[_Term]) -> tuple[int, int] | None:
+    """The first mention of any term that is not negated, as a span of ``norm.text``."""
+    text = norm.text
+    for term in terms:
+        for match in term.pattern.finditer(text):
+            if term.check and not term.check(match):
+                continue
+            if not term.negation_inside and _NEGATIONS.intersection(match.group().split()):
+                continue
+            if _negated_before(text, match.start()) or _negated_after(text, match.end()):
+                continue
+            return match.span()
+    return None
+
+
+def check_red_flags(text: str) -> RedFlagMatch | None:
+    """Red-flag symptoms mentioned (and not negated) in ``text``, in any supported language; ``None`` if none."""
+    norm = _normalise(text or "")
+    flags, matched = [], []
+    for rule in _RULES:
+        span = _affirmed(norm, rule.terms)
+        if span:
+            found = norm.source(*span)
+        else:
+            spans = [_affirmed(norm, group) for group in rule.together]
+            if not spans or not all(spans):
+                continue
+            found = " … ".join(norm.source(*s) for s in spans)
+        flags.append(rule.flag)
+        matched.append(found)
+    if not flags:
+        return None
+    log.info("red flags in user text: %s", ",".join(flags))
+    return RedFlagMatch(tuple(flags), tuple(matched))
+
+
+# --- the urgent message -----------------------------------------------------------------------------------
+
+_FLAG_TEXT = {
+    "en": {
+        "bleeding": "bleeding or oozing",
+        "rapid_change": "a spot that is growing or changing quickly",
+        "non_healing": "a sore that does not heal",
+        "spreading_redness_fever": "redness that spreads, or redness with warmth or fever",
+        "severe_pain": "strong or increasing pain",
+        "new_lump": "a new lump in the armpit, groin or neck",
+        "ulceration": "a spot that has turned black or become an open sore",
+        "nail_streak": "a dark line under a nail",
+    },
+    "es": {
+        "bleeding": "sangrado o supuración",
+        "rapid_change": "una mancha que crece o cambia rápido",
+        "non_healing": "una llaga que no se cura",
+        "spreading_redness_fever": "enrojecimiento que se extiende, o enrojecimiento con calor o fiebre",
+        "severe_pain": "dolor fuerte o que va en aumento",
+        "new_lump": "un bulto nuevo en la axila, la ingle o el cuello",
+        "ulceration": "una mancha que se ha puesto negra o se ha abierto como una llaga",
+        "nail_streak": "una línea oscura bajo una uña",
+    },
+    "fr": {
+        "bleeding": "un saignement ou un suintement",
+        "rapid_change": "une tache qui grossit ou change vite",
+        "non_healing": "une plaie qui ne guérit pas",
+        "spreading_redness_fever": "une rougeur qui s'étend, ou une rougeur avec de la chaleur ou de la fièvre",
+        "severe_pain": "une douleur forte ou qui augmente",
+        "new_lump": "une nouvelle boule à l'aisselle, à l'aine ou au cou",
+        "ulceration": "une tache devenue noire ou qui s'est ouverte comme une plaie",
+        "nail_streak": "une ligne foncée sous un ongle",
+    },
+}
+
+_URGENT = ByLanguage(
+    en=("Please get medical help soon.",
+        "What you wrote can be a warning sign: {flags}.",
+        "This device cannot check these symptoms.",
+        "- See a doctor or nurse today if you can, or go to an urgent care clinic.",
+        "- Call emergency services (your local emergency number) now if bleeding is heavy or will not stop, "
+        "if you have a fever with redness that is spreading, or if you feel very unwell."),
+    es=("Por favor, busque atención médica pronto.",
+        "Lo que escribió puede ser una señal de alarma: {flags}.",
+        "Este aparato no puede evaluar estos síntomas.",
+        "- Vea a un médico o a una enfermera hoy mismo si puede, o vaya a un centro de urgencias.",
+        "- Llame ahora a emergencias (el número de emergencias de su país) si el sangrado es abundante o no se "
+        "detiene, si tiene fiebre con un enrojecimiento que se extiende, o si se siente muy mal."),
+    fr=("Veuillez consulter rapidement.",
+        "Ce que vous avez écrit peut être un signe d'alerte : {flags}.",
+        "Cet appareil ne peut pas évaluer ces symptômes.",
+        "- Consultez un médecin ou une infirmière aujourd'hui si possible, ou allez dans un service de soins "
+        "urgents.",
+        "- Appelez les urgences (le numéro d'urgence de votre pays) maintenant si le saignement est abondant ou "
+        "ne s'arrête pas, si vous avez de la fièvre avec une rougeur qui s'étend, ou si vous vous sentez très "
+        "mal."),
+)
+
+
+def flag_text(flag: str, lang: str) -> str:
+    """Plain-language description of one flag id in ``lang``."""
+    return _FLAG_TEXT[resolve_lang(lang)][flag]
+
+
+def urgent_message(lang: str, flags: Iterable[str] | RedFlagMatch | None = None) -> str:
+    """The fixed message shown when red flags are found: seek care promptly; this device cannot assess them.
+
+    ``flags`` (ids or a ``RedFlagMatch``) are named in plain words; unknown ids are logged and left out, so
+    the message itself can never fail.
+    """
+    lang = resolve_lang(lang)
+    ids = flags.flags if isinstance(flags, RedFlagMatch) else tuple(flags or ())
+    unknown = [f for f in ids if f not in _FLAG_TEXT[lang]]
+    if unknown:
+        log.warning("urgent_message: unknown red-flag ids %s ignored", unknown)
+    described = [_FLAG_TEXT[lang][f] for f in FLAGS if f in ids]
+    lines = list(_URGENT[lang])
+    if described:
+        lines[1] = lines[1].format(flags="; ".join(described))
+    else:
+        del lines[1]
+    return "\n".join([*lines, DISCLAIMER[lang]])
