@@ -46,6 +46,10 @@ apt_packages=()
 case "$platform" in
   pi) apt_packages+=(python3-picamera2) ;;  # libcamera bindings: only packaged by Raspberry Pi OS
 esac
+if [ "$dev" = 1 ]; then
+  # The tests drive the real kiosk in a real headless browser.
+  apt_packages+=(chromium chromium-driver)
+fi
 
 missing=()
 for pkg in "${apt_packages[@]+"${apt_packages[@]}"}"; do

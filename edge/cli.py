@@ -232,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
     p.add_argument("--no-tta", action="store_true", help="skip the flip test-time-augmentation variant")
     p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--final-report", action="store_true",
+                   help="score the pack's test split once and write evaluation_test.json and plots into the pack")
+    p.add_argument("--force", action="store_true", help="with --final-report: overwrite an existing report")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("run", parents=[common], help="start the daemon")

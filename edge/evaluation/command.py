@@ -32,12 +32,40 @@ def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
     return [p for p, _ in pairs], [label for _, label in pairs]
 
 
+FINAL_REPORT = "evaluation_test.json"
+
+
 def run_evaluation(args, settings) -> dict:
     pack = load_pack(settings.inference.model_dir)
+    if args.final_report:
+        return final_report(args, settings, pack)
     paths, labels = labelled_set(args, settings, pack)
     report = evaluate(pack, paths, labels, tta_options=(False,) if args.no_tta else (False, True),
                       threads=settings.inference.cpu.threads)
     report["summary"] = summary(report)
+    return report
+
+
+def final_report(args, settings, pack) -> dict:
+    """Score the pack's held-out test split once and write the numbers and plots into the pack.
+
+    The test split must stay untouched while models are compared (on val), so this refuses to run twice.
+    """
+    target = pack.root / FINAL_REPORT
+    if target.exists() and not args.force:
+        raise EdgeError(f"{target} exists: the test split is reported once (use --force to overwrite)")
+    if args.split != "test" or args.csv or args.folder or args.limit:
+        raise EdgeError("--final-report scores the whole test split of the pack's split.csv, nothing else")
+    paths, labels = labelled_set(args, settings, pack)
+    raw: dict = {}
+    report = evaluate(pack, paths, labels, threads=settings.inference.cpu.threads, raw=raw)
+    report["summary"] = summary(report)
+    import json
+
+    target.write_text(json.dumps(report, indent=2) + "\n")
+    from edge.training.report import write_test_plots
+
+    write_test_plots(pack.root, raw["int8"], pack)
     return report
 
 

@@ -5,7 +5,8 @@
   and, after ``edgetpu_compiler``, the Coral; and a float **ONNX** export for the Jetson backend.
 * **Calibration on val only**: temperature scaling (NLL), the melanoma/BCC operating point, the abstention
   and out-of-distribution thresholds, all measured through the int8 model on the device's preprocessing.
-* **Test once**: the lesion-grouped test split is scored at the very end and written to the pack as is.
+* **Test once**: the lesion-grouped test split is not read here at all. Choosing between runs happens on val;
+  ``edge evaluate --final-report`` then scores the chosen pack on test, once, and writes the result into it.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from edge.evaluation.metrics import balanced_accuracy, fit_temperature
-from edge.evaluation.run import collect_outputs, evaluate, load_images, open_variant
+from edge.evaluation.run import collect_outputs, load_images, open_variant
 from edge.inference.decision import decide_batch, logsumexp, softmax
-from edge.inference.manifest import DecisionSpec, InputSpec, OutputSpec, PriorityRule, load_pack, write_pack
+from edge.inference.manifest import DecisionSpec, InputSpec, OutputSpec, PriorityRule, write_pack
 from edge.training.data import SPLITS, Sample, write_split
 from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
 from edge.types import Urgency
@@ -138,12 +139,8 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
     (out / "training.json").write_text(json.dumps({"config": asdict(config), "history": history,
                                                    "calibration": calibration,
                                                    "split_sizes": {k: len(split[k]) for k in SPLITS}}, indent=2))
-    log.info("evaluating once on the held-out test split (%d images)", len(split["test"]))
-    raw: dict = {}
-    report = evaluate(load_pack(out), [s.path for s in split["test"]], [s.label for s in split["test"]], raw=raw)
-    (out / "evaluation_test.json").write_text(json.dumps(report, indent=2))
-    from edge.training.report import write_plots
+    from edge.training.report import write_training_curves
 
-    write_plots(out, history, raw["int8"], load_pack(out))
+    write_training_curves(out, history)
     log.info("model pack written to %s", out)
     return out

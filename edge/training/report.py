@@ -11,21 +11,31 @@ from edge.evaluation.run import Outputs
 from edge.inference.decision import decide_batch
 
 
-def write_plots(out: Path, history: list[dict], int8: tuple[np.ndarray, Outputs], pack) -> None:
+def _pyplot():  # matplotlib is a training-only dependency, imported when plotting
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_training_curves(out: Path, history: list[dict]) -> None:
+    _training(_pyplot(), out / "training_curves.png", history)
+
+
+def write_test_plots(out: Path, int8: tuple[np.ndarray, Outputs], pack) -> None:
+    plt = _pyplot()
+
     y, outputs = int8
     labels = list(pack.manifest.labels)
     spec = pack.manifest.decision
-    p = outputs.probabilities(False, spec.temperature)
-    decided = np.array([d.index for d in decide_batch(p, outputs.logits(False), spec, pack.manifest.labels)])
+    flips = spec.test_time_flips  # plot what the device ships
+    p = outputs.probabilities(flips, spec.temperature)
+    decided = np.array([d.index for d in decide_batch(p, outputs.logits(flips), spec, pack.manifest.labels)])
     _confusion(plt, out / "confusion_matrix.png", confusion_matrix(y, decided, len(labels)), labels)
     _roc(plt, out / "roc_curves.png", y, p, labels)
-    _reliability(plt, out / "reliability_diagram.png", y, outputs.probabilities(False, 1.0), p, spec.temperature)
-    _training(plt, out / "training_curves.png", history)
+    _reliability(plt, out / "reliability_diagram.png", y, outputs.probabilities(flips, 1.0), p, spec.temperature)
 
 
 def _confusion(plt, path, matrix, labels):

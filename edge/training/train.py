@@ -48,6 +48,8 @@ class TrainConfig:
     finetune_lr: float = 3e-4
     weight_decay: float = 1e-5
     dropout: float = 0.3
+    label_smoothing: float = 0.0
+    bn_affine_trainable: int = 0  # 1: BatchNorm gamma/beta learn (still in inference mode, moving stats fixed)
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -133,6 +135,7 @@ def make_train_dataset(tf, images, labels_idx, probability, class_weights, confi
     signature = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32))
     size = config.input_size
     seed_base = epoch_seed * 1_000_003
+    n_classes = len(class_weights)
 
     def augment(index, image, label, weight):
         seeds = tf.stack([tf.cast(seed_base, tf.int64), index])
@@ -149,7 +152,7 @@ def make_train_dataset(tf, images, labels_idx, probability, class_weights, confi
         x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s(6))
         x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s(7))
         x = tf.clip_by_value(x, 0.0, 1.0) * 2.0 - 1.0
-        return x, label, weight
+        return x, tf.one_hot(label, n_classes), weight
 
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).enumerate()
     dataset = dataset.map(lambda i, t: augment(i, *t), num_parallel_calls=2)
@@ -170,11 +173,13 @@ def build_model(keras, config: TrainConfig, n_classes: int, pretrained: Path):
     return keras.Model(inputs, logits, name="skin_mobilenetv2"), backbone
 
 
-def set_backbone_trainable(keras, backbone, trainable: bool) -> None:
+def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = False) -> None:
+    """The backbone always runs in inference mode (it is called with ``training=False``), so BatchNorm keeps
+    its identity statistics; with ``bn_affine`` its gamma/beta (the folded ImageNet biases) still learn."""
     backbone.trainable = trainable
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
+            layer.trainable = trainable and bn_affine
 
 
 def balanced_accuracy(labels_idx: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
@@ -219,14 +224,14 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     for phase, epochs in phases:
         if phases.index((phase, epochs)) < [p for p, _ in phases].index(state.phase):
             continue
-        set_backbone_trainable(keras, backbone, phase == "finetune")
+        set_backbone_trainable(keras, backbone, phase == "finetune", bool(config.bn_affine_trainable))
         if phase == "warmup":
             optimizer = keras.optimizers.Adam(config.warmup_lr)
         else:
             schedule = keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay_steps=epochs * steps, alpha=0.01)
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
-        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="acc")])
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        model.compile(optimizer=optimizer, loss=loss, weighted_metrics=[keras.metrics.CategoricalAccuracy(name="acc")])
         if state.phase == phase and state.epoch > 0:
             model.load_weights(resume_weights)
             _restore_optimizer(optimizer, model, work_dir)
