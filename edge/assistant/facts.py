@@ -26,8 +26,8 @@ SECTION_HEADINGS = {
     "en": SECTIONS,
     "es": ("Qué es", "Características típicas", "Qué suele pasar después", "Cuándo buscar ayuda antes",
            "Prevención y autocuidado"),
-    "fr": ("De quoi s'agit-il ?", "Signes typiques", "Ce qui se passe ensuite en général", "Quand consulter plus tôt",
-           "Prévention et soins personnels"),
+    "fr": ("De quoi s'agit-il ?", "Signes typiques", "Ce qui se passe ensuite en général",
+           "Quand consulter plus tôt", "Prévention et soins personnels"),
 }
 
 _HEADING_KEYS = {

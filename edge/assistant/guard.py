@@ -103,7 +103,7 @@ def _sentences(folded: str) -> list[str]:
 
 
 def _clauses(sentence: str) -> list[str]:
-    return [w for w in (_words(part) for part in re.split(r"[,:()\[\]\"«»“”]|\s[-–—]\s", sentence)) if w]
+    return [w for w in (_words(part) for part in re.split(r"[,:\"«»“”]|\s[-–—]\s", sentence)) if w]
 
 
 def _rx(pattern: str) -> re.Pattern:
@@ -123,36 +123,44 @@ _DISEASE = "|".join((
     r"benign\w*|inofensiv\w*",
     # French
     r"melanomes?|carcinomes?|malin\w*|basocellulaire\w*|spinocellulaire\w*|keratoses?|dermatofibromes?",
-    r"grains? de beaute|angiomes?|angiokeratomes?|granulomes?|tumeurs?|benin\w*|inoffensi\w*",
+    r"grains? de beaute|angiomes?|angiokeratomes?|granulomes?|tumeurs?|benin\w*|inoffensi\w*|sans danger",
 ))
 _FILLER = r"(?:[a-z0-9]+ ){0,3}"
 _DISEASE_AFTER = rf"{_FILLER}(?:{_DISEASE})"
 
+_SPOT_EN = r"(?:this|it|(?:the|this|your) (?:spot|lesion|mole|mark|growth|lump|patch|bump))"
+_SPOT_FR = r"(?:cela|ceci|ca|il|elle|(?:cette|votre) (?:lesion|tache)|(?:ce|votre) grain de beaute)"
+
 _DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
-    # English: "you have ...", "this/it is ...", "the diagnosis is ..."
+    # English: "you have ...", "this/it is ...", "this looks like ...", "the diagnosis is ..."
     rf"you (?:have|ve|ve got|have got|got|are suffering from|suffer from|are diagnosed with|have been diagnosed "
     rf"with) {_DISEASE_AFTER}",
-    rf"(?:this|it|(?:the|this|your) (?:spot|lesion|mole|mark|growth|lump|patch|bump)) (?:is|s) {_DISEASE_AFTER}",
+    rf"{_SPOT_EN} (?:is|s) {_DISEASE_AFTER}",
+    # "looks like" names a diagnosis for this spot; "features similar to" (the approved wording) does not
+    rf"{_SPOT_EN} (?:appears to be|appears|looks like|looks to be|seems to be|seems like|is consistent with) "
+    rf"{_DISEASE_AFTER}",
     rf"(?:my |the |your )?diagnosis (?:is|would be|will be) {_DISEASE_AFTER}",
     # Spanish: "(usted) tiene ...", "esto es ...", "se trata de ..."
     rf"(?:usted |tu |vos )?(?:tiene|tienes|tenes|padece|padeces|sufre|sufres) (?:de )?{_DISEASE_AFTER}",
-    rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de) "
-    rf"{_DISEASE_AFTER}",
+    rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de|parece"
+    rf"|parece ser|aparenta ser) {_DISEASE_AFTER}",
     rf"el diagnostico (?:es|seria|sera) {_DISEASE_AFTER}",
     # French: "vous avez ...", "c'est ...", "il s'agit de ..."
     rf"(?:vous|tu) (?:avez|as|souffrez|souffres|etes atteinte?s?|es atteinte?) (?:d |de |du |des )?{_DISEASE_AFTER}",
     rf"(?:c est|ceci est|cela est|ca est|il s agit|ce n est pas|ceci n est pas|cela n est pas|il ne s agit pas"
     rf"|(?:cette|votre) (?:lesion|tache) est|(?:ce|votre) grain de beaute est) {_DISEASE_AFTER}",
+    rf"{_SPOT_FR} (?:ressemble a|ressemble au|semble etre|a l air d etre|a l air d|parait etre) {_DISEASE_AFTER}",
     rf"le diagnostic (?:est|serait|sera) {_DISEASE_AFTER}",
 ))
 # Spanish drops the pronoun: a clause that *starts* with "es ..." / "no es ..." / "se trata de ..." is about the spot.
 _DIAGNOSIS_AT_CLAUSE_START = re.compile(
-    rf"^(?:y |pero |porque |pues |entonces |asi que )?(?:no )?(?:es|se trata de) {_DISEASE_AFTER}(?![a-z0-9])")
+    rf"^(?:y |pero |porque |pues |entonces |asi que )?(?:no )?(?:es|se trata de|parece|parece ser|aparenta "
+    rf"ser) {_DISEASE_AFTER}(?![a-z0-9])")
 
 _CERTAINTY = _rx(
     r"definitely|certainly|clearly|undoubtedly|unquestionably|obviously|without (?:a |any )?doubt|for sure"
     r"|for certain|100 ?%|100 percent"
-    r"|definitivamente|sin (?:ninguna |ninguna )?duda|claramente|con (?:toda )?(?:seguridad|certeza)|100 ?%"
+    r"|definitivamente|sin (?:ninguna )?duda|claramente|con (?:toda )?(?:seguridad|certeza)|100 ?%"
     r"|cien por cien\w*|definitivement|certainement|clairement|sans (?:aucun )?doute|assurement|a coup sur"
     r"|indeniablement|cent pour cent")
 _DISEASE_RX = _rx(_DISEASE)
@@ -166,7 +174,8 @@ _I_AM_SURE = _rx(
 _FALSE_REASSURANCE = _rx(
     r"nothing to worry about|no need to (?:see|visit|consult)|(?:don t|do not|dont) need to (?:see|visit|consult)"
     r"|no (?:hay|tiene) (?:nada )?(?:de )?que preocupar\w*|no (?:necesita|hace falta|es necesario) (?:ver|consultar|ir)"
-    r"|rien d inquietant|(?:pas|aucun) besoin de (?:consulter|voir)|aucune raison de (?:vous |s )inquieter")
+    r"|rien d inquietant|(?:pas|aucun) besoin de (?:consulter|voir)|aucune raison de (?:vous |s )inquieter"
+    r"|nothing serious|nada grave|no es nada|rien de grave|ce n est rien")
 
 # Hedges before a statement in the same clause turn it into screening language: "if you have ...",
 # "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is
@@ -174,17 +183,26 @@ _FALSE_REASSURANCE = _rx(
 _HEDGE_BEFORE = _rx(
     r"may|might|could|can|cannot|unable|possibly|possible|perhaps|maybe|suggests?|suggested|similar|resembles?"
     r"|whether|if|unsure|likely|unlikely|probably|screening|rule out|t"
-    r"|puede|pueden|podria|podrian|quizas?|tal vez|posibles?|posiblemente|probablemente|sugiere\w*|similar\w*"
-    r"|parecid\w*|parece|si|descartar|deteccion|cribado"
-    r"|peut|peuvent|pourrait|pourraient|possiblement|probablement|suggere\w*|similaires?|ressembl\w*"
-    r"|semblable\w*|s il|si|exclure|depistage|eventuel\w*")
+    r"|puedo|podemos|puede|pueden|podria|podrian|quizas?|tal vez|posibles?|posiblemente|probablemente"
+    r"|sugiere\w*|similar\w*|parecid\w*|si|descartar|deteccion|cribado"
+    r"|peux|pouvons|pouvez|peut|peuvent|pourrait|pourraient|possiblement|probablement|suggere\w*|similaires?"
+    r"|ressembl\w*|semblable\w*|s il|exclure|depistage|eventuel\w*")
 _HEDGE_INSIDE = _rx(
     r"possibly|probably|perhaps|maybe|likely|unlikely|necessarily|posiblemente|probablemente|quizas?|tal vez"
     r"|necesariamente|possiblement|probablement|peut etre|eventuellement|forcement|necessairement")
 
 
+# A benign verdict is false reassurance even when it is only "probable": "it's most likely a harmless mole".
+_REASSURING = _rx(r"benign\w*|harmless|inofensiv\w*|benin\w*|inoffensi\w*|sans danger|not (?:a )?cancer"
+                  r"|no es (?:un )?cancer|pas (?:un )?cancer")
+_PROBABILITY = frozenset({"likely", "unlikely", "probably", "probablemente", "probablement"})
+
+
 def _hedged(clause: str, match: re.Match) -> bool:
-    return bool(_HEDGE_BEFORE.search(clause[: match.start()]) or _HEDGE_INSIDE.search(match.group()))
+    hedges = [h.group() for h in _HEDGE_BEFORE.finditer(clause[: match.start()])]
+    if _REASSURING.search(match.group()):
+        return any(h not in _PROBABILITY for h in hedges)
+    return bool(hedges or _HEDGE_INSIDE.search(match.group()))
 
 
 def _find_diagnosis(folded: str) -> str | None:

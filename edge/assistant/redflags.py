@@ -138,6 +138,8 @@ class _Rule:
 
 
 _W = r"[a-z0-9]+ "  # one word inside a clause (never crosses a "," boundary)
+_NOT_EN = (r"(?:(?:won|can|doesn|don|didn|isn|hasn|haven|wasn|aren|weren|couldn|wouldn) t|not|never|wont|cant"
+           r"|doesnt|dont|didnt|isnt|hasnt|havent|cannot)")
 
 _NUMBER_WORDS = {
     "a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
@@ -168,15 +170,15 @@ _LUMP_ES = (r"bultos?|bolas?|bolitas?|ganglios?|nodulos?|hinchazon|inflamacion|m
 _LOC_ES = r"axilas?|sobacos?|ingles?|cuello"
 _LUMP_FR = r"boules?|grosseurs?|ganglions?|masses?|nodules?|gonflements?|kystes?|durete"
 _LOC_FR = r"aisselles?|aine|aines|cou|creux axillaire"
-_NAIL_EN = r"nails?|fingernails?|toenails?|nail beds?"
+_NAIL_EN = r"(?:thumb|finger|toe)?nails?|nail beds?"
 _STREAK_EN = r"streaks?|lines?|stripes?|bands?|strips?"
 
 _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
-        r"bleed\w*|bled|bloody|ooz\w*|weeping|blood (?:comes|coming|came|keeps|everywhere|on|from)",
+        r"bleed\w*|bled|bloody|ooz\w*|weeping|pus|blood (?:comes|coming|came|keeps|everywhere|on|from)",
         r"sangr\w*|supur\w*", r"saign\w*|suint\w*|du sang|de sang|sang coule",
     ) + _terms(
-        r"(?:not|never|t|wont|cant|doesnt|dont|didnt|cannot) stop\w* (?:the )?(?:bleed\w*|ooz\w*)",
+        rf"{_NOT_EN} stop\w* (?:the )?(?:bleed\w*|ooz\w*)",
         r"no (?:[a-z]+ ){0,2}(?:para|paro|deja|dejo|parado|dejado|detiene|corta|cesa) (?:de )?(?:sangr\w*|supur\w*)",
         r"(?:ne |n )?(?:arret\w*|cesse) (?:pas |plus |jamais )?de (?:saign\w*|suint\w*)",
         negation_inside=True,
@@ -187,6 +189,9 @@ _RULES: tuple[_Rule, ...] = (
         r"|going) (?:much |a lot |a bit |really |way |even )?(?:bigger|larger|wider|darker|thicker|raised|lumpy"
         r"|irregular|uneven)",
         r"(?:bigger|larger|darker|wider|thicker) than (?:before|it was|it used|last)",
+        r"(?:looks?|looking|seems?) (?:much |a lot |a bit |even |now )?(?:bigger|larger|darker|wider|thicker)"
+        r"|(?:is|s) (?:much |a lot |a bit |even )?(?:bigger|larger|darker|wider|thicker) now",
+        r"doubl\w* (?:in )?size|(?:increas\w*|grow\w*) in size|used to be (?:flat|smaller|lighter|round|even)",
         r"chang\w* (?:in |its |the |of ){0,2}(?:size|shape|colou?rs?|appearance|texture)",
         r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
         r"(?:has|have|had|is|s|keeps|kept|been|started|starting|began|begun|it|mole|spot|lesion|mark|lump|freckle"
@@ -210,10 +215,11 @@ _RULES: tuple[_Rule, ...] = (
         r"de plus en plus (?:gros|grosse|grand|grande|fonce\w*|sombre|noir\w*|epais\w*)",
     )),
     _Rule("non_healing", _terms(
-        r"(?:not|never|t|wont|doesnt|dont|didnt|isnt|hasnt|havent|cant|cannot) (?:[a-z]+ ){0,2}heal\w*",
+        rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}heal\w*",
         r"non ?heal\w*|unheal\w*",
         r"keeps? (?:on )?(?:coming back|reopening|re opening|opening up|breaking down|scabbing)",
         r"heal\w* (?:and|then|but) (?:[a-z]+ )?(?:comes back|came back|reopens|reopened|opens again|breaks down)",
+        r"(?:opens?|opened|opening|breaks?|broke) (?:up |open )?again|re ?opens?|re ?opened",
         r"no (?:se |me |le |lo |la |ha |han |he |termina de |acaba de |quiere |logra |parece |consigue ){0,3}"
         r"(?:cura\w*|curo|sana\w*|sano|cicatriz\w*|cierra\w*|cerrad\w*|cerro|curad\w*)",
         r"sin (?:cura\w*|sana\w*|cicatriz\w*|cerrar\w*)|vuelve a abrir\w*|se vuelve a abrir|sigue abierta"
@@ -246,7 +252,7 @@ _RULES: tuple[_Rule, ...] = (
         r"|increasing|a lot of|lots of|so much|really bad|very bad) (?:[a-z]+ )?(?:pain|ache|aching|burning)",
         r"(?:pain|ache|hurts?|hurting) (?:[a-z]+ ){0,2}(?:getting worse|worse and worse|worsening|increasing"
         r"|unbearable|severe|so much|a lot(?! better| less)|really bad|very bad|badly|terribly|more and more)",
-        r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)",
+        r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)|hurts? like hell",
         r"(?:mucho|muchisimo|fuerte|intenso|terrible|insoportable|severo|horrible|tremendo) dolor",
         r"dolor (?:muy |bastante |tan )?(?:fuerte|intenso|severo|insoportable|terrible|horrible|tremendo)",
         r"dolor (?:que )?(?:aumenta|empeora|va en aumento|es cada vez mayor)",
@@ -264,7 +270,8 @@ _RULES: tuple[_Rule, ...] = (
         rf"(?:left |right )?(?:{_LOC_EN})",
         rf"(?:{_LOC_EN}) (?:{_W}){{0,2}}(?:lumps?|swollen|swelling|mass)",
         r"swollen (?:lymph )?(?:nodes?|glands?)|lymph nodes? (?:[a-z]+ ){0,2}(?:swollen|enlarged|bigger|up)",
-        rf"(?:{_LUMP_ES}) (?:{_W}){{0,4}}(?:en|bajo|debajo de|de|cerca de) (?:la |el |mi |las |los |mis )?"
+        rf"(?:{_LUMP_ES}) (?:{_W}){{0,4}}(?:en|bajo|debajo de|debajo del|de|del|cerca de|cerca del) "
+        r"(?:la |el |mi |las |los |mis )?"
         rf"(?:{_LOC_ES})",
         rf"(?:{_LOC_ES}) (?:{_W}){{0,2}}(?:hinchad\w*|inflamad\w*|con un bulto|con una bola)",
         r"ganglios? (?:[a-z]+ )?(?:inflamad\w*|hinchad\w*|grandes|agrandad\w*)",

@@ -1,0 +1,165 @@
+"""The assistant as the kiosk sees it: safety first, then a grounded answer, then safety again.
+
+For every question:
+1. **Red flags** in the user's words (any of en/es/fr) -> the fixed urgent-care message, no model call.
+2. **Grounded prompt**: the result (label, calibrated probabilities, urgency) and the pack's vetted fact sheet
+   for that label, after a fixed system prompt that the model owner has already cached.
+3. **Output guard**, sentence by sentence as tokens stream: a sentence stating a diagnosis or a dose stops
+   the answer and replaces it with a safe one; a clean answer ends with the screening-aid disclaimer.
+4. **Fallbacks**: no model, a model error or a timeout -> the fact sheet itself, and the UI is told so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from edge.assistant.facts import load_facts
+from edge.assistant.guard import DISCLAIMER, screen_answer
+from edge.assistant.llm import LlmOwner, LlmTimeout, LlmUnavailable, default_gguf
+from edge.assistant.redflags import check_red_flags, urgent_message
+from edge.assistant.report import build_report
+from edge.assistant.symptoms import adjust_urgency
+from edge.types import Result, Urgency
+
+log = logging.getLogger("edge.assistant")
+LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "fr": "French"}
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+SYSTEM_PROMPT = (
+    "You are a careful assistant on an offline skin-screening device. You are not a doctor and the device "
+    "does not diagnose. Explain the screening result and the fact sheet you are given in simple, kind words, "
+    "in at most four short sentences. Never say what the person has, never name a medicine or a dose, and "
+    "suggest showing the spot to a health worker for any worry. If you do not know, say so."
+)
+NOTICES = {
+    "en": "The assistant is not available right now, so here is the fact sheet for this result.",
+    "es": "El asistente no está disponible ahora; esta es la ficha informativa de este resultado.",
+    "fr": "L'assistant n'est pas disponible pour le moment ; voici la fiche d'information de ce résultat.",
+}
+NO_RESULT = {
+    "en": "Please take or upload a photo first, so I can explain the screening result.",
+    "es": "Primero tome o suba una foto, para que pueda explicarle el resultado.",
+    "fr": "Prenez ou envoyez d'abord une photo, pour que je puisse vous expliquer le résultat.",
+}
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    kind: str  # token | replace | redflag | notice | done | error
+    data: dict
+
+
+class Assistant:
+    def __init__(self, settings, pack_dir: Path | None, llm: LlmOwner | None, llm_error: str | None) -> None:
+        self.settings = settings.assistant
+        self.pack_dir = pack_dir
+        self.llm = llm
+        self.llm_error = llm_error
+
+    # -- chat ------------------------------------------------------------------------------------------
+    def answer(self, message: str, result: Result | None, lang: str, *, history: list[dict],
+               symptoms: frozenset[str]) -> Iterator[ChatEvent]:
+        flags = check_red_flags(message)
+        if flags is not None:
+            yield ChatEvent("redflag", {"text": urgent_message(lang, flags), "urgency": Urgency.URGENT.value,
+                                        "flags": list(flags.flags)})
+            yield ChatEvent("done", {"source": "redflag"})
+            return
+        if result is None:
+            yield ChatEvent("token", {"text": NO_RESULT.get(lang, NO_RESULT["en"])})
+            yield ChatEvent("done", {"source": "template"})
+            return
+        if self.llm is None:
+            yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled")
+            return
+        yield from self._llm_answer(message, result, lang, history)
+
+    def _llm_answer(self, message: str, result: Result, lang: str, history: list[dict]) -> Iterator[ChatEvent]:
+        messages = self._messages(message, result, lang, history)
+        pending, emitted = "", []
+        try:
+            for piece in self.llm.stream(messages, max_tokens=self.settings.max_tokens,
+                                         temperature=self.settings.temperature, timeout_s=self.settings.timeout_s):
+                pending += piece
+                *complete, pending = SENTENCE_END.split(pending)
+                for sentence in complete:
+                    verdict = screen_answer(" ".join([*emitted, sentence]), lang)
+                    if not verdict.safe:
+                        yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
+                        yield ChatEvent("done", {"source": "guard"})
+                        return
+                    emitted.append(sentence)
+                    yield ChatEvent("token", {"text": sentence + " "})
+        except (LlmTimeout, RuntimeError) as exc:
+            log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
+            yield from self._fact_sheet_answer(result, lang, str(exc))
+            return
+        tail = pending.strip()
+        if tail:
+            verdict = screen_answer(" ".join([*emitted, tail]), lang)
+            if not verdict.safe:
+                yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
+                yield ChatEvent("done", {"source": "guard"})
+                return
+            yield ChatEvent("token", {"text": tail + " "})
+        yield ChatEvent("token", {"text": "\n\n" + DISCLAIMER[lang]})
+        yield ChatEvent("done", {"source": "llm", **self.llm.stats()})
+
+    def _fact_sheet_answer(self, result: Result, lang: str, why: str) -> Iterator[ChatEvent]:
+        yield ChatEvent("notice", {"text": NOTICES.get(lang, NOTICES["en"]), "reason": why})
+        facts = load_facts(self.pack_dir, result.label, lang) if self.pack_dir else None
+        if facts is not None:
+            for key in ("What it is", "What usually happens next"):
+                yield ChatEvent("token", {"text": facts.sections[key].strip() + "\n\n"})
+        yield ChatEvent("token", {"text": DISCLAIMER[lang]})
+        yield ChatEvent("done", {"source": "template"})
+
+    def _messages(self, message: str, result: Result, lang: str, history: list[dict]) -> list[dict]:
+        facts = load_facts(self.pack_dir, result.label, "en") if self.pack_dir else None
+        top = ", ".join(f"{label} {p:.0%}" for label, p in result.top(3))
+        grounding = (
+            f"Screening result: {result.display_name}. Calibrated probabilities: {top}. "
+            f"Urgency: {result.urgency.value}."
+            + (" The device was unsure about this image." if result.abstained else "")
+            + (f"\nFact sheet:\n{facts.sections['What it is']}\n{facts.sections['What usually happens next']}"
+               if facts else "")
+            + f"\nAnswer in {LANGUAGE_NAMES.get(lang, 'English')}."
+        )
+        recent = [turn for turn in history if turn["role"] in ("user", "assistant")][-4:]
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "system", "content": grounding},
+                *recent, {"role": "user", "content": message}]
+
+    # -- report ----------------------------------------------------------------------------------------
+    def report(self, result: Result, lang: str, *, symptoms: frozenset[str]):
+        facts = load_facts(self.pack_dir, result.label, lang)
+        adjustment = adjust_urgency(result.urgency, symptoms, lang) if symptoms else None
+        return build_report(result, facts, lang, symptoms=adjustment)
+
+    # -- health ----------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        if self.llm is None:
+            return {"status": "unavailable", "reason": self.llm_error}
+        return {"status": "ok", **self.llm.stats()}
+
+    def stats(self) -> dict:
+        return self.llm.stats() if self.llm else {"tokens": 0, "last_tokens_per_s": 0.0}
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+
+
+def build_assistant(settings, pack) -> Assistant:
+    """The assistant with its model when it loads; without (templates only) and the reason when not."""
+    cfg = settings.assistant
+    pack_dir = pack.root if pack is not None else None
+    try:
+        path = cfg.model_path or default_gguf()
+        llm = LlmOwner(path, n_ctx=cfg.n_ctx, threads=cfg.threads, system_prompt=SYSTEM_PROMPT)
+    except LlmUnavailable as exc:
+        log.warning("assistant runs without a language model: %s", exc)
+        return Assistant(settings, pack_dir, None, str(exc))
+    return Assistant(settings, pack_dir, llm, None)

@@ -1,0 +1,554 @@
+"""The assistant's safety layer: red flags, the output guard, symptom triage, fact sheets and reports.
+
+Everything here runs on the real fact sheets shipped in the default model pack; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from edge.assistant.facts import SECTION_HEADINGS, SECTIONS, FactSheetError, load_facts
+from edge.assistant.guard import (DEFINITE_DIAGNOSIS, DISCLAIMER, SAFE_REPLACEMENT, TREATMENT_DOSE, resolve_lang,
+                                  screen_answer)
+from edge.assistant.redflags import FLAGS, RedFlagMatch, check_red_flags, urgent_message
+from edge.assistant.report import LLM_REPLACEABLE, SECTION_KEYS, SECTION_TITLES, build_report
+from edge.assistant.symptoms import SYMPTOMS, adjust_urgency
+from edge.paths import default_model_dir
+from edge.types import ModelInfo, Quality, Result, Urgency
+
+PACK = default_model_dir()
+LABELS = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+LANGS = ("en", "es", "fr")
+URGENCY_OF = {"mel": Urgency.URGENT, "bcc": Urgency.URGENT, "akiec": Urgency.SOON, "bkl": Urgency.ROUTINE,
+              "df": Urgency.ROUTINE, "nv": Urgency.ROUTINE, "vasc": Urgency.ROUTINE}
+DISPLAY = {"mel": "Melanoma", "bcc": "Basal cell carcinoma", "nv": "Melanocytic nevus (mole)",
+           "akiec": "Actinic keratosis or intraepithelial carcinoma (Bowen's disease)", "df": "Dermatofibroma",
+           "bkl": "Benign keratosis (seborrhoeic keratosis, solar lentigo)",
+           "vasc": "Vascular lesion (angioma, angiokeratoma, pyogenic granuloma)"}
+
+
+def make_result(label="mel", confidence=0.72, urgency=None, abstained=False, abstain_reason=None) -> Result:
+    others = {name: (1 - confidence) / (len(LABELS) - 1) for name in LABELS if name != label}
+    return Result(
+        label=label, display_name=DISPLAY[label], confidence=confidence, probabilities={label: confidence, **others},
+        urgency=urgency or (Urgency.UNSURE if abstained else URGENCY_OF[label]), quality=Quality(),
+        model=ModelInfo(name="ham10000-mobilenetv2-int8", version="1.0.0", sha256="0" * 64), backend="cpu",
+        latency_ms=12.0, abstained=abstained, abstain_reason=abstain_reason,
+    )
+
+
+def flags_of(text: str) -> tuple[str, ...]:
+    match = check_red_flags(text)
+    return match.flags if match else ()
+
+
+# --- 1. red flags -----------------------------------------------------------------------------------------
+
+POSITIVE = [
+    # bleeding: inflections, case, accents, all three languages
+    ("It BLEEDS when I touch it", "bleeding"), ("it bled yesterday", "bleeding"),
+    ("bleeding that won't stop", "bleeding"), ("it can't stop bleeding", "bleeding"), ("it is oozing", "bleeding"),
+    ("sangra mucho", "bleeding"), ("ESTÁ SANGRANDO", "bleeding"), ("esta sangrando", "bleeding"),
+    ("tuvo un sangrado", "bleeding"), ("no para de sangrar", "bleeding"),
+    ("ça saigne", "bleeding"), ("Il SAIGNE!!!", "bleeding"), ("saignement abondant", "bleeding"),
+    ("ça n'arrête pas de saigner", "bleeding"), ("ça saigne pas mal", "bleeding"),
+    ("Ma tache a saigné hier", "bleeding"),
+    ("there's pus coming out", "bleeding"), ("Sangró un poco ayer", "bleeding"),
+    # rapid change
+    ("it has grown a lot in the last few weeks", "rapid_change"), ("it's getting bigger and darker", "rapid_change"),
+    ("It changed colour", "rapid_change"), ("the shape has changed", "rapid_change"),
+    ("ha crecido mucho", "rapid_change"), ("ha cambiado de color", "rapid_change"),
+    ("está cada vez más grande", "rapid_change"),
+    ("il a grossi", "rapid_change"), ("il a changé de couleur", "rapid_change"),
+    ("elle devient de plus en plus foncée", "rapid_change"),
+    ("The spot has doubled in size in a month", "rapid_change"), ("my husband says it looks darker", "rapid_change"),
+    ("it's raised now, it used to be flat", "rapid_change"), ("il y a une bosse qui grossit", "rapid_change"),
+    # non-healing sore
+    ("a sore that won't heal", "non_healing"), ("it doesn't heal", "non_healing"),
+    ("a wound for 2 months", "non_healing"), ("I've had this sore for six weeks", "non_healing"),
+    ("una llaga que no se cura", "non_healing"), ("herida desde hace 5 semanas", "non_healing"),
+    ("une plaie qui ne cicatrise pas", "non_healing"), ("la plaie ne guérit pas", "non_healing"),
+    ("it scabs over and then opens again", "non_healing"), ("the wound hasn't healed in over a month", "non_healing"),
+    ("la herida no cierra", "non_healing"), ("j'ai une plaie depuis 2 mois", "non_healing"),
+    # spreading redness / fever
+    ("the redness is spreading", "spreading_redness_fever"),
+    ("it is red and hot and I have a fever", "spreading_redness_fever"),
+    ("el enrojecimiento se extiende", "spreading_redness_fever"),
+    ("tengo fiebre y está roja e hinchada", "spreading_redness_fever"),
+    ("la rougeur s'étend", "spreading_redness_fever"),
+    ("j'ai de la fièvre et c'est rouge et chaud", "spreading_redness_fever"),
+    # severe pain
+    ("severe pain", "severe_pain"), ("the pain is getting worse", "severe_pain"), ("it hurts a lot", "severe_pain"),
+    ("hurts like hell", "severe_pain"),
+    ("me duele mucho", "severe_pain"), ("dolor muy fuerte", "severe_pain"),
+    ("douleur insupportable", "severe_pain"), ("ça fait très mal", "severe_pain"),
+    # new lump
+    ("there's a new lump in my armpit", "new_lump"), ("a lump on the side of my neck", "new_lump"),
+    ("swollen glands in my groin", "new_lump"),
+    ("un bulto en la axila", "new_lump"), ("una bolita debajo del sobaco", "new_lump"),
+    ("une boule sous l'aisselle", "new_lump"), ("ganglions gonflés dans le cou", "new_lump"),
+    # ulceration / turning black
+    ("it turned black", "ulceration"), ("it looks like an ulcer", "ulceration"),
+    ("se ha puesto negro", "ulceration"), ("tiene una úlcera", "ulceration"),
+    ("elle est devenue noire", "ulceration"), ("c'est une plaie ouverte", "ulceration"),
+    # nail streak
+    ("a dark streak under my thumbnail", "nail_streak"), ("black line on my nail", "nail_streak"),
+    ("the nail has a brown stripe", "nail_streak"),
+    ("una raya negra en la uña", "nail_streak"), ("une ligne noire sous l'ongle", "nail_streak"),
+]
+
+
+@pytest.mark.parametrize("text,flag", POSITIVE)
+def test_red_flag_detected(text, flag):
+    assert flag in flags_of(text), text
+
+
+NEGATED = [
+    "no bleeding", "not bleeding", "No bleeding at all.", "it doesn't bleed", "there is no sign of any bleeding",
+    "it doesn't itch or bleed", "never bled", "without bleeding",
+    "sin sangrado", "no sangra", "No sangra nada", "nunca ha sangrado", "sin dolor ni sangrado",
+    "pas de saignement", "ne saigne pas", "ça saigne pas", "il n'a jamais saigné", "sans saignement",
+    "it hasn't changed", "no ha cambiado", "il n'a pas changé", "it has not grown",
+    "no fever, the skin is a bit red", "sin fiebre", "pas de fièvre",
+    "no lump in my armpit", "no me duele mucho", "ça ne fait pas très mal", "no severe pain",
+]
+
+
+@pytest.mark.parametrize("text", NEGATED)
+def test_negated_red_flags_are_not_matches(text):
+    assert check_red_flags(text) is None, (text, flags_of(text))
+
+
+BENIGN = [
+    "it itches a little", "me pica un poco", "ça gratte un peu", "", "   ", "I have a mole on my neck",
+    "Mi lunar está en el cuello", "J'ai un grain de beauté sur le cou", "It has been there for years",
+    "I have a growth on my arm", "it hurts a little", "tengo una línea oscura en la piel", "a sore for 2 weeks",
+    "Is it serious?", "¿Es grave?", "Est-ce grave ?", "It is brown and flat", "Es marrón y plano",
+]
+
+
+@pytest.mark.parametrize("text", BENIGN)
+def test_benign_text_is_not_flagged(text):
+    assert check_red_flags(text) is None, (text, flags_of(text))
+
+
+def test_negation_does_not_cross_a_clause():
+    assert flags_of("no pain but it bleeds") == ("bleeding",)
+    assert flags_of("no pain, it bleeds") == ("bleeding",)
+    assert flags_of("no me duele pero sangra") == ("bleeding",)
+    assert flags_of("ça ne fait pas mal mais ça saigne") == ("bleeding",)
+    assert flags_of("no bleeding, but it has grown a lot") == ("rapid_change",)
+    # a subordinate clause ends the negation: uncertainty must not hide a symptom
+    assert flags_of("I do not know why it bleeds") == ("bleeding",)
+
+
+def test_several_flags_are_reported_in_a_stable_order_with_the_users_words():
+    match = check_red_flags("Está sangrando, creció mucho y tengo un bulto en la axila")
+    assert isinstance(match, RedFlagMatch)
+    assert match.flags == ("bleeding", "rapid_change", "new_lump")
+    assert match.flags == tuple(f for f in FLAGS if f in match.flags)
+    assert match.matched_text[0] == "sangrando"  # the original spelling, accents kept
+    assert match.matched_text[2] == "bulto en la axila"
+    assert check_red_flags("ça n'arrête pas de saigner").matched_text == ("n'arrête pas de saigner",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        match.flags = ()
+
+
+def test_uncertain_or_hypothetical_mentions_err_towards_flagging():
+    # Free text cannot reliably tell "what if it bleeds?" from "it bleeds": a false alarm costs a visit.
+    for text in ("What should I do if it bleeds?", "¿Qué hago si sangra?", "I'm not sure if it bleeds"):
+        assert flags_of(text) == ("bleeding",), text
+
+
+def test_language_of_text_is_independent_of_the_ui_language():
+    match = check_red_flags("mi lunar sangra")  # typed in Spanish while the kiosk runs in English
+    message = urgent_message("en", match)
+    assert "bleeding" in message and "Please get medical help soon" in message
+
+
+@pytest.mark.parametrize("lang,words", [
+    ("en", ("today", "urgent care", "emergency services", "cannot check", "screening aid, not a diagnosis")),
+    ("es", ("hoy mismo", "urgencias", "emergencias", "no puede evaluar", "no un diagnóstico")),
+    ("fr", ("aujourd'hui", "soins urgents", "urgences", "ne peut pas évaluer", "pas un diagnostic")),
+])
+def test_urgent_message_per_language(lang, words):
+    message = urgent_message(lang, ("bleeding", "spreading_redness_fever"))
+    for word in words:
+        assert word in message, (lang, word)
+    assert DISCLAIMER[lang] in message
+    assert screen_answer(message, lang).safe  # the vetted message itself passes the guard
+
+
+def test_urgent_message_falls_back_to_english_and_ignores_unknown_flags():
+    assert urgent_message("de", ["bleeding"]) == urgent_message("en", ["bleeding"])
+    assert urgent_message("es-MX", ["bleeding"]) == urgent_message("es", ["bleeding"])
+    message = urgent_message("en", ["nail_streak", "not_a_flag"])
+    assert "dark line under a nail" in message and "not_a_flag" not in message
+    assert "warning sign" not in urgent_message("en", [])  # no empty list of symptoms
+    assert "cannot check" in urgent_message("en", [])
+
+
+# --- 2. output guard --------------------------------------------------------------------------------------
+
+DIAGNOSES = [
+    "You have melanoma.", "This is definitely cancer.", "It is a basal cell carcinoma.", "I can confirm it.",
+    "It's not cancer, so don't worry.", "This is a harmless mole.", "There is nothing to worry about.",
+    "The diagnosis is melanoma.", "I am certain it is melanoma.",
+    "Usted tiene un melanoma.", "Es definitivamente cáncer.", "Tiene un carcinoma basocelular.",
+    "Se trata de un melanoma.", "Esto es un lunar benigno.",
+    "Vous avez un mélanome.", "C'est un carcinome.", "Il s'agit d'un mélanome.", "Ce n'est pas un cancer.",
+    "Je vous confirme le diagnostic.",
+    # diagnostic impressions and (even hedged) false reassurance
+    "Based on the image, this appears to be a melanoma.", "This looks like a seborrheic keratosis, which is harmless.",
+    "It's most likely a harmless mole.", "It is probably benign.", "Great news: it's just a benign mole!",
+    "Esto parece un melanoma.", "Parece un lunar normal.", "Cela ressemble à un mélanome.",
+    "Vous n'avez rien de grave.", "Il n'y a rien d'inquiétant.", "There is no need to see a doctor.",
+]
+
+
+@pytest.mark.parametrize("text", DIAGNOSES)
+@pytest.mark.parametrize("lang", LANGS)
+def test_guard_blocks_definite_diagnosis(text, lang):
+    verdict = screen_answer(text, lang)
+    assert not verdict.safe and verdict.reason == DEFINITE_DIAGNOSIS, verdict
+    assert verdict.text == SAFE_REPLACEMENT[lang] and DISCLAIMER[lang] in verdict.text
+
+
+DOSES = [
+    "Apply 1% hydrocortisone cream.", "Take 400 mg ibuprofen.", "Take ibuprofen 400mg.", "1000 IU of vitamin D",
+    "Apply 0.05% clobetasol ointment.", "Use 5 ml of the lotion.", "Take 2 tablets.", "Take antibiotics for 7 days.",
+    "Use the cream twice daily.", "Take one every 8 hours.", "Apply it 3 times a day.", "50 mcg daily",
+    "Tome 500 mg de paracetamol.", "Aplique la crema dos veces al día.", "Tome una pastilla cada 8 horas.",
+    "Appliquez la crème deux fois par jour.", "Prenez 1 comprimé toutes les 8 heures.", "une crème à 1 %",
+]
+
+
+@pytest.mark.parametrize("text", DOSES)
+def test_guard_blocks_treatment_doses(text):
+    verdict = screen_answer(text, "en")
+    assert not verdict.safe and verdict.reason == TREATMENT_DOSE, verdict
+
+
+HEDGED = [
+    "The screening suggests features similar to melanoma. A doctor should check it. This is not a diagnosis.",
+    "It may be a melanoma; a doctor should check.", "This could be a basal cell carcinoma.",
+    "Only a doctor can tell whether this is melanoma.", "If you have many moles, check them every month.",
+    "I cannot confirm that you have melanoma.", "I can't say for sure whether it is cancer.",
+    "Melanoma is a type of skin cancer that starts in pigment cells.",
+    "La revisión sugiere rasgos parecidos a un melanoma. Esto no es un diagnóstico.",
+    "No puedo confirmar si es un melanoma.", "Podría ser un carcinoma; un médico debe revisarlo.",
+    "Le dépistage suggère des caractéristiques semblables à un mélanome. Ceci n'est pas un diagnostic.",
+    "Je ne peux pas confirmer qu'il s'agit d'un mélanome.", "Cela pourrait être un mélanome.",
+    "Reapply sunscreen every 2 hours when outdoors.", "Use sunscreen of SPF 30 or higher.",
+    "The spot is about 6 mm wide.", "The device's confidence was 72%.", "Ask a pharmacist or doctor about treatment.",
+    "It may be harmless, but a doctor should check.", "Only a doctor can say whether it is benign.",
+    "The spot looks like it has grown.", "BCC is the most common skin cancer and usually grows slowly.",
+]
+
+
+@pytest.mark.parametrize("text", HEDGED)
+def test_guard_lets_hedged_screening_language_through(text):
+    verdict = screen_answer(text, "en")
+    assert verdict.safe and verdict.text == text and verdict.reason is None, verdict
+
+
+def test_guard_replacement_and_disclaimers_are_themselves_safe():
+    for lang in LANGS:
+        assert screen_answer(SAFE_REPLACEMENT[lang], lang).safe
+        assert screen_answer(DISCLAIMER[lang], lang).safe
+        assert "diagn" in DISCLAIMER[lang]
+    assert DISCLAIMER["en"].startswith("This is a screening aid, not a diagnosis")
+    assert SAFE_REPLACEMENT["pt"] == SAFE_REPLACEMENT["en"] and DISCLAIMER["fr-CA"] == DISCLAIMER["fr"]
+    assert resolve_lang("ES_mx") == "es" and resolve_lang(None) == "en"
+
+
+def test_guard_catches_an_answer_in_another_language_and_replies_in_the_ui_language():
+    verdict = screen_answer("Usted tiene un melanoma.", "fr")
+    assert not verdict.safe and verdict.text == SAFE_REPLACEMENT["fr"]
+
+
+# --- 3. symptoms ------------------------------------------------------------------------------------------
+
+U, S, R, X = Urgency.URGENT, Urgency.SOON, Urgency.ROUTINE, Urgency.UNSURE
+TABLE = [
+    (R, set(), R), (R, {"none"}, R), (R, {"itching"}, R), (R, {"painful"}, R), (R, {"duration_over_4_weeks"}, R),
+    (R, {"bleeding"}, S), (R, {"recent_change"}, S), (R, {"bleeding", "recent_change"}, U),
+    (R, {"itching", "painful", "duration_over_4_weeks"}, R),
+    (S, {"bleeding"}, S), (S, {"recent_change", "itching"}, S), (S, {"bleeding", "recent_change"}, U),
+    (U, set(), U), (U, {"none"}, U), (U, {"itching"}, U), (U, {"bleeding"}, U),
+    (X, set(), X), (X, {"itching"}, X), (X, {"painful", "duration_over_4_weeks"}, X),
+    (X, {"bleeding"}, S), (X, {"recent_change"}, S), (X, {"bleeding", "recent_change"}, U),
+]
+
+
+@pytest.mark.parametrize("model,symptoms,expected", TABLE)
+def test_symptom_adjustment_table(model, symptoms, expected):
+    adjustment = adjust_urgency(model, symptoms, "en")
+    assert adjustment.urgency == expected
+    assert adjustment.raised == (expected != model)
+    assert bool(adjustment.reasons) == adjustment.raised
+
+
+def test_symptoms_never_lower_the_model_urgency():
+    rank = {R: 1, S: 2, U: 3}
+    choices = [s for s in SYMPTOMS if s != "none"]
+    for model in Urgency:
+        for n in range(len(choices) + 1):
+            for combo in itertools.combinations(choices, n):
+                got = adjust_urgency(model, set(combo), "en").urgency
+                if model == X:
+                    assert got in (X, S, U)
+                else:
+                    assert rank[got] >= rank[model], (model, combo, got)
+
+
+def test_a_red_flag_in_free_text_makes_it_urgent():
+    flags = check_red_flags("the redness is spreading and I have a fever")
+    for model in (R, S, X):
+        adjustment = adjust_urgency(model, {"none"}, "en", red_flags=flags)
+        assert adjustment.urgency == U
+        assert "warning sign" in adjustment.reasons[0] and "redness" in adjustment.reasons[0]
+
+
+@pytest.mark.parametrize("lang,expected", [
+    ("en", "Raised to 'see a doctor soon' because the spot has recently changed."),
+    ("es", "Se ha subido a «ver a un médico pronto» porque la mancha ha cambiado hace poco."),
+    ("fr", "Relevé à « voir un médecin bientôt » parce que la tache a changé récemment."),
+])
+def test_reasons_are_plain_and_localised(lang, expected):
+    assert adjust_urgency(R, {"recent_change"}, lang).reasons == (expected,)
+    urgent = adjust_urgency(R, {"bleeding", "recent_change"}, lang).reasons[0]
+    assert {"en": "urgently", "es": "urgencia", "fr": "urgence"}[lang] in urgent
+
+
+def test_unknown_or_contradictory_symptoms_are_errors():
+    with pytest.raises(ValueError, match="known: itching, bleeding"):
+        adjust_urgency(R, {"itchy"}, "en")
+    with pytest.raises(ValueError, match="none"):
+        adjust_urgency(R, {"none", "bleeding"}, "en")
+    with pytest.raises(ValueError):
+        adjust_urgency(R, set(), "en", duration_weeks=-1)
+    assert adjust_urgency(R, set(), "en", duration_weeks=10).urgency == R  # recorded, never lowers or raises
+    assert adjust_urgency("routine", ["bleeding"], "en").urgency == S  # accepts the enum's value and any iterable
+
+
+# --- 4. fact sheets ---------------------------------------------------------------------------------------
+
+_DOSE = re.compile(r"\d\s*(?:mg|mcg|µg|ug|ml|iu|ui)\b|\b\d+(?:[.,]\d+)?\s*%", re.I)
+_YOU_HAVE = re.compile(r"(?<!if )\byou have\b|(?<!si )\busted tiene\b|(?<!si )\bvous avez\b", re.I)
+
+
+@pytest.mark.parametrize("label", LABELS)
+@pytest.mark.parametrize("lang", LANGS)
+def test_every_fact_sheet_loads_with_five_sections_and_is_safe(label, lang):
+    sheet = load_facts(PACK, label, lang)
+    assert (sheet.label, sheet.lang, sheet.fallback_from) == (label, lang, None)
+    assert list(sheet.sections) == list(SECTIONS) and all(sheet.sections.values())
+    assert sheet.title and sheet.path == PACK / "facts" / f"{label}.{lang}.md"
+    for heading in SECTION_HEADINGS[lang]:
+        assert f"## {heading}\n" in sheet.text  # headings written in the sheet's own language
+    words = len(re.findall(r"\w[\w'’-]*", "\n".join(sheet.sections.values())))
+    assert 100 <= words <= 280, (label, lang, words)
+    assert not _DOSE.search(sheet.text), _DOSE.search(sheet.text)
+    assert not _YOU_HAVE.search(sheet.text), _YOU_HAVE.search(sheet.text)
+    verdict = screen_answer(sheet.text, lang)
+    assert verdict.safe, (label, lang, verdict.reason, verdict.matched)
+    for section in sheet.sections.values():
+        assert screen_answer(section, lang).safe
+
+
+def test_fact_sheet_content_is_conservative():
+    mel = load_facts(PACK, "mel", "en").sections
+    assert "pigment cells" in mel["What it is"] and "skin cancer" in mel["What it is"]
+    for sign in ("Asymmetry", "Border", "Colour", "Diameter", "Evolving"):
+        assert sign in mel["Typical features"]
+    assert "biopsy" in mel["What usually happens next"]
+    assert "sun" in mel["Prevention and self-care"]
+    assert "most common" in load_facts(PACK, "bcc", "en").sections["What it is"]
+    assert "not cancer" in load_facts(PACK, "df", "en").sections["What it is"]
+    for label in LABELS:
+        for lang in LANGS:
+            text = load_facts(PACK, label, lang).text.lower()
+            assert "definitely" not in text and "definitivamente" not in text and "certainement" not in text
+
+
+def _write_sheet(path: Path, sections=SECTIONS) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Test\n\n" + "".join(f"## {s}\nSome text.\n\n" for s in sections), encoding="utf-8")
+
+
+def test_fact_sheet_fallback_and_errors(tmp_path):
+    _write_sheet(tmp_path / "facts" / "mel.en.md")
+    sheet = load_facts(tmp_path, "mel", "es-MX")
+    assert (sheet.lang, sheet.fallback_from) == ("en", "es")
+    assert load_facts(tmp_path, "mel", "en").fallback_from is None
+    with pytest.raises(FileNotFoundError, match=r"nv\.es\.md.*nv\.en\.md"):
+        load_facts(tmp_path, "nv", "es")
+    with pytest.raises(ValueError):
+        load_facts(tmp_path, "../mel", "en")
+    _write_sheet(tmp_path / "facts" / "bcc.en.md", SECTIONS[:4])
+    with pytest.raises(FactSheetError, match="missing section"):
+        load_facts(tmp_path, "bcc", "en")
+    _write_sheet(tmp_path / "facts" / "df.en.md", (*SECTIONS, "Treatment doses"))
+    with pytest.raises(FactSheetError, match="unknown section heading"):
+        load_facts(tmp_path, "df", "en")
+
+
+# --- 5. reports -------------------------------------------------------------------------------------------
+
+EN_TITLES = ["Condition Overview", "Confidence Meaning", "Key Features", "Recommended Actions",
+             "Immediate Care Triggers", "Self-Monitoring Checklist", "Prevention Tips",
+             "Professional Follow-Up Rationale", "Disclaimers"]
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs.extend(attrs)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_report_sections_in_order_with_localised_titles(lang):
+    report = build_report(make_result("mel"), load_facts(PACK, "mel", lang), lang)
+    assert report.keys == SECTION_KEYS
+    assert [title for title, _ in report.sections] == list(SECTION_TITLES[lang])
+    assert all(text.strip() for _, text in report.sections)
+    assert report.source == "template" and report.lang == lang
+    assert DISCLAIMER[lang] in report.section("disclaimers")
+    if lang == "en":
+        assert [title for title, _ in report.sections] == EN_TITLES
+    headings = re.findall(r"^## (.+)$", report.markdown(), flags=re.M)
+    assert headings == list(SECTION_TITLES[lang])
+
+
+@pytest.mark.parametrize("label", LABELS)
+@pytest.mark.parametrize("lang", LANGS)
+def test_template_reports_never_make_a_definite_claim(label, lang):
+    report = build_report(make_result(label), load_facts(PACK, label, lang), lang)
+    for key, (_, text) in zip(report.keys, report.sections):
+        verdict = screen_answer(text, lang)
+        assert verdict.safe, (label, lang, key, verdict.matched)
+
+
+@pytest.mark.parametrize("label,tier_text", [
+    ("mel", "See a doctor within days (urgent referral)"), ("akiec", "within a few weeks"),
+    ("nv", "next routine visit"),
+])
+def test_next_step_follows_the_urgency(label, tier_text):
+    report = build_report(make_result(label), load_facts(PACK, label, "en"), "en")
+    assert tier_text in report.section("recommended_actions")
+    assert report.urgency == URGENCY_OF[label]
+
+
+def test_confidence_is_explained_and_never_shown_as_certain():
+    report = build_report(make_result("nv", confidence=0.72), load_facts(PACK, "nv", "en"), "en")
+    meaning = report.section("confidence_meaning")
+    assert "72%" in meaning and "about 72 times out of 100" in meaning
+    assert "cannot tell you whether you have this condition" in meaning
+    assert "72 %" in build_report(make_result("nv", 0.72), load_facts(PACK, "nv", "fr"), "fr").section(
+        "confidence_meaning")
+    sure = build_report(make_result("nv", confidence=0.9996), load_facts(PACK, "nv", "en"), "en")
+    assert "99%" in sure.section("confidence_meaning") and "100%" not in sure.markdown()
+    low_mel = build_report(make_result("mel", confidence=0.31), load_facts(PACK, "mel", "en"), "en")
+    assert "even at lower scores" in low_mel.section("confidence_meaning")
+
+
+def test_abstained_result_report():
+    result = make_result("nv", confidence=0.38, abstained=True, abstain_reason="low_confidence")
+    report = build_report(result, load_facts(PACK, "nv", "en"), "en")
+    overview = report.section("condition_overview")
+    assert overview.startswith("The device could not give a reliable answer")
+    assert "should not be relied on" in overview
+    assert "harmless" not in overview  # no reassuring mole description for an unreliable answer
+    assert "General signs" in report.section("key_features")
+    assert "The device is unsure: please see a clinician" in report.section("recommended_actions")
+    assert report.urgency == Urgency.UNSURE
+    # a symptom gives the time frame; the abstention is still stated
+    raised = build_report(result, load_facts(PACK, "nv", "en"), "en",
+                          symptoms=adjust_urgency(result.urgency, {"bleeding"}, "en"))
+    assert raised.urgency == Urgency.SOON
+    assert "within a few weeks" in raised.section("recommended_actions")
+    assert "because the spot has been bleeding" in raised.section("recommended_actions")
+    assert raised.section("condition_overview").startswith("The device could not give a reliable answer")
+    ood = make_result("nv", confidence=0.5, abstained=True, abstain_reason="out_of_distribution")
+    es = build_report(ood, load_facts(PACK, "nv", "es"), "es")
+    assert es.section("condition_overview").startswith("El aparato no pudo dar una respuesta fiable")
+    assert "foto nueva" in es.section("recommended_actions")
+
+
+def test_html_is_self_contained_printable_and_escapes_untrusted_text():
+    evil = '<script>alert("x")</script><img src=x onerror=alert(1)> & "quotes"'
+    result = dataclasses.replace(make_result("bkl"), display_name="<b>bkl</b>")
+    facts = load_facts(PACK, "bkl", "en")
+    report = build_report(result, dataclasses.replace(facts, title=None), "en",
+                          llm_text={"key_features": evil, "prevention_tips": "## Disclaimers\nNone needed."})
+    page = report.html()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "@media print" in page and "<style>" in page
+    assert "<script" not in page.lower() and "<img" not in page.lower()
+    assert "&lt;script&gt;" in page and "&lt;img src=x" in page and "&lt;b&gt;bkl&lt;/b&gt;" in page
+    assert "http://" not in page and "https://" not in page and "url(" not in page
+    parser = _Tags()
+    parser.feed(page)
+    assert "script" not in parser.tags and "img" not in parser.tags and "link" not in parser.tags
+    assert parser.tags.count("section") == 9 and parser.tags.count("h2") == 9
+    # no external resources and no event handlers in any real attribute
+    assert not any(name in ("src", "href") or name.startswith("on") for name, _ in parser.attrs)
+    markdown = report.markdown()
+    assert len(re.findall(r"^## ", markdown, flags=re.M)) == 9  # the LLM cannot add a heading
+    assert "<script>" not in markdown and "&lt;script&gt;" in markdown
+
+
+def test_llm_text_is_guarded_and_limited_to_three_sections():
+    facts = load_facts(PACK, "mel", "en")
+    result = make_result("mel")
+    safe = "Melanoma is a skin cancer of pigment cells. The screening suggests features similar to it."
+    report = build_report(result, facts, "en", llm_text={"condition_overview": safe})
+    assert report.source == "llm"
+    overview = report.section("condition_overview")
+    assert overview.startswith("The screening found features most similar to: Melanoma.") and safe in overview
+
+    blocked = build_report(result, facts, "en", llm_text={"condition_overview": "You have melanoma.",
+                                                          "prevention_tips": "Apply 1% hydrocortisone cream."})
+    assert blocked.source == "template"
+    assert dict(blocked.blocked) == {"condition_overview": DEFINITE_DIAGNOSIS, "prevention_tips": TREATMENT_DOSE}
+    assert "You have melanoma" not in blocked.markdown() and "hydrocortisone" not in blocked.markdown()
+    assert facts.sections["What it is"] in blocked.section("condition_overview")
+
+    assert LLM_REPLACEABLE == {"condition_overview", "key_features", "prevention_tips"}
+    for key in ("disclaimers", "recommended_actions", "confidence_meaning", "nonsense"):
+        with pytest.raises(ValueError, match="may only replace"):
+            build_report(result, facts, "en", llm_text={key: "Nothing here."})
+
+
+def test_raised_urgency_overrides_the_usual_advice_of_a_routine_fact_sheet():
+    result = make_result("bkl")
+    adjustment = adjust_urgency(result.urgency, {"recent_change"}, "en")
+    report = build_report(result, load_facts(PACK, "bkl", "en"), "en", symptoms=adjustment)
+    assert report.urgency == Urgency.SOON
+    assert "See a doctor or nurse within a few weeks." in report.section("recommended_actions")
+    follow_up = report.section("professional_follow_up")
+    assert follow_up.index("please follow the next step above") < follow_up.index("Mention it at your next routine")
+    assert "please follow the next step above" not in build_report(
+        result, load_facts(PACK, "bkl", "en"), "en").section("professional_follow_up")
+
+
+def test_report_rejects_mismatched_facts_and_notes_a_fallback(tmp_path):
+    with pytest.raises(ValueError, match="fact sheet is for"):
+        build_report(make_result("mel"), load_facts(PACK, "nv", "en"), "en")
+    english = load_facts(PACK, "df", "en")
+    fallback = dataclasses.replace(english, fallback_from="es")
+    report = build_report(make_result("df"), fallback, "es")
+    assert "solo está disponible en inglés" in report.section("disclaimers")
+    assert "Dermatofibroma" in report.section("condition_overview")
