@@ -56,7 +56,9 @@ class Daemon:
 
         app = create_app(self.screening, self.settings, assistant=self.assistant, history=self.history)
         kiosk = self.settings.kiosk
-        return create_server(app, host=kiosk.host, port=kiosk.port, threads=6, channel_timeout=30)
+        # poll() rather than select(): closing the server from another thread must not raise EBADF.
+        return create_server(app, host=kiosk.host, port=kiosk.port, threads=6, channel_timeout=30,
+                             asyncore_use_poll=True)
 
     def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
         if self.pipeline.camera is None:

@@ -92,5 +92,14 @@ def test_missing_model_means_templates_and_a_reason(tmp_path):
     assert service.llm is None and "not found" in service.health()["reason"]
     events, kinds = collect(service.answer("What is it?", a_result(), "fr", history=[], symptoms=frozenset()))
     assert kinds[0] == "notice" and DISCLAIMER["fr"] in final_text(events)
-    report = service.report(a_result(), "fr", symptoms=frozenset({"bleeding"}))
+    report, note = service.report(a_result(), "fr", symptoms=frozenset({"bleeding"}))
     assert report.source == "template" and "<html" in report.html().lower()
+    assert "modèles" in note and report.urgency == Urgency.SOON  # bleeding raises a routine result
+
+
+def test_report_overview_written_by_the_model_and_guarded(assistant):
+    report, note = assistant.report(a_result(), "en", symptoms=frozenset(),
+                                    red_flag_text="it keeps bleeding")
+    assert report.source in ("llm", "template") and report.urgency == Urgency.URGENT
+    assert (note is None) == (report.source == "llm") or report.blocked
+    assert screen_answer(report.section("condition_overview"), "en").safe

@@ -23,6 +23,7 @@ from edge.assistant.llm import LlmOwner, LlmTimeout, LlmUnavailable, default_ggu
 from edge.assistant.redflags import check_red_flags, urgent_message
 from edge.assistant.report import build_report
 from edge.assistant.symptoms import adjust_urgency
+from edge.errors import EdgeError
 from edge.types import Result, Urgency
 
 log = logging.getLogger("edge.assistant")
@@ -44,6 +45,24 @@ NO_RESULT = {
     "es": "Primero tome o suba una foto, para que pueda explicarle el resultado.",
     "fr": "Prenez ou envoyez d'abord une photo, pour que je puisse vous expliquer le résultat.",
 }
+
+
+REPORT_NOTES = {
+    "unavailable": {
+        "en": "The assistant is not available on this device: this report was written from templates.",
+        "es": "El asistente no está disponible en este dispositivo: este informe se redactó con plantillas.",
+        "fr": "L'assistant n'est pas disponible sur cet appareil : ce rapport a été rédigé à partir de modèles.",
+    },
+    "failed": {
+        "en": "The assistant did not answer in time: this report was written from templates.",
+        "es": "El asistente no respondió a tiempo: este informe se redactó con plantillas.",
+        "fr": "L'assistant n'a pas répondu à temps : ce rapport a été rédigé à partir de modèles.",
+    },
+}
+
+
+class FactsUnavailable(EdgeError):
+    """The model pack has no fact sheet for this label (e.g. a pack that is not a skin model)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +129,11 @@ class Assistant:
 
     def _fact_sheet_answer(self, result: Result, lang: str, why: str) -> Iterator[ChatEvent]:
         yield ChatEvent("notice", {"text": NOTICES.get(lang, NOTICES["en"]), "reason": why})
-        facts = load_facts(self.pack_dir, result.label, lang) if self.pack_dir else None
+        try:
+            facts = self.facts(result.label, lang)
+        except FactsUnavailable as exc:
+            log.warning("%s", exc)
+            facts = None
         if facts is not None:
             for key in ("What it is", "What usually happens next"):
                 yield ChatEvent("token", {"text": facts.sections[key].strip() + "\n\n"})
@@ -118,7 +141,10 @@ class Assistant:
         yield ChatEvent("done", {"source": "template"})
 
     def _messages(self, message: str, result: Result, lang: str, history: list[dict]) -> list[dict]:
-        facts = load_facts(self.pack_dir, result.label, "en") if self.pack_dir else None
+        try:
+            facts = self.facts(result.label, "en")
+        except FactsUnavailable:
+            facts = None
         top = ", ".join(f"{label} {p:.0%}" for label, p in result.top(3))
         grounding = (
             f"Screening result: {result.display_name}. Calibrated probabilities: {top}. "
@@ -133,10 +159,37 @@ class Assistant:
                 *recent, {"role": "user", "content": message}]
 
     # -- report ----------------------------------------------------------------------------------------
-    def report(self, result: Result, lang: str, *, symptoms: frozenset[str]):
-        facts = load_facts(self.pack_dir, result.label, lang)
-        adjustment = adjust_urgency(result.urgency, symptoms, lang) if symptoms else None
-        return build_report(result, facts, lang, symptoms=adjustment)
+    def facts(self, label: str, lang: str):
+        """The pack's fact sheet for ``label``, or ``FactsUnavailable`` saying why."""
+        if self.pack_dir is None:
+            raise FactsUnavailable("no model pack is loaded, so there is no fact sheet")
+        try:
+            return load_facts(self.pack_dir, label, lang)
+        except (FileNotFoundError, ValueError) as exc:
+            raise FactsUnavailable(f"no fact sheet for '{label}' in this model pack: {exc}") from None
+
+    def report(self, result: Result, lang: str, *, symptoms: frozenset[str], red_flag_text: str = ""):
+        """(report, note): the LLM writes the overview when it can; templates otherwise, and the note says so."""
+        facts = self.facts(result.label, lang)
+        flags = check_red_flags(red_flag_text) if red_flag_text else None
+        adjustment = adjust_urgency(result.urgency, symptoms, lang, red_flags=flags) if (symptoms or flags) else None
+        llm_text, note = None, None
+        if self.llm is None:
+            note = REPORT_NOTES["unavailable"].get(lang, REPORT_NOTES["unavailable"]["en"])
+        else:
+            try:
+                llm_text = {"condition_overview": self._overview(result, lang)}
+            except (LlmTimeout, RuntimeError) as exc:
+                log.warning("LLM overview failed, report from templates: %s", exc)
+                note = REPORT_NOTES["failed"].get(lang, REPORT_NOTES["failed"]["en"])
+        return build_report(result, facts, lang, symptoms=adjustment, llm_text=llm_text), note
+
+    def _overview(self, result: Result, lang: str) -> str:
+        question = ("In two or three short sentences, explain to the person what this screening result means "
+                    "and what they should do next.")
+        messages = self._messages(question, result, lang, [])
+        return "".join(self.llm.stream(messages, max_tokens=self.settings.max_tokens,
+                                       temperature=self.settings.temperature, timeout_s=self.settings.timeout_s))
 
     # -- health ----------------------------------------------------------------------------------------
     def health(self) -> dict:

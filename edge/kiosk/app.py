@@ -72,6 +72,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
 
     @app.errorhandler(CameraUnavailable)
     @app.errorhandler(ModelError)
+    @app.errorhandler(EdgeError)
     def unavailable(exc: EdgeError):
         return jsonify({"error": str(exc)}), 409
 
@@ -198,7 +199,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
         events = assistant.answer(message, result, lang, history=list(session.chat),
                                   symptoms=session.symptoms.get(result.id, frozenset()) if result else frozenset())
         session.chat.append({"role": "user", "content": message})
-        return Response(stream_with_context(_sse(events, session)), mimetype="text/event-stream",
+        return Response(stream_with_context(_sse(events, session, message)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/api/report/<result_id>")
@@ -209,13 +210,17 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
             raise ApiError(400, "format must be json, md or html")
         if assistant is None:
             raise ApiError(409, "reports need the assistant package")
-        built = assistant.report(result, language(), symptoms=sessions.touch().symptoms.get(result_id, frozenset()))
+        session = sessions.touch()
+        built, note = assistant.report(result, language(), symptoms=session.symptoms.get(result_id, frozenset()),
+                                       red_flag_text=" ".join(session.red_flag_messages))
+        headers = {"X-Report-Source": built.source, "Cache-Control": "no-store"}
         if fmt == "md":
-            return Response(built.markdown(), mimetype="text/markdown; charset=utf-8")
+            return Response(built.markdown(), mimetype="text/markdown; charset=utf-8", headers=headers)
         if fmt == "html":
-            return Response(built.html(), mimetype="text/html; charset=utf-8")
-        return jsonify({"source": built.source, "note": built.note,
-                        "sections": [{"key": s.key, "title": s.title, "text": s.text} for s in built.sections]})
+            return Response(built.html(), mimetype="text/html; charset=utf-8", headers=headers)
+        return jsonify({"source": built.source, "note": note, "urgency": built.urgency.value,
+                        "sections": [{"key": key, "title": title, "text": text}
+                                     for key, (title, text) in zip(built.keys, built.sections)]})
 
     # -- health-worker history -------------------------------------------------------------------------
     def _history():
@@ -264,12 +269,14 @@ def _mjpeg(screening: Screening, fps: float, limit: int | None) -> Iterator[byte
         time.sleep(1.0 / fps)
 
 
-def _sse(events, session) -> Iterator[str]:
+def _sse(events, session, message: str) -> Iterator[str]:
     answer = []
     try:
         for event in events:
             if event.kind in ("token", "replace", "redflag"):
                 answer = [event.data["text"]] if event.kind != "token" else answer + [event.data["text"]]
+            if event.kind == "redflag":
+                session.red_flag_messages.append(message)  # raises the tier in this patient's report
             yield f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
     finally:
         if answer:

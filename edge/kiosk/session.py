@@ -20,6 +20,7 @@ class PatientSession:
     results: dict[str, Result] = field(default_factory=dict)
     symptoms: dict[str, frozenset[str]] = field(default_factory=dict)
     chat: list[dict] = field(default_factory=list)
+    red_flag_messages: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
 

@@ -1,0 +1,538 @@
+"""The kiosk's JSON API on the real thing: replay camera of HAM10000 images, the real int8 model, real history.
+
+Every endpoint, with good and bad input; every error is JSON with a 4xx status and the server keeps serving.
+Also the catalogues and the page template: every string the page shows comes from a catalogue key that exists
+in all three languages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import PRETRAINED
+from edge.config import load_settings
+from edge.kiosk import i18n
+from edge.kiosk.app import create_app
+from edge.pipeline import Pipeline
+from edge.screening import PipelineScreening
+from edge.store import History
+from edge.types import QualityIssue, Urgency
+
+KIOSK = Path(__file__).resolve().parents[1] / "edge" / "kiosk"
+MAX_BYTES = 600_000  # above cat.bmp (524 kB), so it reaches the quality gate; small enough to test the limit
+SYMPTOMS = ["itching", "bleeding", "duration_over_4_weeks", "recent_change", "painful"]
+
+
+@dataclass
+class Kiosk:
+    settings: object
+    pipeline: Pipeline
+    screening: PipelineScreening
+    history: History | None
+    app: object
+    stop: threading.Event
+    thread: threading.Thread
+
+    @property
+    def sessions(self):
+        return self.app.extensions["edge"]["sessions"]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)
+        if self.history is not None:
+            self.history.close()
+        self.pipeline.close()
+
+
+def build_kiosk(root: Path, pack: Path, ham_images: list[Path], *, assistant=None, **kiosk_settings) -> Kiosk:
+    """The daemon's wiring, minus the server: replay camera -> pipeline loop thread -> screening -> app."""
+    replay = root / "replay"
+    replay.mkdir(parents=True, exist_ok=True)
+    for path in ham_images[:6]:
+        shutil.copy(path, replay / path.name)
+    settings = load_settings(None, {
+        "state_dir": str(root / "state"),
+        "camera": {"source": f"file:{replay}", "fps": 10},
+        "inference": {"model_dir": str(pack), "backend": "cpu"},
+        "limits": {"max_bytes": MAX_BYTES},
+        "kiosk": {"health_worker_mode": True, **kiosk_settings},
+    })
+    pipeline = Pipeline.from_settings(settings)
+    stop = threading.Event()
+    thread = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while pipeline.latest is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pipeline.latest is not None, "the replay camera delivered no frame"
+    screening = PipelineScreening(pipeline)
+    history = History(settings.state_dir / "history.sqlite") if settings.kiosk.health_worker_mode else None
+    app = create_app(screening, settings, assistant=assistant, history=history)
+    return Kiosk(settings, pipeline, screening, history, app, stop, thread)
+
+
+@contextlib.contextmanager
+def no_edge_environment():
+    """No EDGE_* setting from the caller's shell (module-scoped fixtures run before the per-test clean_env)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("EDGE_")]:
+            patch.delenv(key)
+        yield
+
+
+@pytest.fixture(scope="module")
+def kiosk(tmp_path_factory, imagenet_pack, ham_images):
+    with no_edge_environment():
+        built = build_kiosk(tmp_path_factory.mktemp("kiosk"), imagenet_pack, ham_images)
+    yield built
+    built.close()
+
+
+@pytest.fixture
+def client(kiosk):
+    client = kiosk.app.test_client()
+    client.post("/api/session/new")
+    return client
+
+
+@pytest.fixture(scope="module")
+def plain_app(kiosk):
+    """The same screening without health-worker mode (no history kept)."""
+    kiosk_settings = kiosk.settings.kiosk.model_copy(update={"health_worker_mode": False})
+    settings = kiosk.settings.model_copy(update={"kiosk": kiosk_settings})
+    return create_app(kiosk.screening, settings)
+
+
+@pytest.fixture(scope="module")
+def no_camera_app(kiosk):
+    """An uploads-only device: the same classifier, no camera."""
+    settings = kiosk.settings.model_copy(update={"camera": kiosk.settings.camera.model_copy(update={"source": "none"})})
+    pipeline = Pipeline.from_settings(settings)
+    yield create_app(PipelineScreening(pipeline), settings)
+    pipeline.close()
+
+
+def png_bytes(width, height, mode="1") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def upload(client, data: bytes, name="photo.jpg", lang=None):
+    form = {"image": (io.BytesIO(data), name)}
+    if lang:
+        form["lang"] = lang
+    return client.post("/api/classify", data=form, content_type="multipart/form-data")
+
+
+def capture(client, lang="en") -> dict:
+    response = client.post(f"/api/capture?lang={lang}")
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def assert_json_error(response, status, match=None):
+    assert response.status_code == status, (response.status_code, response.get_data(as_text=True)[:300])
+    assert response.is_json, response.get_data(as_text=True)[:300]
+    body = response.get_json()
+    assert isinstance(body.get("error"), str) and body["error"]
+    if match:
+        assert re.search(match, body["error"]), body["error"]
+    return body
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert found, f"{name} missing from /metrics"
+    return float(found.group(1))
+
+
+# -- page, catalogues, health ------------------------------------------------------------------------------
+def test_page_renders_in_each_language_from_the_catalogue(client):
+    for lang in i18n.LANGUAGES:
+        page = client.get(f"/?lang={lang}")
+        assert page.status_code == 200 and page.mimetype == "text/html"
+        html = page.get_data(as_text=True)
+        assert f'<html lang="{lang}">' in html
+        assert i18n.text(lang, "app.disclaimer") in html.replace("&#39;", "'")
+        assert i18n.text(lang, "action.capture") in html
+        assert 'id="history-open"' in html  # health-worker mode
+        embedded = re.search(r'<script id="catalogue" type="application/json">(.*?)</script>', html, re.S)[1]
+        catalogue = json.loads(embedded)
+        assert catalogue == i18n.catalogue(lang)
+    assert client.get("/?lang=xx").get_data(as_text=True).count('<html lang="en">') == 1
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.css").status_code == 200
+
+
+def test_page_fetches_nothing_from_outside(client):
+    html = client.get("/").get_data(as_text=True)
+    js = (KIOSK / "static" / "app.js").read_text()
+    css = (KIOSK / "static" / "app.css").read_text()
+    for text in (html, js, css):
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "external URL in the page"
+        assert "@import" not in text
+    assert "default-src 'self'" in html
+
+
+def test_history_button_only_in_health_worker_mode(plain_app):
+    assert 'id="history-open"' not in plain_app.test_client().get("/").get_data(as_text=True)
+
+
+def test_catalogues_have_the_same_keys_and_keep_the_backend_ones():
+    keys = {lang: set(json.loads((KIOSK / "i18n" / f"{lang}.json").read_text(encoding="utf-8")))
+            for lang in i18n.LANGUAGES}
+    assert keys["es"] == keys["en"] and keys["fr"] == keys["en"]
+    for lang in i18n.LANGUAGES:
+        catalogue = i18n.catalogue(lang)
+        for urgency in Urgency:
+            assert catalogue[f"urgency.{urgency.value}"] and catalogue[f"next.{urgency.value}"]
+        for issue in QualityIssue:
+            assert catalogue[f"quality.{issue.value}"]
+        assert all(isinstance(v, str) and v.strip() for v in catalogue.values())
+    en, es, fr = (i18n.catalogue(lang) for lang in i18n.LANGUAGES)
+    untranslated = sorted(key for key in en if es[key] == en[key] and fr[key] == en[key])
+    assert untranslated == ["lang.en", "lang.es", "lang.fr"], untranslated  # language names are their own
+
+
+def test_every_key_the_page_uses_exists():
+    template = (KIOSK / "templates" / "index.html").read_text()
+    js = (KIOSK / "static" / "app.js").read_text()
+    used = set(re.findall(r'data-i18n="([\w.]+)"', template))
+    used |= set(re.findall(r'\bt\("([\w.]+)"\)', template))
+    used |= {pair.split(":")[1] for attr in re.findall(r'data-i18n-attr="([^"]+)"', template)
+             for pair in attr.split(";")}
+    used |= {f"symptom.{s}" for s in SYMPTOMS} | {f"lang.{lang}" for lang in i18n.LANGUAGES}
+    used |= {key for key in re.findall(r'"((?:[a-z]+)\.[a-z_0-9]+)"', js) if not key.endswith((".png", ".js"))}
+    used |= {f"abstain.{reason}" for reason in ("low_confidence", "out_of_distribution")}
+    missing = sorted(key for key in used if "{" not in key and key not in i18n.catalogue("en"))
+    assert not missing, missing
+    assert "action.capture" in used and "chat.disabled" in used and "error.network" in used
+
+
+def test_template_has_no_literal_user_facing_text():
+    template = (KIOSK / "templates" / "index.html").read_text()
+    stripped = re.sub(r"\{#.*?#\}|\{%.*?%\}|\{\{.*?\}\}|<!--.*?-->", " ", template, flags=re.S)
+    stripped = re.sub(r"<script\b.*?</script>|<style\b.*?</style>", " ", stripped, flags=re.S)
+    text = re.sub(r"<[^>]*>", " ", stripped)
+    assert not re.findall(r"[^\W\d_]{2,}", text), "literal text in the template"
+    for attr in ("alt", "title", "placeholder", "aria-label"):
+        for value in re.findall(rf'\s{attr}="([^"]*)"', stripped):
+            assert not re.search(r"[^\W\d_]", value), f"literal {attr}={value!r}"
+
+
+def test_catalogue_endpoint(client):
+    es = client.get("/api/i18n/es")
+    assert es.status_code == 200 and es.get_json()["action.capture"] == "Capturar"
+    assert_json_error(client.get("/api/i18n/de"), 404, "unknown language")
+
+
+def test_health(client):
+    body = client.get("/health").get_json()
+    assert body["status"] == "ok" and body["version"]
+    assert body["camera"]["state"] == "ok" and body["camera"]["spec"].startswith("file:")
+    assert body["inference"]["backend"] == "cpu"
+    assert body["llm"] == {"status": "disabled"} and body["mqtt"] == {"status": "disabled"}
+
+
+def test_metrics_move_after_a_capture(client):
+    before = client.get("/metrics")
+    assert before.status_code == 200 and before.mimetype == "text/plain"
+    assert "# TYPE edge_classifications_total counter" in before.get_data(as_text=True)
+    capture(client)
+    after = client.get("/metrics").get_data(as_text=True)
+    counted = metric(before.get_data(as_text=True), "edge_classifications_total")
+    assert metric(after, "edge_classifications_total") == counted + 1
+    assert metric(after, "edge_classify_latency_ms_count") >= 1
+    assert metric(after, "edge_frames_total") > 0
+    assert 'edge_rejects_total{reason="not_skin"}' in after
+
+
+def test_unknown_route_and_method_are_json(client):
+    assert_json_error(client.get("/api/nothing-here"), 404)
+    assert_json_error(client.get("/api/capture"), 405)
+
+
+# -- preview and stream ------------------------------------------------------------------------------------
+def test_preview(client):
+    body = client.get("/api/preview?lang=fr").get_json()
+    assert body["camera"] is True and isinstance(body["ok"], bool) and isinstance(body["index"], int)
+    assert isinstance(body["guidance"], list)
+    french = {i18n.text("fr", f"quality.{issue.value}") for issue in QualityIssue}
+    assert all(text in french for text in body["guidance"])
+
+
+def test_stream_sends_jpeg_parts(client):
+    response = client.get("/api/stream.mjpg?frames=2")
+    assert response.status_code == 200
+    assert response.mimetype == "multipart/x-mixed-replace"
+    data = response.get_data()
+    parts = [part for part in data.split(b"--frame\r\n") if part]
+    assert len(parts) == 2
+    for part in parts:
+        head, jpeg = part.split(b"\r\n\r\n", 1)
+        assert b"Content-Type: image/jpeg" in head
+        length = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        jpeg = jpeg[:length]
+        assert jpeg[:2] == b"\xff\xd8" and jpeg[-2:] == b"\xff\xd9"
+        assert Image.open(io.BytesIO(jpeg)).size[0] > 0
+
+
+def test_no_camera_means_uploads_only(no_camera_app, ham_images):
+    client = no_camera_app.test_client()
+    assert client.get("/api/preview").get_json() == {"camera": False}
+    assert_json_error(client.get("/api/stream.mjpg"), 409, "upload a photo")
+    assert_json_error(client.post("/api/capture"), 409, "upload a photo")
+    assert upload(client, ham_images[0].read_bytes()).status_code == 200
+
+
+# -- capture and upload ------------------------------------------------------------------------------------
+RESULT_FIELDS = {"id", "label", "display_name", "confidence", "probabilities", "urgency", "abstained", "abstain_reason",
+                 "quality", "latency_ms", "model", "backend", "timestamp", "urgency_text", "next_step", "saliency_url"}
+
+
+def test_capture_returns_a_result(client):
+    result = capture(client, "es")
+    assert RESULT_FIELDS <= set(result)
+    assert result["model"]["name"] == "imagenet-mobilenetv2-int8" and result["backend"] == "cpu"
+    assert len(result["probabilities"]) == 1001
+    assert abs(sum(result["probabilities"].values()) - 1) < 0.01
+    assert result["probabilities"][result["label"]] == pytest.approx(result["confidence"], abs=1e-6)
+    assert result["urgency"] in {u.value for u in Urgency}
+    assert result["urgency_text"] == i18n.text("es", f"urgency.{result['urgency']}")
+    assert result["next_step"] == i18n.text("es", f"next.{result['urgency']}")
+    assert result["quality"]["ok"] is True
+    assert result["saliency_url"] == f"/api/saliency/{result['id']}.png"
+
+
+def test_upload_of_a_real_photo(client, ham_images):
+    response = upload(client, ham_images[3].read_bytes(), ham_images[3].name, lang="fr")
+    assert response.status_code == 200, response.get_json()
+    result = response.get_json()
+    assert RESULT_FIELDS <= set(result)
+    assert result["next_step"] == i18n.text("fr", f"next.{result['urgency']}")
+    assert client.get(result["saliency_url"]).status_code == 200
+
+
+@pytest.mark.parametrize("case, status, match", [
+    ("text", 400, "not an image"),
+    ("empty", 400, "empty file"),
+    ("truncated", 400, "corrupt or truncated"),
+    ("bomb", 400, r"12000x12000 \(144 MP\)"),
+    ("over_limit", 413, "larger than the upload limit"),
+    ("over_request_limit", 413, "larger than the upload limit"),
+    ("missing_field", 400, "multipart form field 'image'"),
+    ("not_multipart", 400, "multipart form field 'image'"),
+])
+def test_bad_uploads_are_json_4xx_and_the_server_keeps_serving(client, ham_images, case, status, match):
+    good = ham_images[0].read_bytes()
+    if case == "missing_field":
+        response = client.post("/api/classify", data={"photo": (io.BytesIO(good), "a.jpg")},
+                               content_type="multipart/form-data")
+    elif case == "not_multipart":
+        response = client.post("/api/classify", data=good, content_type="image/jpeg")
+    else:
+        data = {"text": b"this is not an image at all\n" * 10, "empty": b"", "truncated": good[: len(good) // 3],
+                "bomb": png_bytes(12_000, 12_000), "over_limit": good + b"\0" * (MAX_BYTES + 10 - len(good)),
+                "over_request_limit": b"\xff" * (MAX_BYTES * 3)}[case]
+        response = upload(client, data)
+    assert_json_error(response, status, match)
+    assert client.get("/health").status_code == 200
+    assert upload(client, good).status_code == 200
+
+
+def test_non_skin_upload_asks_for_a_retake_in_the_users_language(client):
+    cat = (PRETRAINED / "cat.bmp").read_bytes()
+    for lang in i18n.LANGUAGES:
+        response = upload(client, cat, "cat.bmp", lang=lang)
+        assert response.status_code == 422
+        body = response.get_json()
+        assert body["error"] == "retake"
+        assert body["quality"]["ok"] is False and body["quality"]["issues"] == ["not_skin"]
+        assert body["guidance"] == [i18n.text(lang, "quality.not_skin")]
+    # the language can also come from the query string
+    response = client.post("/api/classify?lang=es", data={"image": (io.BytesIO(cat), "cat.bmp")},
+                           content_type="multipart/form-data")
+    assert response.get_json()["guidance"] == [i18n.text("es", "quality.not_skin")]
+
+
+# -- saliency and sessions ---------------------------------------------------------------------------------
+def test_saliency_png(client):
+    result = capture(client)
+    response = client.get(result["saliency_url"])
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    assert response.headers["Cache-Control"] == "no-store"
+    image = Image.open(io.BytesIO(response.data))
+    assert image.format == "PNG" and image.size[0] >= 64
+
+
+def test_unknown_result_id_is_404(client):
+    assert_json_error(client.get("/api/saliency/0123456789abcdef.png"), 404, "unknown result id")
+    assert_json_error(client.post("/api/symptoms/nope", json={"symptoms": []}), 404)
+    assert_json_error(client.get("/api/report/nope"), 404)
+    assert_json_error(client.post("/api/chat", json={"message": "hello", "result_id": "nope"}), 404)
+
+
+def test_new_patient_clears_everything(kiosk, client):
+    first, second = capture(client), capture(client)
+    assert client.get(first["saliency_url"]).status_code == 200
+    assert kiosk.screening.stats()["held_images"] >= 2
+    assert client.post("/api/session/new").get_json() == {"ok": True}
+    for result in (first, second):
+        assert_json_error(client.get(result["saliency_url"]), 404)
+        assert_json_error(client.post(f"/api/symptoms/{result['id']}", json={"symptoms": []}), 404)
+    assert kiosk.screening.stats()["held_images"] == 0  # the images themselves are gone, not only the ids
+
+
+def test_idle_timeout_clears_the_session(kiosk, client):
+    sessions = kiosk.sessions
+    configured = sessions.idle_timeout_s
+    assert configured == kiosk.settings.kiosk.idle_timeout_s
+    try:
+        # the page polls /api/preview while nobody touches it: that alone must clear a walked-away patient
+        result = capture(client)
+        sessions.idle_timeout_s = 0.2
+        time.sleep(0.3)
+        cleared = sessions.cleared
+        assert client.get("/api/preview").status_code == 200
+        assert sessions.cleared == cleared + 1
+        assert kiosk.screening.stats()["held_images"] == 0
+        assert_json_error(client.get(result["saliency_url"]), 404)
+        # and any request about the old result after the timeout finds nothing
+        result = capture(client)
+        time.sleep(0.3)
+        assert_json_error(client.get(result["saliency_url"]), 404)
+    finally:
+        sessions.idle_timeout_s = configured
+    result = capture(client)
+    assert client.get(result["saliency_url"]).status_code == 200
+
+
+# -- symptoms, chat, report --------------------------------------------------------------------------------
+def test_symptoms(client):
+    pytest.importorskip("edge.assistant.symptoms", reason="edge.assistant.symptoms is not written yet")
+    result = capture(client)
+    none = client.post(f"/api/symptoms/{result['id']}", json={"symptoms": [], "lang": "es"})
+    assert none.status_code == 200, none.get_json()
+    assert none.get_json()["urgency"] == result["urgency"] and none.get_json()["reasons"] == []
+    raised = client.post(f"/api/symptoms/{result['id']}",
+                         json={"symptoms": ["bleeding", "recent_change"], "lang": "fr"})
+    body = raised.get_json()
+    assert raised.status_code == 200 and body["urgency"] == "urgent"
+    assert body["urgency_text"] == i18n.text("fr", "urgency.urgent")
+    assert body["reasons"] and all(isinstance(r, str) and r for r in body["reasons"])
+    every = client.post(f"/api/symptoms/{result['id']}", json={"symptoms": SYMPTOMS})
+    assert every.status_code == 200
+
+
+@pytest.mark.parametrize("payload", [
+    {"symptoms": ["itching", "third_arm"]},
+    {"symptoms": "itching"},
+    {"symptoms": [1, 2]},
+    {},
+    ["itching"],
+])
+def test_symptoms_validation(client, payload):
+    pytest.importorskip("edge.assistant.symptoms", reason="edge.assistant.symptoms is not written yet")
+    result = capture(client)
+    assert_json_error(client.post(f"/api/symptoms/{result['id']}", json=payload), 400)
+    assert_json_error(client.post(f"/api/symptoms/{result['id']}", data="symptoms=itching",
+                                  content_type="application/x-www-form-urlencoded"), 400)
+
+
+def test_chat_without_assistant_is_409(client):
+    result = capture(client)
+    assert_json_error(client.post("/api/chat", json={"message": "What does this mean?", "result_id": result["id"],
+                                                     "lang": "es"}), 409, "assistant is not enabled")
+    assert_json_error(client.post("/api/chat", json={"message": "hello"}), 409)
+
+
+@pytest.mark.parametrize("payload, status", [
+    ({"message": "x" * 501}, 413),
+    ({"message": "   "}, 400),
+    ({"message": 42}, 400),
+    ({}, 400),
+    (["hello"], 400),
+    ({"message": "hello", "result_id": ["a"]}, 400),
+    ({"message": "hello", "lang": 7}, 409),  # a silly language falls back to the default; then: no assistant
+])
+def test_chat_validation(client, payload, status):
+    assert_json_error(client.post("/api/chat", json=payload), status)
+    assert_json_error(client.post("/api/chat", data="message=hello"), 400)
+
+
+def test_report_without_assistant_is_409(client):
+    result = capture(client)
+    for fmt in ("json", "md", "html"):
+        assert_json_error(client.get(f"/api/report/{result['id']}?format={fmt}&lang=fr"), 409, "assistant")
+    assert_json_error(client.get(f"/api/report/{result['id']}?format=pdf"), 400, "format must be")
+
+
+# -- health-worker history ---------------------------------------------------------------------------------
+def test_history_list_csv_note_and_purge(kiosk, client, ham_images):
+    client.post("/api/history/purge")
+    first, second = capture(client), upload(client, ham_images[2].read_bytes()).get_json()
+    upload(client, (PRETRAINED / "cat.bmp").read_bytes(), "cat.bmp")  # a retake is not a screening
+    entries = client.get("/api/history").get_json()["entries"]
+    assert [e["id"] for e in entries] == [second["id"], first["id"]]  # newest first
+    assert set(entries[0]) == {"id", "time", "label", "display_name", "confidence", "urgency", "abstained",
+                               "model_version", "note"}
+    assert entries[0]["note"] == ""
+
+    noted = client.post(f"/api/history/{first['id']}/note", json={"note": "referred to clinic B"})
+    assert noted.get_json() == {"ok": True}
+    notes = {e["id"]: e["note"] for e in client.get("/api/history").get_json()["entries"]}
+    assert notes[first["id"]] == "referred to clinic B"
+    assert_json_error(client.post("/api/history/nope/note", json={"note": "x"}), 404)
+    assert_json_error(client.post(f"/api/history/{first['id']}/note", json={"note": "x" * 1001}), 400)
+    assert_json_error(client.post(f"/api/history/{first['id']}/note", json={"note": 5}), 400)
+    assert_json_error(client.post(f"/api/history/{first['id']}/note", json=["x"]), 400)
+    assert_json_error(client.post(f"/api/history/{first['id']}/note", data="note=x"), 400)
+
+    csv = client.get("/api/history.csv")
+    assert csv.status_code == 200 and csv.mimetype == "text/csv"
+    assert "attachment" in csv.headers["Content-Disposition"]
+    lines = csv.get_data(as_text=True).strip().splitlines()
+    assert lines[0] == "id,time,label,display_name,confidence,urgency,abstained,model_version,note"
+    assert len(lines) == 3 and "referred to clinic B" in csv.get_data(as_text=True)
+
+    # a new patient clears the session, never the health worker's history
+    client.post("/api/session/new")
+    assert len(client.get("/api/history").get_json()["entries"]) == 2
+    assert client.post("/api/history/purge").get_json() == {"deleted": 2}
+    assert client.get("/api/history").get_json() == {"entries": []}
+    assert client.get("/api/history.csv").get_data(as_text=True).strip().count("\n") == 0
+
+
+def test_history_is_404_without_health_worker_mode(plain_app):
+    client = plain_app.test_client()
+    for response in (client.get("/api/history"), client.get("/api/history.csv"),
+                     client.post("/api/history/x/note", json={"note": "n"}), client.post("/api/history/purge")):
+        assert_json_error(response, 404, "health-worker mode")
+
+
+def test_nothing_but_the_history_db_is_written(kiosk, client, ham_images):
+    capture(client)
+    upload(client, ham_images[1].read_bytes())
+    upload(client, (PRETRAINED / "cat.bmp").read_bytes(), "cat.bmp")
+    client.get("/api/stream.mjpg?frames=1")
+    client.post("/api/session/new")
+    state = kiosk.settings.state_dir
+    written = sorted(p.relative_to(state).as_posix() for p in state.rglob("*"))
+    assert set(written) <= {"history.sqlite", "history.sqlite-wal", "history.sqlite-shm"}, written
+    assert "history.sqlite" in written
+    replay = state.parent / "replay"
+    assert sorted(p.name for p in replay.iterdir()) == sorted(p.name for p in ham_images[:6])

@@ -1,0 +1,468 @@
+"""The kiosk page in a real headless Chromium against a real waitress server, pipeline and int8 model.
+
+Drives the screens a patient or health worker uses (preview -> capture -> result -> language -> chat ->
+report -> New patient), keyboard-only use, uploads with bad files, the uploads-only device and the history.
+Screenshots of every screen go to test-artifacts/kiosk/ (at 1280x800 and 800x480) for a person to look at.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import PRETRAINED
+from edge.inference.manifest import DecisionSpec, load_pack, write_pack
+from edge.kiosk import i18n
+from edge.kiosk.app import create_app
+from edge.paths import PROJECT_ROOT
+from edge.pipeline import Pipeline
+from edge.screening import PipelineScreening
+from test_kiosk_api import build_kiosk, no_edge_environment
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev dependency)")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "kiosk"
+BIG, SMALL = (1280, 800), (800, 480)
+
+
+# -- servers and browser -----------------------------------------------------------------------------------
+class Server:
+    def __init__(self, app) -> None:
+        from waitress import create_server
+
+        # poll(), not select(): closing the listening socket from another thread then ends the loop cleanly
+        self.server = create_server(app, host="127.0.0.1", port=0, threads=6, asyncore_use_poll=True)
+        self.url = f"http://127.0.0.1:{self.server.effective_port}"
+        self.thread = threading.Thread(target=self.server.run, name="kiosk-test-server", daemon=True)
+        self.thread.start()
+
+    def status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def close(self) -> None:
+        # Stops accepting; connections the browser keeps alive end with it (the loop thread is a daemon).
+        self.server.close()
+
+
+@pytest.fixture(scope="module")
+def kiosk(tmp_path_factory, imagenet_pack, ham_images):
+    with no_edge_environment():
+        built = build_kiosk(tmp_path_factory.mktemp("kiosk-browser"), imagenet_pack, ham_images)
+    yield built
+    built.close()
+
+
+@pytest.fixture(scope="module")
+def server(kiosk):
+    running = Server(kiosk.app)
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.fail(f"need {CHROMIUM} and {CHROMEDRIVER} (apt install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tempfile.TemporaryDirectory(prefix="kiosk-chromium-")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-extensions", "--lang=en-GB", f"--user-data-dir={profile.name}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(20)
+    yield driver
+    driver.quit()
+    profile.cleanup()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh kiosk page at 1280x800; at the end, no script error or CSP violation was logged."""
+    viewport(browser, *BIG)
+    browser.get(server.url + "/")
+    wait(browser, lambda d: d.execute_script("return Boolean(window.kiosk)"))
+    yield browser
+    problems = [entry for entry in browser.get_log("browser")
+                if entry["level"] == "SEVERE" and entry.get("source") in ("javascript", "security")]
+    assert not problems, problems
+
+
+def viewport(driver, width, height) -> None:
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+
+
+def wait(driver, condition, timeout=15):
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+
+
+def shot(driver, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def js(driver, script: str, *args):
+    return driver.execute_script(script, *args)
+
+
+def visible(driver, element_id: str) -> bool:
+    return js(driver, "const e = document.getElementById(arguments[0]); return Boolean(e) && e.offsetParent !== null "
+                      "&& getComputedStyle(e).visibility !== 'hidden'", element_id)
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text.strip()
+
+
+def on_result_screen(driver) -> bool:
+    return visible(driver, "screen-result") and not visible(driver, "screen-preview")
+
+
+def preview_live(driver) -> bool:
+    return js(driver, "const f = document.getElementById('preview-frame'), i = document.getElementById('preview-img');"
+                      "return ['ok', 'bad'].includes(f.dataset.state) && i.complete && i.naturalWidth > 0")
+
+
+def saliency_loaded(driver) -> bool:
+    return js(driver, "const i = document.getElementById('saliency-img'); return i.complete && i.naturalWidth > 0")
+
+
+def capture_result(driver) -> dict:
+    wait(driver, preview_live)
+    driver.find_element(By.ID, "capture").click()
+    wait(driver, on_result_screen)
+    return js(driver, "return window.kiosk.state.result")
+
+
+def upload_file(driver, path: Path) -> None:
+    driver.find_element(By.ID, "upload-input").send_keys(str(path))
+
+
+def assert_layout_fits(driver) -> None:
+    """No sideways scrolling; touch targets and type big enough; nothing important cut off."""
+    metrics = js(driver, """
+        const buttons = [...document.querySelectorAll('button, a.btn')].filter(b => b.offsetParent !== null);
+        return {
+          overflow: document.documentElement.scrollWidth - innerWidth,
+          bodyFont: parseFloat(getComputedStyle(document.body).fontSize),
+          smallButtons: buttons.filter(b => b.getBoundingClientRect().height < 56).map(b => b.id || b.textContent),
+          footerBottom: document.querySelector('footer').getBoundingClientRect().bottom,
+          height: innerHeight,
+        };""")
+    assert metrics["overflow"] <= 0, metrics
+    assert metrics["bodyFont"] >= 20, metrics
+    assert not metrics["smallButtons"], metrics
+    assert abs(metrics["footerBottom"] - metrics["height"]) < 1, metrics  # the disclaimer is always on screen
+
+
+def fully_on_screen(driver, element_id: str) -> bool:
+    return js(driver, """const r = document.getElementById(arguments[0]).getBoundingClientRect();
+        const bar = document.querySelector('.action-bar').getBoundingClientRect();
+        const footer = document.querySelector('footer').getBoundingClientRect();
+        const limit = document.getElementById('screen-result').hidden ? footer.top : bar.top;
+        return r.height > 0 && r.top >= 0 && r.bottom <= limit + 0.5 && r.left >= 0 && r.right <= innerWidth + 0.5""",
+              element_id)
+
+
+# -- the patient's way through -----------------------------------------------------------------------------
+def test_preview_capture_result_language_chat_report_new_patient(page, server, kiosk):
+    driver = page
+    wait(driver, preview_live)
+    assert text(driver, "guidance")
+    assert visible(driver, "capture") and visible(driver, "upload")
+    assert text(driver, "capture") == i18n.text("en", "action.capture")
+    assert i18n.text("en", "app.disclaimer") in driver.find_element(By.TAG_NAME, "footer").text
+    assert_layout_fits(driver)
+    shot(driver, "preview-1280x800")
+
+    result = capture_result(driver)
+    assert result["id"] and result["display_name"]
+    assert text(driver, "result-name") == result["display_name"]
+    assert text(driver, "name-kicker") == i18n.text("en", "result.most_likely")
+    badge = driver.find_element(By.ID, "urgency-badge")
+    assert badge.get_attribute("data-urgency") == result["urgency"]
+    assert text(driver, "urgency-text") == i18n.text("en", f"urgency.{result['urgency']}")
+    assert text(driver, "next-step") == i18n.text("en", f"next.{result['urgency']}")
+    bars = driver.find_elements(By.CSS_SELECTOR, "#bars li")
+    assert len(bars) == 8  # 1001 ImageNet labels: the top 7 and "all other kinds"
+    values = [float(bar.find_element(By.CLASS_NAME, "bar-value").text.strip("%< ")) for bar in bars[:-1]]
+    assert values == sorted(values, reverse=True) and all(0 <= v <= 100 for v in values)
+    assert "%" in bars[0].text and bars[0].get_attribute("data-label") == result["label"]
+    assert str(round(result["confidence"] * 100)) in text(driver, "confidence-text")
+    assert not visible(driver, "unsure-banner") or result["abstained"]
+    wait(driver, saliency_loaded)
+    assert js(driver, "return document.activeElement.id") == "result-title"
+    assert_layout_fits(driver)
+    shot(driver, "result-1280x800")
+
+    # symptoms raise the badge, with the reasons shown
+    driver.find_element(By.CSS_SELECTOR, '#symptoms input[value="bleeding"]').click()
+    wait(driver, lambda d: visible(d, "symptom-reasons"))
+    assert badge.get_attribute("data-urgency") in ("soon", "urgent")
+    raised = badge.get_attribute("data-urgency")
+
+    # another language: every string on screen follows, the result stays
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="es"]').click()
+    wait(driver, lambda d: text(d, "new-patient") == i18n.text("es", "action.new_patient"))
+    assert js(driver, "return document.documentElement.lang") == "es"
+    assert text(driver, "urgency-text") == i18n.text("es", f"urgency.{raised}")
+    assert text(driver, "name-kicker") == i18n.text("es", "result.most_likely")
+    assert i18n.text("es", "app.disclaimer") in driver.find_element(By.TAG_NAME, "footer").text
+    assert driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="es"]').get_attribute("aria-pressed") == "true"
+    wait(driver, lambda d: "?lang=es" in d.current_url)
+
+    # no assistant on this device: a polite 409 message, in Spanish
+    chat = driver.find_element(By.ID, "chat-input")
+    chat.send_keys("¿Qué significa esto?", Keys.ENTER)
+    wait(driver, lambda d: visible(d, "chat-notice"))
+    assert text(driver, "chat-notice") == i18n.text("es", "chat.disabled")
+    assert not visible(driver, "chat-form")
+    js(driver, "document.querySelector('.result-scroll').scrollTop = 0")
+    shot(driver, "result-es-1280x800")
+
+    # the report needs the assistant too: the overlay says so instead of showing raw JSON
+    driver.find_element(By.ID, "report-open").click()
+    wait(driver, lambda d: visible(d, "report-error"))
+    assert i18n.text("es", "report.unavailable") in text(driver, "report-error")
+    assert not visible(driver, "report-frame") and not visible(driver, "report-print")
+    shot(driver, "report-unavailable-1280x800")
+    driver.find_element(By.ID, "report-close").click()
+    wait(driver, lambda d: not js(d, "return document.getElementById('report-dialog').open"))
+
+    # New patient: the page forgets everything, and so does the server
+    assert server.status(result["saliency_url"]) == 200
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+    assert js(driver, "return window.kiosk.state.result") is None
+    for element_id in ("result-name", "urgency-text", "next-step", "confidence-text", "bars", "chat-log"):
+        assert js(driver, "return document.getElementById(arguments[0]).textContent", element_id) == ""
+    assert js(driver, "return [...document.querySelectorAll('#symptoms input')].some(b => b.checked)") is False
+    assert js(driver, "return document.getElementById('saliency-img').getAttribute('src')") is None
+    assert not js(driver, "return document.getElementById('redflag').hidden === false")
+    wait(driver, lambda d: server.status(result["saliency_url"]) == 404)
+    wait(driver, preview_live)
+    assert js(driver, "return document.activeElement.id") == "capture"
+    assert text(driver, "capture") == i18n.text("es", "action.capture")  # the language choice stays
+    shot(driver, "preview-es-1280x800")
+
+
+def test_keyboard_only(page):
+    driver = page
+    wait(driver, preview_live)
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.click()
+    for _ in range(12):
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+        if js(driver, "return document.activeElement.id") == "capture":
+            break
+    assert js(driver, "return document.activeElement.id") == "capture"
+    outline = js(driver, "return getComputedStyle(document.activeElement).outlineStyle")
+    assert outline != "none"  # focus is visible
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(driver, on_result_screen)
+    for _ in range(30):
+        driver.switch_to.active_element.send_keys(Keys.TAB)
+        if js(driver, "return document.activeElement.id") == "new-patient":
+            break
+    assert js(driver, "return document.activeElement.id") == "new-patient"
+    driver.switch_to.active_element.send_keys(Keys.SPACE)
+    wait(driver, lambda d: visible(d, "screen-preview"))
+    assert js(driver, "return document.activeElement.id") == "capture"
+
+
+def test_an_unattended_result_clears_itself(page, server):
+    driver = page
+    result = capture_result(driver)
+    js(driver, "window.kiosk.state.idleTimeoutMs = 300; window.kiosk.state.lastActivity = 0")  # kiosk.idle_timeout_s
+    wait(driver, lambda d: visible(d, "screen-preview"))
+    assert js(driver, "return window.kiosk.state.result") is None and text(driver, "result-name") == ""
+    wait(driver, lambda d: server.status(result["saliency_url"]) == 404)
+
+
+def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
+    driver = page
+    viewport(driver, *SMALL)
+    wait(driver, preview_live)
+    upload_file(driver, PRETRAINED / "cat.bmp")
+    wait(driver, lambda d: visible(d, "retake"))
+    assert text(driver, "retake").splitlines() == [i18n.text("en", "retake.title"), i18n.text("en", "quality.not_skin")]
+    assert visible(driver, "screen-preview")
+    assert fully_on_screen(driver, "capture") and fully_on_screen(driver, "upload")  # messages never push them off
+    assert_layout_fits(driver)
+    shot(driver, "retake-800x480")
+
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="fr"]').click()  # the guidance follows the language
+    wait(driver, lambda d: i18n.text("fr", "quality.not_skin") in text(d, "retake"))
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
+    wait(driver, lambda d: i18n.text("en", "quality.not_skin") in text(d, "retake"))
+
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is not a photo\n" * 20)
+    upload_file(driver, not_an_image)
+    wait(driver, lambda d: visible(d, "preview-error"))
+    assert not visible(driver, "retake")
+    assert text(driver, "preview-error").startswith(i18n.text("en", "error.unreadable"))
+    assert "not an image" in text(driver, "preview-error")
+
+    upload_file(driver, ham_images[4])
+    wait(driver, on_result_screen)
+    wait(driver, saliency_loaded)
+    assert not visible(driver, "preview-error")
+    # on a 800x480 panel the answer and its urgency are visible without scrolling, and so is New patient
+    assert fully_on_screen(driver, "result-name") and fully_on_screen(driver, "urgency-badge")
+    assert js(driver, "const r = document.getElementById('new-patient').getBoundingClientRect();"
+                      "return r.bottom <= innerHeight && r.top >= 0")
+    assert_layout_fits(driver)
+    shot(driver, "result-800x480")
+    js(driver, "document.querySelector('.result-scroll').scrollTop = 1e6")
+    shot(driver, "result-scrolled-800x480")
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+    assert not visible(driver, "retake") and not visible(driver, "preview-error")
+    assert_layout_fits(driver)
+    shot(driver, "preview-800x480")
+
+
+def test_history_panel(page, server):
+    driver = page
+    viewport(driver, *SMALL)
+    urllib.request.urlopen(urllib.request.Request(server.url + "/api/history/purge", method="POST"), timeout=10)
+    capture_result(driver)
+    driver.find_element(By.ID, "history-open").click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 1)
+    entry = driver.find_element(By.CSS_SELECTOR, "#history-list li")
+    assert js(driver, "return window.kiosk.state.result.display_name") in entry.text
+    assert driver.find_element(By.ID, "history-csv").get_attribute("href").endswith("/api/history.csv")
+    note = entry.find_element(By.CSS_SELECTOR, "input[type=text]")
+    note.send_keys("referred to clinic", Keys.ENTER)
+    saved = i18n.text("en", "history.note_saved")
+    wait(driver, lambda d: entry.find_element(By.CSS_SELECTOR, "[role=status]").text == saved)
+    with urllib.request.urlopen(server.url + "/api/history", timeout=10) as response:
+        assert json.load(response)["entries"][0]["note"] == "referred to clinic"
+    shot(driver, "history-800x480")
+
+    driver.find_element(By.ID, "history-purge").click()
+    wait(driver, lambda d: visible(d, "confirm-text"))
+    assert text(driver, "confirm-text") == i18n.text("en", "history.purge_confirm").replace("{n}", "1")
+    assert js(driver, "return document.activeElement.id") == "confirm-cancel"  # the safe choice is the default
+    shot(driver, "history-purge-confirm-800x480")
+    driver.find_element(By.ID, "confirm-ok").click()
+    wait(driver, lambda d: visible(d, "history-empty"))
+    assert text(driver, "history-status") == i18n.text("en", "history.purged").replace("{n}", "1")
+    driver.find_element(By.ID, "history-close").click()
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+
+
+@pytest.fixture(scope="module")
+def unsure_pack(tmp_path_factory, imagenet_pack) -> Path:
+    """The ImageNet pack with an operating point no answer reaches: every result abstains ("unsure")."""
+    out = tmp_path_factory.mktemp("packs") / "imagenet-unsure"
+    pack = load_pack(imagenet_pack)
+    write_pack(out, model_files={"cpu": imagenet_pack / "model.tflite"}, labels=list(pack.manifest.labels),
+               name="imagenet-unsure", version="1", licence="Apache-2.0", input_spec=pack.manifest.input,
+               decision=DecisionSpec(abstain_below=0.999))
+    return out
+
+
+def test_uploads_only_device_and_the_unsure_state(browser, kiosk, unsure_pack, ham_images):
+    settings = kiosk.settings.model_copy(update={
+        "camera": kiosk.settings.camera.model_copy(update={"source": "none"}),
+        "inference": kiosk.settings.inference.model_copy(update={"model_dir": unsure_pack})})
+    pipeline = Pipeline.from_settings(settings)
+    server = Server(create_app(PipelineScreening(pipeline), settings))
+    try:
+        for size in (SMALL, BIG):
+            viewport(browser, *size)
+            browser.get(server.url + "/?lang=fr")
+            wait(browser, lambda d: visible(d, "no-camera"))
+            assert text(browser, "no-camera") == i18n.text("fr", "preview.no_camera")
+            assert not visible(browser, "capture") and visible(browser, "upload")
+            assert js(browser, "return document.getElementById('preview-img').getAttribute('src')") is None
+            assert_layout_fits(browser)
+            shot(browser, f"no-camera-{size[0]}x{size[1]}")
+
+            upload_file(browser, ham_images[5])
+            wait(browser, on_result_screen)
+            wait(browser, saliency_loaded)
+            result = js(browser, "return window.kiosk.state.result")
+            assert result["abstained"] is True and result["urgency"] == "unsure"
+            assert visible(browser, "unsure-banner") and fully_on_screen(browser, "unsure-banner")
+            assert text(browser, "unsure-banner").splitlines() == [i18n.text("fr", "result.unsure_title"),
+                                                                   i18n.text("fr", "abstain.low_confidence")]
+            assert text(browser, "name-kicker") == i18n.text("fr", "result.closest")
+            assert browser.find_element(By.ID, "urgency-badge").get_attribute("data-urgency") == "unsure"
+            assert not visible(browser, "urgency-badge")  # the banner says it already
+            assert text(browser, "next-step") == i18n.text("fr", "next.unsure")
+            assert_layout_fits(browser)
+            shot(browser, f"result-unsure-{size[0]}x{size[1]}")
+            # a symptom that sets a time frame brings the badge back (the model being unsure does not lower it)
+            browser.find_element(By.CSS_SELECTOR, '#symptoms input[value="recent_change"]').click()
+            wait(browser, lambda d: visible(d, "urgency-badge"))
+            assert browser.find_element(By.ID, "urgency-badge").get_attribute("data-urgency") == "soon"
+            assert visible(browser, "unsure-banner")
+            browser.find_element(By.ID, "new-patient").click()
+            wait(browser, lambda d: visible(d, "screen-preview"))
+            assert js(browser, "return document.activeElement.id") == "upload"
+    finally:
+        server.close()
+        pipeline.close()
+
+
+def test_assistant_chat_streams_and_red_flags_raise_the_badge(browser, kiosk):
+    service = pytest.importorskip("edge.assistant.service", reason="the assistant package is not importable yet")
+    # The real assistant without its language model (as on a device where the GGUF is missing): red flags,
+    # notices and fallback answers still stream as server-sent events.
+    assistant = service.Assistant(kiosk.settings, None, None, "no language model in this test")
+    server = Server(create_app(kiosk.screening, kiosk.settings, assistant=assistant, history=kiosk.history))
+    try:
+        viewport(browser, *BIG)
+        browser.get(server.url + "/")
+        result = capture_result(browser)
+        chat = browser.find_element(By.ID, "chat-input")
+        chat.send_keys("What does this result mean?", Keys.ENTER)
+        wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#chat-log .bubble-assistant .bubble-note")) == 1)
+        wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#chat-log [aria-busy=true]"))
+        answer = browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble-assistant")[-1]
+        assert answer.find_element(By.CLASS_NAME, "bubble-text").text.strip()
+        assert "is-error" not in answer.get_attribute("class")
+        assert browser.find_element(By.ID, "urgency-badge").get_attribute("data-urgency") == result["urgency"]
+
+        chat.send_keys("It has been bleeding a lot since yesterday", Keys.ENTER)
+        wait(browser, lambda d: visible(d, "redflag"))
+        assert browser.find_element(By.ID, "urgency-badge").get_attribute("data-urgency") == "urgent"
+        assert text(browser, "urgency-text") == i18n.text("en", "urgency.urgent")
+        assert browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble.is-redflag")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")) == 4
+        wait(browser, saliency_loaded)
+        shot(browser, "chat-redflag-1280x800")
+
+        browser.find_element(By.ID, "new-patient").click()
+        wait(browser, lambda d: visible(d, "screen-preview"))
+        assert not browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")
+        capture_result(browser)
+        assert not visible(browser, "redflag")
+        assert browser.find_element(By.ID, "urgency-badge").get_attribute("data-urgency") != "urgent" or \
+            js(browser, "return window.kiosk.state.result.urgency") == "urgent"
+        browser.find_element(By.ID, "new-patient").click()
+    finally:
+        server.close()
