@@ -466,3 +466,64 @@ def test_assistant_chat_streams_and_red_flags_raise_the_badge(browser, kiosk):
         browser.find_element(By.ID, "new-patient").click()
     finally:
         server.close()
+
+
+def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factory, ham_images):
+    """The device as shipped: the default skin pack, the embedded GGUF streaming a grounded answer, the report
+    (overview by the LLM or templates, with its source stated), and New patient clearing it all."""
+    from edge.assistant.service import build_assistant
+    from edge.paths import default_model_dir
+
+    pytest.importorskip("llama_cpp")
+    with no_edge_environment():
+        kiosk = build_kiosk(tmp_path_factory.mktemp("kiosk-llm"), default_model_dir(), ham_images)
+    assistant = build_assistant(kiosk.settings, load_pack(default_model_dir()))
+    assert assistant.llm is not None, assistant.llm_error
+    server = Server(create_app(kiosk.screening, kiosk.settings, assistant=assistant, history=kiosk.history))
+    try:
+        viewport(browser, *BIG)
+        browser.get(server.url + "/")
+        wait(browser, preview_live)
+        shot(browser, "skin-preview-1280x800")
+        result = capture_result(browser)
+        assert result["label"] in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#bars li")) == 7
+        wait(browser, saliency_loaded)
+        shot(browser, "skin-result-1280x800")
+
+        # the answer streams in: several updates of the bubble before the stream ends
+        lengths = js(browser, """
+            window.__lengths = [];
+            const log = document.getElementById('chat-log');
+            new MutationObserver(() => {
+              const b = [...log.querySelectorAll('.bubble-assistant .bubble-text')].pop();
+              if (b) window.__lengths.push(b.textContent.length);
+            }).observe(log, {subtree: true, childList: true, characterData: true});
+            return window.__lengths;""")
+        browser.find_element(By.ID, "chat-input").send_keys("What does this result mean for me?", Keys.ENTER)
+        wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, "#chat-log [aria-busy=true]")
+             and d.find_elements(By.CSS_SELECTOR, "#chat-log .bubble-assistant"), timeout=90)
+        lengths = js(browser, "return window.__lengths")
+        answer = browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble-assistant .bubble-text")[-1].text
+        assert answer.strip()
+        assert len(set(lengths)) >= 2, lengths  # streamed, not delivered at once
+        shot(browser, "skin-chat-1280x800")
+
+        browser.find_element(By.ID, "report-open").click()
+        wait(browser, lambda d: visible(d, "report-frame"), timeout=90)
+        browser.switch_to.frame(browser.find_element(By.ID, "report-frame"))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        browser.switch_to.default_content()
+        for title in ("Condition Overview", "Confidence Meaning", "Recommended Actions", "Disclaimers"):
+            assert title.lower() in body.lower(), title
+        shot(browser, "skin-report-1280x800")
+        browser.find_element(By.ID, "report-close").click()
+
+        browser.find_element(By.ID, "new-patient").click()
+        wait(browser, lambda d: visible(d, "screen-preview"))
+        assert not browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")
+        wait(browser, lambda d: server.status(result["saliency_url"]) == 404)
+    finally:
+        server.close()
+        assistant.close()
+        kiosk.close()
