@@ -50,6 +50,7 @@ class TrainConfig:
     dropout: float = 0.3
     label_smoothing: float = 0.0
     bn_affine_trainable: int = 0  # 1: BatchNorm gamma/beta learn (still in inference mode, moving stats fixed)
+    trainable_from_block: int = 0  # fine-tune blocks >= this (0: all); earlier blocks keep ImageNet weights
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -173,12 +174,23 @@ def build_model(keras, config: TrainConfig, n_classes: int, pretrained: Path):
     return keras.Model(inputs, logits, name="skin_mobilenetv2"), backbone
 
 
-def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = False) -> None:
+def block_index(layer_name: str) -> int:
+    """MobileNetV2 block of a Keras layer: Conv1 and block 0 ('expanded_conv') are 0, 'block_N_*' is N,
+    the final 1x1 conv ('Conv_1', 'out_relu') is 17."""
+    if layer_name.startswith("block_"):
+        return int(layer_name.split("_")[1])
+    return 17 if layer_name.startswith(("Conv_1", "out_relu")) else 0
+
+
+def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = False, from_block: int = 0) -> None:
     """The backbone always runs in inference mode (it is called with ``training=False``), so BatchNorm keeps
-    its identity statistics; with ``bn_affine`` its gamma/beta (the folded ImageNet biases) still learn."""
+    its identity statistics; with ``bn_affine`` its gamma/beta (the folded ImageNet biases) still learn.
+    Blocks before ``from_block`` keep their ImageNet weights, which quantise to int8 well."""
     backbone.trainable = trainable
     for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if block_index(layer.name) < from_block:
+            layer.trainable = False
+        elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = trainable and bn_affine
 
 
@@ -224,7 +236,8 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     for phase, epochs in phases:
         if phases.index((phase, epochs)) < [p for p, _ in phases].index(state.phase):
             continue
-        set_backbone_trainable(keras, backbone, phase == "finetune", bool(config.bn_affine_trainable))
+        set_backbone_trainable(keras, backbone, phase == "finetune", bool(config.bn_affine_trainable),
+                               config.trainable_from_block)
         if phase == "warmup":
             optimizer = keras.optimizers.Adam(config.warmup_lr)
         else:
