@@ -95,6 +95,7 @@ def test_missing_model_means_templates_and_a_reason(tmp_path):
     report, note = service.report(a_result(), "fr", symptoms=frozenset({"bleeding"}))
     assert report.source == "template" and "<html" in report.html().lower()
     assert "modèles" in note and report.urgency == Urgency.SOON  # bleeding raises a routine result
+    assert note in report.html().replace("&#x27;", "'") and note in report.markdown()
 
 
 def test_report_overview_written_by_the_model_and_guarded(assistant):

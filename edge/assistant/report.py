@@ -14,6 +14,8 @@ LLM text are untrusted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import logging
 import re
@@ -377,12 +379,18 @@ class Report:
     header: tuple[tuple[str, str], ...] = ()
     banner: str = ""
     blocked: tuple[tuple[str, str], ...] = field(default=())  # (section key, guard reason)
+    note: str = ""  # e.g. "written from templates because the assistant did not answer in time"
+
+    def with_note(self, note: str | None) -> "Report":
+        return dataclasses.replace(self, note=note or "")
 
     def section(self, key: str) -> str:
         return self.sections[self.keys.index(key)][1]
 
     def markdown(self) -> str:
         lines = [f"# {_md(self.title)}", "", f"**{_md(self.banner)}**", ""]
+        if self.note:
+            lines += [f"_{_md(self.note)}_", ""]
         lines += [f"- **{_md(name)}:** {_md(value)}" for name, value in self.header]
         for title, text in self.sections:
             lines += ["", f"## {_md(title)}", "", _md_block(text)]
@@ -403,7 +411,8 @@ class Report:
             f"<title>{e(self.title)}</title>\n<style>\n{_CSS}\n</style>\n</head>\n<body>\n"
             f"<header>\n<h1>{e(self.title)}</h1>\n<p class=\"banner\">{e(self.banner)}</p>\n"
             f'<dl class="meta">{meta}</dl>\n'
-            f'<p class="tier tier-{e(self.urgency.value)}">{e(tier)}</p>\n</header>\n'
+            + (f'<p class="note" role="note">{e(self.note)}</p>\n' if self.note else "")
+            + f'<p class="tier tier-{e(self.urgency.value)}">{e(tier)}</p>\n</header>\n'
             f"<main>\n{body}\n</main>\n</body>\n</html>\n"
         )
 

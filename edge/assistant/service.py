@@ -182,7 +182,8 @@ class Assistant:
             except (LlmTimeout, RuntimeError) as exc:
                 log.warning("LLM overview failed, report from templates: %s", exc)
                 note = REPORT_NOTES["failed"].get(lang, REPORT_NOTES["failed"]["en"])
-        return build_report(result, facts, lang, symptoms=adjustment, llm_text=llm_text), note
+        report = build_report(result, facts, lang, symptoms=adjustment, llm_text=llm_text).with_note(note)
+        return report, note
 
     def _overview(self, result: Result, lang: str) -> str:
         question = ("In two or three short sentences, explain to the person what this screening result means "
