@@ -1,0 +1,81 @@
+"""The shipped skin model pack: intact, small, honest about its test numbers, and the device's default."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import HAM_IMAGES, PRETRAINED, run_edge
+from edge.evaluation.run import evaluate
+from edge.inference import load_pack
+from edge.paths import default_model_dir
+from edge.types import Urgency
+
+PACK = default_model_dir()
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack(PACK)
+
+
+def test_pack_verifies_and_is_small(pack):
+    assert all(ok for _, ok, _ in pack.verify_all())
+    assert pack.verified_path("cpu").stat().st_size <= 4_000_000
+    assert set(pack.manifest.files) >= {"cpu", "jetson"}
+    assert pack.manifest.labels == ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+
+def test_urgency_licence_and_calibration(pack):
+    urgency = {label: pack.urgency_of(label) for label in pack.manifest.labels}
+    assert urgency["mel"] == urgency["bcc"] == Urgency.URGENT
+    assert urgency["akiec"] == Urgency.SOON
+    assert {urgency[k] for k in ("bkl", "df", "nv", "vasc")} == {Urgency.ROUTINE}
+    assert "CC-BY-NC-4.0" in pack.manifest.licence
+    decision = pack.manifest.decision
+    assert decision.temperature != 1.0 and [r.label for r in decision.priority] == ["mel", "bcc"]
+    assert decision.abstain_below > 0 and decision.ood_min_logsumexp is not None
+    card = (PACK / "MODEL_CARD.md").read_text()
+    for needed in ("CC BY-NC 4.0", "not a diagnosis", "skin tone", "dermoscop"):
+        assert needed.lower() in card.lower(), needed
+    for plot in ("confusion_matrix.png", "roc_curves.png", "reliability_diagram.png", "training_curves.png"):
+        assert (PACK / plot).read_bytes()[:4] == b"\x89PNG", plot
+
+
+def test_split_is_lesion_disjoint(pack):
+    with open(PACK / "split.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[str, set[str]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], set()).add(row["split"])
+    assert len(rows) == 10015 and all(len(splits) == 1 for splits in groups.values())
+
+
+def test_int8_model_reproduces_its_recorded_test_numbers(pack):
+    """Re-run the held-out test split through the device's own code (shipped mode: int8, flips, operating
+    point): the numbers recorded in the pack must come back. The floors guard against a regression; the
+    project's targets (balanced accuracy >= 0.75) are reported by `edge evaluate` and the model card."""
+    with open(PACK / "split.csv", newline="") as handle:
+        test = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    shipped = "tta" if pack.manifest.decision.test_time_flips else "plain"
+    report = evaluate(pack, [HAM_IMAGES / row["image"] for row in test], [row["label"] for row in test],
+                      variants=("int8",), tta_options=(shipped == "tta",))
+    recorded = json.loads((PACK / "evaluation_test.json").read_text())["variants"]["int8"][shipped]
+    now = report["variants"]["int8"][shipped]
+    for key in ("balanced_accuracy", "mel_sensitivity", "mel_specificity", "ece"):
+        assert now["operating_point"][key] == pytest.approx(recorded["operating_point"][key], abs=2e-3), key
+    assert now["operating_point"]["balanced_accuracy"] >= 0.65
+    assert now["operating_point"]["mel_sensitivity"] >= 0.80
+
+
+def test_default_model_classifies_a_lesion_and_flags_a_non_lesion(tmp_path):
+    lesion = sorted(HAM_IMAGES.glob("*.jpg"))[0]
+    result = run_edge("classify", "--json", str(lesion), str(PRETRAINED / "cat.bmp"))
+    assert result.returncode == 0, result.stderr
+    lesion_record, cat_record = (json.loads(line) for line in result.stdout.splitlines())
+    assert lesion_record["model"]["name"] == "ham10000-mobilenetv2-int8"
+    assert lesion_record["label"] in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+    assert lesion_record["quality"]["ok"]
+    assert not cat_record["quality"]["ok"] and "not_skin" in cat_record["quality"]["issues"]
