@@ -47,8 +47,8 @@ case "$platform" in
   pi) apt_packages+=(python3-picamera2) ;;  # libcamera bindings: only packaged by Raspberry Pi OS
 esac
 if [ "$dev" = 1 ]; then
-  # The tests drive the real kiosk in a real headless browser.
-  apt_packages+=(chromium chromium-driver)
+  # The tests drive the real kiosk in a real headless browser, and MQTT against a real broker.
+  apt_packages+=(chromium chromium-driver mosquitto)
 fi
 
 missing=()

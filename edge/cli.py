@@ -25,7 +25,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """CLI flags as nested settings overrides; only the flags that were given."""
     nested: dict[str, Any] = {}
     for flag, path in (("source", "camera.source"), ("model", "inference.model_dir"), ("backend", "inference.backend"),
-                       ("threads", "inference.cpu.threads"), ("state_dir", "state_dir"), ("log_level", "log_level")):
+                       ("threads", "inference.cpu.threads"), ("state_dir", "state_dir"), ("log_level", "log_level"),
+                       ("mqtt_host", "mqtt.host"), ("mqtt_port", "mqtt.port")):
         value = getattr(args, flag, None)
         if value is None:
             continue
@@ -97,15 +98,16 @@ def _emit_error(as_json: bool, image: str, message: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.daemon import Daemon
+    from edge.mqtt.remote_config import with_overlay
 
-    settings = _settings(args)
+    settings = with_overlay(_settings(args))  # settings an administrator changed over MQTT (set_config)
     logging.getLogger().setLevel(settings.log_level)
     daemon = Daemon(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     daemon.run(stop, max_frames=args.max_frames)
-    return EXIT_OK
+    return daemon.exit_code  # 75 after an administrator's restart command, so systemd starts us again
 
 
 # --- doctor ---------------------------------------------------------------------------------------------
@@ -202,6 +204,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_training(args, _settings(args))
 
 
+# --- admin --------------------------------------------------------------------------------------------
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from edge.mqtt import admin
+
+    if args.admin_command == "keygen":
+        public, kid = admin.keygen(Path(args.private_key))
+        print(f"wrote private key {args.private_key} (keep it secret; mode 0600)", file=sys.stderr)
+        print(f"public key (id {kid}) for mqtt.commands.admin_keys:", file=sys.stderr)
+        print(public)
+        return EXIT_OK
+    settings = _settings(args)
+    if args.admin_command == "watch":
+        def show(rows) -> None:
+            print("\033[H\033[J" + admin.render_table(rows), flush=True)
+
+        seconds = (args.seconds or 5.0) if args.once else args.seconds  # live mode: until Ctrl-C by default
+        rows = admin.watch(settings.mqtt, seconds, on_change=(lambda rows: None) if args.once else show)
+        if args.once:
+            print(admin.render_table(rows))
+        return EXIT_OK
+    from edge.mqtt.signing import load_private_key
+
+    command_args = admin.parse_pairs(args.pairs)
+    if args.args:
+        command_args = {**json.loads(args.args), **command_args}
+    replies = admin.send(settings.mqtt, load_private_key(Path(args.key)), args.name, command_args,
+                         device=None if args.fleet else args.device, timeout_s=args.timeout, ttl_s=args.ttl,
+                         on_reply=lambda reply: print(json.dumps(reply), flush=True))
+    if not replies:
+        print(f"edge: no reply within {args.timeout:g} s", file=sys.stderr)
+    return EXIT_OK if replies and all(reply.get("ok") for reply in replies) else EXIT_FAILED
+
+
 # --- parser ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,12 +325,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-keras", action="store_true", help="skip the float Keras baseline")
     p.add_argument("--source", help="replay source (default: HAM10000 images in shared_dir)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("admin", help="fleet administration over MQTT: keys, signed commands, live table")
+    admin_sub = p.add_subparsers(dest="admin_command", required=True)
+    broker = argparse.ArgumentParser(add_help=False)
+    broker.add_argument("--config", type=Path, help="TOML config file with an [mqtt] section (default: $EDGE_CONFIG)")
+    broker.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    broker.add_argument("--host", dest="mqtt_host", help="mqtt.host")
+    broker.add_argument("--port", dest="mqtt_port", type=int, help="mqtt.port")
+    keygen = admin_sub.add_parser("keygen", help="make an Ed25519 key pair; prints the public key")
+    keygen.add_argument("private_key", metavar="PRIVATE_KEY_FILE", help="written with mode 0600; never overwritten")
+    send = admin_sub.add_parser("send", parents=[broker], help="sign and publish a command, print the replies")
+    send.add_argument("--key", required=True, help="the admin's private key file (from keygen)")
+    target = send.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", help="device id")
+    target.add_argument("--fleet", action="store_true", help="every device (replies until --timeout)")
+    send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for replies (default 10)")
+    send.add_argument("--ttl", type=float, default=300.0, help="seconds the command stays valid (default 300)")
+    send.add_argument("--args", help="arguments as a JSON object")
+    send.add_argument("name", metavar="COMMAND", help="status | get_config | set_config | set_log_level | restart | "
+                      "purge_local_data | model_update")
+    send.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="arguments, e.g. level=DEBUG or "
+                      "mqtt.telemetry_interval_s=30 (JSON values)")
+    watch = admin_sub.add_parser("watch", parents=[broker], help="live table of devices (status, telemetry)")
+    watch.add_argument("--once", action="store_true", help="collect for --seconds, print the table once, exit")
+    watch.add_argument("--seconds", type=float, default=None, help="with --once: how long to listen (default 5)")
+    p.set_defaults(func=cmd_admin)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_by_default = args.command in ("classify", "config", "model", "doctor")
+    quiet_by_default = args.command in ("classify", "config", "model", "doctor", "admin")
     _setup_logging(getattr(args, "log_level", None) or ("WARNING" if quiet_by_default else "INFO"))
     try:
         return args.func(args)

@@ -14,13 +14,14 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from edge.errors import ConfigError
 from edge.inference.coral import CoralSettings
 from edge.inference.cpu import CpuSettings
 from edge.inference.jetson import JetsonSettings
+from edge.mqtt.topics import check_prefix_template, check_topic_name
 from edge.paths import default_model_dir, default_shared_dir, default_state_dir
 from edge.vision.quality import QualitySettings
 
@@ -94,6 +95,86 @@ class AssistantSettings(_Section):
     timeout_s: float = Field(30.0, gt=0, le=600, description="An answer slower than this falls back to the fact sheet.")
 
 
+class MqttTlsSettings(_Section):
+    enabled: bool = Field(False, description="Use TLS; on by itself when ca_file or cert_file is set.")
+    ca_file: Path | None = Field(None, description="CA certificate (PEM) that signed the broker's certificate; "
+                                 "default: the system's CAs.")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM) for brokers that require one.")
+    key_file: Path | None = Field(None, description="The client certificate's private key (PEM).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> "MqttTlsSettings":
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return self.enabled or self.ca_file is not None or self.cert_file is not None
+
+
+class MqttResultSettings(_Section):
+    hold_until_minute_end: bool = Field(True, description="Send each result only after the minute it happened "
+                                        "in has ended, so the time a message arrives reveals no more than its "
+                                        "rounded `time` field.")
+    include_age_band: bool = Field(False, description="Add the coarse age band to published results (opt-in).")
+    include_body_site: bool = Field(False, description="Add the coarse body site to published results (opt-in).")
+
+
+class MqttCommandSettings(_Section):
+    enabled: bool = Field(True, description="Accept signed administration commands on <prefix>/cmd.")
+    admin_keys: list[str] = Field(default_factory=list, description="Administrators' Ed25519 public keys: "
+                                  "base64 of the 32 raw bytes (`edge admin keygen` prints it) or a PEM file path.")
+    clock_skew_s: float = Field(300.0, ge=0, le=86400, description="Allowed clock difference for issued_at/expires_at.")
+    max_lifetime_s: float = Field(86400.0, gt=0, le=30 * 86400, description="Longest accepted expires_at - issued_at.")
+
+
+class MqttSettings(_Section):
+    host: str = Field("", description="Broker host name; empty turns MQTT off.")
+    port: int = Field(1883, ge=1, le=65535, description="1883 plain, usually 8883 with TLS.")
+    topic_prefix: str = Field("edge/{device_id}", description="Topics of this device; {device_id} is filled in.")
+    fleet_topic: str = Field("edge/fleet/cmd", description="Commands addressed to every device.")
+    client_id: str = Field("", description="MQTT client id; default edge-<device_id>.")
+    keepalive_s: int = Field(30, ge=5, le=3600, description="The broker publishes the last will after 1.5x this.")
+    username: str | None = None
+    password: SecretStr | None = Field(None, description="Prefer password_file: this one ends up in config dumps "
+                                       "(redacted) and environment listings.")
+    password_file: Path | None = Field(None, description="File holding the password (trailing newline ignored).")
+    tls: MqttTlsSettings = Field(default_factory=MqttTlsSettings)
+    reconnect_min_s: float = Field(1.0, gt=0, le=600, description="First reconnect delay; doubles, with jitter.")
+    reconnect_max_s: float = Field(120.0, gt=0, le=3600, description="Longest reconnect delay.")
+    telemetry_interval_s: float = Field(60.0, ge=0.2, le=86400, description="Seconds between telemetry messages.")
+    outbox_cap: int = Field(10_000, ge=1, le=10_000_000, description="Results kept while offline; when full the "
+                            "oldest routine result is dropped first, urgent results never.")
+    max_inflight: int = Field(20, ge=1, le=1000, description="Results published and not yet acknowledged.")
+    home_assistant: bool = Field(False, description="Publish Home Assistant MQTT discovery for the device's sensors.")
+    discovery_prefix: str = Field("homeassistant", description="Home Assistant's discovery prefix.")
+    results: MqttResultSettings = Field(default_factory=MqttResultSettings)
+    commands: MqttCommandSettings = Field(default_factory=MqttCommandSettings)
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return check_prefix_template(value)
+
+    @field_validator("fleet_topic", "discovery_prefix")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        return check_topic_name(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MqttSettings":
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set password or password_file, not both")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError("reconnect_min_s must not exceed reconnect_max_s")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -113,6 +194,7 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     kiosk: KioskSettings = Field(default_factory=KioskSettings)
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
 
     @classmethod
     def settings_customise_sources(

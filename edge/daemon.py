@@ -1,4 +1,4 @@
-"""``edge run``: the pipeline loop, the kiosk server and (later) MQTT, started and stopped together.
+"""``edge run``: the pipeline loop, the kiosk server and MQTT (when ``mqtt.host`` is set), started and stopped together.
 
 This is the composition root: it builds every service from the settings and wires them, so the services
 themselves never look each other up.
@@ -28,6 +28,10 @@ class Daemon:
         self.screening = PipelineScreening(self.pipeline)
         self.assistant = self._assistant()
         self.history = self._history()
+        self.exit_code = 0
+        self._stop: threading.Event | None = None
+        self.mqtt = self._mqtt()
+        self.app = None
         self.server = self._kiosk_server()
 
     def _assistant(self):
@@ -47,6 +51,42 @@ class Daemon:
 
         return History(self.settings.state_dir / "history.sqlite")
 
+    def _mqtt(self):
+        """The MQTT service, subscribed to results, or None when ``mqtt.host`` is empty (the default)."""
+        if not self.settings.mqtt.enabled:
+            return None
+        from edge.mqtt.publisher import MqttService
+
+        service = MqttService(self.settings, health=self.pipeline.health, purge=self._purge_local_data,
+                              restart=self._restart)
+        self.pipeline.subscribe(service.publish_result)
+        return service
+
+    def _purge_local_data(self) -> dict[str, int]:
+        """Everything this device keeps about screenings besides the MQTT outbox (an admin's command)."""
+        purged = {}
+        if self.history is not None:
+            purged["history"] = self.history.purge()
+        elif (self.settings.state_dir / "history.sqlite").exists():
+            from edge.store import History
+
+            history = History(self.settings.state_dir / "history.sqlite")
+            purged["history"] = history.purge()
+            history.close()
+        if self.app is not None:
+            self.app.extensions["edge"]["sessions"].new_patient()  # the session and the images it held
+            purged["kiosk_session"] = 1
+        return purged
+
+    def _restart(self) -> None:
+        """An admin's ``restart``: stop cleanly and exit with the code systemd restarts on."""
+        from edge.mqtt.publisher import RESTART_EXIT_CODE
+
+        log.warning("restart requested by an administrator")
+        self.exit_code = RESTART_EXIT_CODE
+        if self._stop is not None:
+            self._stop.set()
+
     def _kiosk_server(self):
         if not self.settings.kiosk.enabled:
             return None
@@ -54,18 +94,23 @@ class Daemon:
 
         from edge.kiosk.app import create_app
 
-        app = create_app(self.screening, self.settings, assistant=self.assistant, history=self.history)
+        app = create_app(self.screening, self.settings, assistant=self.assistant, history=self.history,
+                         mqtt=self.mqtt)
+        self.app = app
         kiosk = self.settings.kiosk
         # poll() rather than select(): closing the server from another thread must not raise EBADF.
         return create_server(app, host=kiosk.host, port=kiosk.port, threads=6, channel_timeout=30,
                              asyncore_use_poll=True)
 
     def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
+        self._stop = stop
+        if self.mqtt is not None:
+            self.mqtt.start()
         if self.pipeline.camera is None:
             log.warning("no camera: this device accepts uploads only")
         if self.server is not None:
             threading.Thread(target=self.server.run, name="kiosk", daemon=True).start()
-            log.info("kiosk UI on http://%s:%d/", self.settings.kiosk.host, self.server.effective_port)
+            log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.effective_port)
         log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
         try:
             self.pipeline.run(stop, max_frames=max_frames)
@@ -76,6 +121,8 @@ class Daemon:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+        if self.mqtt is not None:
+            self.mqtt.stop()
         if self.assistant is not None:
             self.assistant.close()
         if self.history is not None:

@@ -32,8 +32,9 @@ class ApiError(EdgeError):
         self.status, self.extra = status, extra
 
 
-def create_app(screening: Screening, settings, *, assistant=None, history=None) -> Flask:
-    """``settings`` is the full ``Settings``; ``assistant`` and ``history`` are optional services."""
+def create_app(screening: Screening, settings, *, assistant=None, history=None, mqtt=None) -> Flask:
+    """``settings`` is the full ``Settings``; ``assistant``, ``history`` and ``mqtt`` (anything with a
+    ``health()`` dict) are optional services."""
     kiosk = settings.kiosk
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_bytes + 64 * 1024
@@ -100,7 +101,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None) 
         body = screening.health()
         body.update({"version": __version__, "uptime_s": round(time.monotonic() - started, 1),
                      "llm": assistant.health() if assistant else {"status": "disabled"},
-                     "mqtt": {"status": "disabled"}})
+                     "mqtt": mqtt.health() if mqtt else {"status": "disabled"}})
         return jsonify(body)
 
     @app.get("/metrics")

@@ -1,0 +1,207 @@
+"""Signed administration commands against a real broker: accepted and executed when valid; rejected with
+a reason on cmd/reply, and without any effect, when unsigned, forged, expired, replayed, mistargeted,
+malformed or oversized."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from edge.mqtt import admin, remote_config
+from edge.mqtt.commands import MAX_COMMAND_BYTES
+from edge.mqtt.publisher import MqttService
+from edge.mqtt.signing import public_key_b64, sign_envelope
+from edge.types import Urgency
+from mqtt_broker import Listener, broker, device_settings, wait_until  # noqa: F401
+
+
+class Device:
+    """An MQTT service with an admin key, and records of what its hooks were asked to do."""
+
+    def __init__(self, tmp_path, broker, admin_key: Ed25519PrivateKey) -> None:
+        self.purges: list[float] = []
+        self.restarts: list[float] = []
+        self.settings = device_settings(tmp_path / "state", broker, password="hunter2-secret",
+                                        commands={"admin_keys": [public_key_b64(admin_key.public_key())]})
+        self.service = MqttService(self.settings, health=lambda: {"frames": 3, "uptime_s": 2.0},
+                                   purge=lambda: self.purges.append(time.time()) or {"history": 2},
+                                   restart=lambda: self.restarts.append(time.time()))
+        self.service.start()
+        wait_until(lambda: self.service.state == "connected", what="device connected")
+        self.broker = broker
+        self.key = admin_key
+
+    def send(self, command: str, args: dict | None = None, *, fleet: bool = False, timeout: float = 5.0) -> dict:
+        replies = admin.send(self.service.settings.mqtt, self.key, command, args or {},
+                             device=None if fleet else self.service.device_id, timeout_s=timeout, ttl_s=60)
+        assert len(replies) == 1, replies
+        return replies[0]
+
+    def send_raw(self, payload: bytes, topic: str | None = None) -> dict:
+        """Publish bytes on the device's cmd topic and return the next reply."""
+        listener = Listener(self.broker, self.service.topics.cmd_reply)
+        try:
+            listener.client.publish(topic or self.service.topics.cmd, payload, qos=1).wait_for_publish(5)
+            listener.wait_for(lambda: listener.messages, what="a reply")
+            return json.loads(listener.messages[0].payload)
+        finally:
+            listener.close()
+
+
+@pytest.fixture
+def admin_key():
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture
+def device(tmp_path, broker, admin_key):
+    instance = Device(tmp_path, broker, admin_key)
+    root_level = logging.getLogger().level
+    yield instance
+    instance.service.stop()
+    logging.getLogger().setLevel(root_level)
+
+
+def envelope(device: Device, command: str = "restart", args: dict | None = None, *, target: str | None = None,
+             issued: int | None = None, ttl: int = 60) -> dict:
+    issued = int(time.time()) if issued is None else issued
+    return {"command": command, "args": args or {}, "target": target or device.service.device_id,
+            "nonce": os.urandom(16).hex(), "issued_at": issued, "expires_at": issued + ttl}
+
+
+def encoded(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+def test_status(device):
+    reply = device.send("status")
+    assert reply["ok"] and reply["command"] == "status" and reply["device_id"] == device.service.device_id
+    assert reply["result"]["telemetry"]["frames"] == 3 and reply["result"]["mqtt"]["status"] == "connected"
+
+
+def test_get_config_redacts_secrets(device):
+    listener = Listener(device.broker, device.service.topics.cmd_reply)
+    reply = device.send("get_config")
+    listener.wait_for(lambda: listener.messages, what="the raw reply")
+    assert reply["ok"] and reply["result"]["settings"]["mqtt"]["password"] == "<redacted>"
+    assert reply["result"]["settings"]["mqtt"]["port"] == device.broker.port
+    assert b"hunter2" not in listener.messages[0].payload
+    listener.close()
+
+
+def test_set_config_validates_persists_and_applies_live_keys(device):
+    reply = device.send("set_config", {"mqtt.telemetry_interval_s": 0.3, "log_level": "DEBUG", "camera": {"fps": 5}})
+    assert reply["ok"], reply
+    assert reply["result"] == {"changed": ["camera.fps", "log_level", "mqtt.telemetry_interval_s"],
+                               "applied": ["log_level", "mqtt.telemetry_interval_s"],
+                               "applies_after_restart": ["camera.fps"]}
+    assert remote_config.read_overlay(device.settings.state_dir) == {
+        "mqtt": {"telemetry_interval_s": 0.3}, "log_level": "DEBUG", "camera": {"fps": 5}}
+    assert logging.getLogger().level == logging.DEBUG
+    listener = Listener(device.broker, device.service.topics.telemetry)  # the new interval is in effect
+    listener.wait_for(lambda: len(listener.messages) >= 3, timeout=5, what="telemetry every 0.3 s")
+    listener.close()
+    reloaded = remote_config.with_overlay(device.settings)  # what the daemon loads at its next start
+    assert (reloaded.camera.fps, reloaded.mqtt.telemetry_interval_s) == (5.0, 0.3)
+
+
+def test_set_config_rejects_invalid_values_with_the_key_path_and_keeps_everything(device):
+    for args, reason in [({"mqtt": {"telemetry_interval_s": -1}}, "mqtt.telemetry_interval_s"),
+                         ({"camera.nope": 1}, "camera.nope: unknown setting"),
+                         ({"inference.backend": "tpu9000"}, "inference.backend"),
+                         ({"mqtt.commands.admin_keys": []}, "local configuration"),
+                         ({}, "non-empty")]:
+        reply = device.send("set_config", args)
+        assert not reply["ok"] and reason in reply["error"], reply
+    assert not remote_config.overlay_path(device.settings.state_dir).exists()
+    assert device.service.settings.mqtt.telemetry_interval_s == 60
+
+
+def test_set_log_level(device):
+    assert device.send("set_log_level", {"level": "WARNING"})["ok"]
+    assert logging.getLogger().level == logging.WARNING
+    reply = device.send("set_log_level", {"level": "LOUD"})
+    assert not reply["ok"] and "set_log_level needs" in reply["error"]
+    assert logging.getLogger().level == logging.WARNING
+
+
+def test_purge_local_data_empties_the_outbox_and_calls_the_hooks(device):
+    for index in range(3):  # rows the pump has not been woken for: still queued
+        device.service.outbox.enqueue(f"{index:032x}", b"{}", Urgency.ROUTINE)
+    reply = device.send("purge_local_data")
+    assert reply["ok"] and reply["result"]["purged"] == {"outbox": 3, "history": 2}
+    assert device.service.outbox.depth() == 0 and len(device.purges) == 1
+
+
+def test_restart_replies_first_then_calls_the_restart_hook(device):
+    reply = device.send("restart")
+    assert reply["ok"] and reply["result"] == {"restarting": True}
+    wait_until(lambda: device.restarts, what="the restart hook")
+
+
+def test_model_update_says_it_is_not_implemented(device):
+    reply = device.send("model_update", {"url": "http://10.0.0.2/pack.tar", "sha256": "0" * 64})
+    assert not reply["ok"] and "not implemented yet" in reply["error"]
+
+
+def test_fleet_commands_reach_the_device_and_others_are_ignored(device):
+    reply = device.send("status", fleet=True, timeout=1.5)
+    assert reply["ok"] and reply["device_id"] == device.service.device_id
+    other = sign_envelope(envelope(device, "status", target="f" * 16), device.key)
+    listener = Listener(device.broker, device.service.topics.cmd_reply)
+    listener.client.publish(device.service.topics.fleet_cmd, encoded(other), qos=1).wait_for_publish(5)
+    time.sleep(0.5)
+    assert listener.messages == []  # a fleet-topic command for another device is not ours to answer
+    listener.close()
+
+
+def rejected_cases(device: Device) -> list[tuple[str, bytes, str]]:
+    forger = Ed25519PrivateKey.generate()
+    genuine = sign_envelope(envelope(device), device.key)
+    forged_with_our_key_id = {**sign_envelope(envelope(device), forger), "key_id": genuine["key_id"]}
+    return [
+        ("unsigned", encoded(envelope(device)), "unsigned command"),
+        ("forged", encoded(forged_with_our_key_id), "bad signature"),
+        ("tampered", encoded({**genuine, "command": "purge_local_data"}), "bad signature"),
+        ("unknown key", encoded(sign_envelope(envelope(device), forger)), "does not trust"),
+        ("expired", encoded(sign_envelope(envelope(device, issued=int(time.time()) - 4000), device.key)), "expired"),
+        ("future", encoded(sign_envelope(envelope(device, issued=int(time.time()) + 4000), device.key)),
+         "not yet valid"),
+        ("wrong target", encoded(sign_envelope(envelope(device, target="a" * 16), device.key)), "wrong target"),
+        ("not json", b"restart now please", "not UTF-8 JSON"),
+        ("wrong types", encoded({**envelope(device), "args": "all"}), "must be an object"),
+        ("oversized", encoded(sign_envelope(envelope(device, "set_config", {"log_level": "DEBUG",
+                                                                             "x": "y" * MAX_COMMAND_BYTES}),
+                                            device.key)), "too large"),
+    ]
+
+
+def test_bad_commands_are_rejected_with_a_reason_and_change_nothing(device, caplog):
+    caplog.set_level(logging.WARNING, logger="edge.mqtt")
+    before = logging.getLogger().level
+    for name, payload, reason in rejected_cases(device):
+        reply = device.send_raw(payload)
+        assert reply["ok"] is False and reason in reply["error"], (name, reply)
+        assert reply["device_id"] == device.service.device_id
+        if name not in ("not json", "oversized"):
+            assert reply.get("nonce"), (name, reply)  # the admin can match the rejection to what was sent
+    assert device.restarts == [] and device.purges == []
+    assert logging.getLogger().level == before
+    assert not remote_config.overlay_path(device.settings.state_dir).exists()
+    assert len(device.service.verifier.nonces) == 0  # rejected commands burn no nonce
+    assert sum("command rejected" in r.message for r in caplog.records) == len(rejected_cases(device))
+    assert not any("hunter2" in r.getMessage() for r in caplog.records)
+
+
+def test_a_replayed_command_is_rejected(device):
+    signed = encoded(sign_envelope(envelope(device, "set_log_level", {"level": "ERROR"}), device.key))
+    assert device.send_raw(signed)["ok"] is True
+    logging.getLogger().setLevel(logging.INFO)
+    replay = device.send_raw(signed)
+    assert replay["ok"] is False and "replayed" in replay["error"]
+    assert logging.getLogger().level == logging.INFO  # the replay changed nothing
