@@ -88,6 +88,11 @@ class LlmOwner:
             max_tokens=1, temperature=0.0)
         log.info("system prompt evaluated and cached in %.2f s", time.monotonic() - started)
 
+    def prefill(self, messages: list[dict]) -> None:
+        """Queue an evaluation of ``messages`` whose answer nobody reads: it leaves their tokens in the KV
+        cache, so a question that starts with the same messages only evaluates what follows them."""
+        self._requests.put(_Request(messages, max_tokens=1, temperature=0.0))
+
     def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float) -> Iterator[str]:
         """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long."""
         request = _Request(messages, max_tokens, temperature)

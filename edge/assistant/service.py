@@ -79,6 +79,12 @@ class Assistant:
         self.llm_error = llm_error
 
     # -- chat ------------------------------------------------------------------------------------------
+    def prepare(self, result: Result, lang: str) -> None:
+        """Called when a result is shown: evaluate its grounding now, while the person reads the screen, so
+        the first question about it does not wait for the fact sheet to be read by the model."""
+        if self.llm is not None:
+            self.llm.prefill(self._messages("", result, lang, [])[:-1] + [{"role": "user", "content": ""}])
+
     def answer(self, message: str, result: Result | None, lang: str, *, history: list[dict],
                symptoms: frozenset[str]) -> Iterator[ChatEvent]:
         flags = check_red_flags(message)

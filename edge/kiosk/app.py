@@ -148,6 +148,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         if history is not None:
             history.record(result)
         lang = language()
+        if assistant is not None:
+            assistant.prepare(result, lang)
         body = result.to_json()
         body["urgency_text"] = i18n.text(lang, f"urgency.{result.urgency.value}")
         body["next_step"] = i18n.text(lang, f"next.{result.urgency.value}")
