@@ -144,11 +144,6 @@ def test_restart_replies_first_then_calls_the_restart_hook(device):
     wait_until(lambda: device.restarts, what="the restart hook")
 
 
-def test_model_update_says_it_is_not_implemented(device):
-    reply = device.send("model_update", {"url": "http://10.0.0.2/pack.tar", "sha256": "0" * 64})
-    assert not reply["ok"] and "not implemented yet" in reply["error"]
-
-
 def test_fleet_commands_reach_the_device_and_others_are_ignored(device):
     reply = device.send("status", fleet=True, timeout=1.5)
     assert reply["ok"] and reply["device_id"] == device.service.device_id

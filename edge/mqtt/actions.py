@@ -6,16 +6,23 @@ hooks from the composition root), so they never reach into the pipeline, kiosk o
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import re
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from edge.config import Settings
 from edge.errors import ConfigError, EdgeError
 from edge.mqtt import remote_config
 from edge.mqtt.commands import Command, CommandRejected, CommandVerifier, NotForThisDevice, rejection_reply
+from edge.updates import InstalledPack, UpdateFailed
 
 log = logging.getLogger("edge.mqtt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MODEL_UPDATE_ARGS, MODEL_UPDATE_OPTIONAL = ("source", "sha256", "manifest_signature"), ("manifest_key_id",)
+HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
 class CommandFailed(EdgeError):
@@ -33,6 +40,9 @@ class Runtime(Protocol):
     def purge_local_data(self) -> dict[str, int]: ...
 
     def schedule_restart(self) -> None: ...
+
+    def install_model(self, source: str, sha256: str, manifest_signature: str,
+                      manifest_key_id: str | None) -> InstalledPack: ...
 
 
 def respond(raw: bytes, *, verifier: CommandVerifier, runtime: Runtime, fleet: bool) -> dict[str, Any] | None:
@@ -119,7 +129,45 @@ def purge_local_data(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 
 
 def model_update(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    raise CommandFailed("model_update is not implemented yet on this device: the current model is unchanged")
+    """Install a signed pack (``edge.updates``), reply, then restart into it. Runs on the MQTT thread: a slow
+    download holds other commands back for at most the download timeout."""
+    source, sha256, signature, key_id = _model_update_args(args)
+    try:
+        installed = runtime.install_model(source, sha256, signature, key_id)
+    except UpdateFailed as exc:
+        raise CommandFailed(f"model update refused ({exc.step}): {exc}; the current model is unchanged") from None
+    # Already running this very pack (a repeated command): nothing to restart for.
+    restarting = Path(runtime.settings.inference.model_dir).resolve() != installed.path.resolve()
+    if restarting:
+        runtime.schedule_restart()
+    return {"name": installed.name, "version": installed.version, "sha256": installed.archive_sha256,
+            "model_sha256": installed.model_sha256, "previous": installed.previous,
+            "already_installed": installed.already_current, "restarting": restarting}
+
+
+def _model_update_args(args: dict[str, Any]) -> tuple[str, str, str, str | None]:
+    usage = ("model_update needs {\"source\": absolute path, file:// or http(s):// URL of the .tar.gz, "
+             "\"sha256\": its 64 hex digits, \"manifest_signature\": base64}, optionally \"manifest_key_id\" "
+             "(`edge admin pack-update` prints them)")
+    missing = [name for name in MODEL_UPDATE_ARGS if name not in args]
+    stray = sorted(set(args) - set(MODEL_UPDATE_ARGS) - set(MODEL_UPDATE_OPTIONAL))
+    if missing or stray:
+        problem = f"missing {', '.join(missing)}" if missing else f"unknown argument(s) {', '.join(stray)}"
+        raise CommandFailed(f"{problem}: {usage}")
+    source, sha256, signature = args["source"], args["sha256"], args["manifest_signature"]
+    key_id = args.get("manifest_key_id")
+    if not isinstance(source, str) or not 0 < len(source) <= 2048:
+        raise CommandFailed(f"source must be a non-empty string: {usage}")
+    if not isinstance(sha256, str) or not HEX64.match(sha256):
+        raise CommandFailed("sha256 must be the archive's sha256 as 64 hex digits")
+    try:
+        if not isinstance(signature, str) or len(base64.b64decode(signature, validate=True)) != 64:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise CommandFailed("manifest_signature must be the base64 of a 64-byte Ed25519 signature") from None
+    if key_id is not None and (not isinstance(key_id, str) or not re.fullmatch(r"[0-9a-f]{16}", key_id)):
+        raise CommandFailed("manifest_key_id must be the 16 hex digits `edge admin keygen` printed")
+    return source, sha256.lower(), signature, key_id
 
 
 def set_process_log_level(level: str) -> None:

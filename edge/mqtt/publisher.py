@@ -71,6 +71,7 @@ class MqttService:
             raise ConfigError("mqtt.host is not set: MQTT is off")
         check_files(config)
         admin_keys = load_admin_keys(config.commands.admin_keys)  # config errors first, before opening files
+        self._admin_keys = admin_keys
         self.settings = settings
         self.device_id = stored_device_id(settings.state_dir)
         self.topics = Topics.for_device(config.topic_prefix, self.device_id, config.fleet_topic)
@@ -350,3 +351,12 @@ class MqttService:
 
     def schedule_restart(self) -> None:
         self._restart_requested = True
+
+    def install_model(self, source: str, sha256: str, manifest_signature: str,
+                      manifest_key_id: str | None):
+        """Install a signed model pack into ``state_dir/models`` (``edge.updates``); it is loaded at the
+        next start. The admin keys that verify commands also verify the pack's manifest."""
+        from edge.updates import ModelStore
+
+        return ModelStore.from_settings(self.settings).install(source, sha256, manifest_signature,
+                                                               self._admin_keys, manifest_key_id=manifest_key_id)
