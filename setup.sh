@@ -5,26 +5,42 @@
 #   ./setup.sh                 run-time install for this machine (detects Raspberry Pi / Jetson)
 #   ./setup.sh --dev           plus what the tests need (pytest, broker, browser ...)
 #   ./setup.sh --train         plus TensorFlow for `edge train` (~1.5 GB)
-#   ./setup.sh --device [--root DIR]   (root, on the device) also install service units and firmware config
+#   ./setup.sh --device [--coral] [--kiosk]   (root, on the device) also install the service user, units,
+#                              udev rules and config, then enable and start edge.service; --coral adds the
+#                              Edge TPU runtime, --kiosk the full-screen browser (scripts/install-device.sh)
+#   ./setup.sh --device --root DIR [--platform pi|jetson|generic]   only lay those files out under DIR
+#   ./setup.sh --uninstall [--root DIR]   remove what --device installed and put the backups back
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here"
 
-dev=0 train=0 device=0 root=""
+dev=0 train=0 device=0 uninstall=0 root="" platform="" device_flags=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dev) dev=1 ;;
     --train) train=1 ;;
     --device) device=1 ;;
+    --uninstall) uninstall=1 ;;
+    --coral|--kiosk) device_flags+=("$1") ;;
+    --platform) platform="${2:?--platform needs pi, jetson or generic}"; shift ;;
     --root) root="${2:?--root needs a folder}"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
 say() { printf 'setup: %s\n' "$*"; }
+
+# Laying the device files out under a folder, or removing them, needs neither apt nor the venv.
+if [ "$uninstall" = 1 ]; then
+  exec "$here/scripts/install-device.sh" --uninstall --root "${root:-/}"
+fi
+if [ "$device" = 1 ] && [ -n "$root" ] && [ "$root" != / ]; then
+  exec "$here/scripts/install-device.sh" --root "$root" ${platform:+--platform "$platform"} \
+    "${device_flags[@]+"${device_flags[@]}"}"
+fi
 
 detect_platform() {
   local model=""
@@ -35,7 +51,7 @@ detect_platform() {
     *) if [ -e /etc/nv_tegra_release ]; then echo jetson; else echo generic; fi ;;
   esac
 }
-platform=$(detect_platform)
+[ -n "$platform" ] || platform=$(detect_platform)
 say "platform: $platform"
 
 # --- Debian packages --------------------------------------------------------------------------------------
@@ -49,6 +65,15 @@ esac
 if [ "$dev" = 1 ]; then
   # The tests drive the real kiosk in a real headless browser, and MQTT against a real broker.
   apt_packages+=(chromium chromium-driver mosquitto)
+fi
+if [ "$dev" = 1 ] || [ "$platform" != generic ]; then
+  # The `systemd` extra (dev, pi, jetson): systemd-python compiles against libsystemd; the tests run
+  # systemd-analyze from Debian's systemd package.
+  apt_packages+=(libsystemd-dev pkg-config)
+  [ "$dev" = 1 ] && apt_packages+=(systemd)
+  command -v gcc >/dev/null || apt_packages+=(gcc)
+  "$python" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+    2>/dev/null || apt_packages+=(python3-dev)
 fi
 
 missing=()
@@ -101,7 +126,7 @@ fi
 
 # --- device install (units, firmware config) ----------------------------------------------------------------
 if [ "$device" = 1 ]; then
-  exec "$here/scripts/install-device.sh" --root "${root:-/}"
+  exec "$here/scripts/install-device.sh" --root / --platform "$platform" "${device_flags[@]+"${device_flags[@]}"}"
 fi
 
 say "done. Try: .venv/bin/edge doctor"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import shutil
+import socket
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +38,41 @@ def run_checks(settings: Settings) -> list[Check]:
     return [
         _state_dir(settings.state_dir),
         *_cameras(settings),
+        _camera_permissions(),
         _runtime(),
         _edgetpu_hardware(),
         *_model_and_backends(settings),
+        *_broker(settings),
+        *_systemd_unit(),
     ]
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _group_of(path: Path) -> str:
+    try:
+        return grp.getgrgid(path.stat().st_gid).gr_name
+    except (KeyError, OSError):
+        return "?"
+
+
+def _camera_permissions(dev: Path = Path("/dev")) -> Check:
+    """Whether this user may open the camera nodes (V4L2 and libcamera open them read-write)."""
+    nodes = sorted(dev.glob("video*")) + sorted(dev.glob("media*"))
+    if not nodes:
+        return Check("camera permissions", True, f"no {dev}/video* or {dev}/media* device to check")
+    denied = [node for node in nodes if not os.access(node, os.R_OK | os.W_OK)]
+    if denied:
+        groups = sorted({_group_of(node) for node in denied})
+        return Check("camera permissions", False,
+                     f"user {_user()} cannot open {', '.join(map(str, denied))} (group {', '.join(groups)}): add "
+                     "the user to that group, or install firmware_config/etc/udev/rules.d/99-edge.rules")
+    return Check("camera permissions", True, f"user {_user()} can open {', '.join(map(str, nodes))}")
 
 
 def _state_dir(path: Path) -> Check:
@@ -67,19 +103,30 @@ def _runtime() -> Check:
     return Check("tflite runtime", True, module.__name__.split(".")[0], required=True)
 
 
-def _edgetpu_hardware() -> Check:
-    found = []
-    for device in Path("/sys/bus/usb/devices").glob("*"):
+def _edgetpu_hardware(sys_usb: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> Check:
+    found, nodes = [], []
+    for device in sorted(sys_usb.glob("*")):
         try:
             ids = ((device / "idVendor").read_text().strip(), (device / "idProduct").read_text().strip())
         except OSError:
             continue
         if ids in CORAL_USB_IDS:
             found.append(f"USB {ids[0]}:{ids[1]}")
-    found += [str(p) for p in Path("/dev").glob("apex_*")]
+            try:  # libusb opens /dev/bus/usb/BBB/DDD read-write
+                bus, number = int((device / "busnum").read_text()), int((device / "devnum").read_text())
+                nodes.append(dev / "bus" / "usb" / f"{bus:03d}" / f"{number:03d}")
+            except (OSError, ValueError):
+                pass
+    apex = sorted(dev.glob("apex_*"))
+    found += [str(p) for p in apex]
+    nodes += apex
     if found:
-        accessible = all(os.access(p, os.R_OK | os.W_OK) for p in found if p.startswith("/dev/"))
-        return Check("edge tpu hardware", accessible, ", ".join(found) + ("" if accessible else " (no permission)"))
+        denied = [str(node) for node in nodes if not os.access(node, os.R_OK | os.W_OK)]
+        if denied:
+            return Check("edge tpu hardware", False, f"{', '.join(found)}: user {_user()} cannot open "
+                         f"{', '.join(denied)} (install firmware_config/etc/udev/rules.d/99-edge.rules, which gives "
+                         "group edge access, and unplug the Coral once)")
+        return Check("edge tpu hardware", True, ", ".join(found))
     return Check("edge tpu hardware", False, "no Coral USB (1a6e:089a, 18d1:9302) or PCIe (/dev/apex_*) device")
 
 
@@ -100,3 +147,53 @@ def _model_and_backends(settings: Settings) -> list[Check]:
         checks.append(Check(f"backend {name}", True, backend.describe(), required=name == "cpu"))
         backend.close()
     return checks
+
+
+def _broker(settings: Settings, timeout_s: float = 3.0) -> list[Check]:
+    """When MQTT is on: can this machine open a TCP connection to the broker? (Not required: results wait in
+    the outbox while the broker is away.)"""
+    mqtt = settings.mqtt
+    if not mqtt.enabled:
+        return []
+    where = f"{mqtt.host}:{mqtt.port}"
+    try:
+        with socket.create_connection((mqtt.host, mqtt.port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return [Check("mqtt broker", False, f"cannot reach {where} ({reason}): check the network, mqtt.host and "
+                      "mqtt.port; results wait in the outbox meanwhile")]
+    return [Check("mqtt broker", True, f"{where} accepts TCP connections{' (TLS on)' if mqtt.tls.active else ''}")]
+
+
+SYSTEMD_UNIT = "edge.service"
+UNIT_PROPERTIES = ("LoadState", "ActiveState", "SubState", "UnitFileState", "NRestarts", "Result", "StatusText")
+
+
+def _systemd_unit(run_dir: Path = Path("/run/systemd/system")) -> list[Check]:
+    """On a machine booted with systemd: is edge.service installed, enabled and running, and what does it say?"""
+    systemctl = shutil.which("systemctl")
+    if not run_dir.is_dir() or systemctl is None:
+        return []
+    try:
+        shown = subprocess.run([systemctl, "show", SYSTEMD_UNIT, "--property=" + ",".join(UNIT_PROPERTIES)],
+                               capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [Check(f"systemd {SYSTEMD_UNIT}", False, f"systemctl show failed: {exc}")]
+    return [unit_check(shown)]
+
+
+def unit_check(shown: str) -> Check:
+    """A check from ``systemctl show edge.service --property=…`` output (KEY=VALUE lines)."""
+    props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    name = f"systemd {SYSTEMD_UNIT}"
+    if props.get("LoadState") != "loaded":
+        return Check(name, False, "not installed: run sudo ./setup.sh --device")
+    active = props.get("ActiveState") == "active"
+    detail = (f"{props.get('ActiveState')} ({props.get('SubState')}), {props.get('UnitFileState')}, "
+              f"{props.get('NRestarts', '?')} restarts")
+    if props.get("StatusText"):
+        detail += f"; says: {props['StatusText']}"
+    if not active:
+        detail += f"; last result {props.get('Result')}: see journalctl -u edge -n 50"
+    return Check(name, active, detail)

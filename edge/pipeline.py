@@ -8,6 +8,7 @@ checks means the quality gate still guides the user while health reports why cla
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -100,6 +101,10 @@ class Pipeline:
         self.counters = Counters()
         self.started = time.monotonic()
         self.last_frame_at: float | None = None
+        # Liveness signals for the systemd watchdog (edge.service): when the loop last began a turn, and
+        # since when the model has been running (None while idle). Monotonic seconds.
+        self.last_turn_at: float | None = None
+        self.inference_started_at: float | None = None
         self.latest: Step | None = None  # the newest frame with its verdict, for the live preview
         self._consumers: list[ResultConsumer] = []
         self._lock = threading.Lock()
@@ -120,7 +125,7 @@ class Pipeline:
         """Classify one frame and hand the result to every consumer. Serialised: one model, one caller."""
         if self.classifier is None:
             raise ModelError(f"classification is unavailable: {self.model_error}")
-        with self._lock:
+        with self._lock, self._inferring():
             result = self.classifier.classify(frame.image, quality)
         self.counters.classifications += 1
         self.counters.observe_latency(result.latency_ms)
@@ -134,8 +139,16 @@ class Pipeline:
     def saliency(self, image, target: int | None = None):
         if self.classifier is None:
             raise ModelError(f"classification is unavailable: {self.model_error}")
-        with self._lock:
+        with self._lock, self._inferring():
             return self.classifier.saliency(image, target)
+
+    @contextlib.contextmanager
+    def _inferring(self):
+        self.inference_started_at = time.monotonic()
+        try:
+            yield
+        finally:
+            self.inference_started_at = None
 
     def step(self) -> Step:
         if self.camera is None:
@@ -162,7 +175,7 @@ class Pipeline:
         period = 1.0 / self.settings.camera.fps
         idle_wait = 0.5
         while not stop.is_set():
-            began = time.monotonic()
+            began = self.last_turn_at = time.monotonic()
             step = self.step()
             if on_step:
                 on_step(step)

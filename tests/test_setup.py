@@ -36,6 +36,9 @@ def test_device_install_into_a_temporary_root(tmp_path):
     assert second.returncode == 0
     assert config.read_text() == "# operator's edits\n"  # never overwrites the operator's config
     assert "kept existing /etc/edge/config.toml" in second.stdout
+    # Units and udev rules too (modes, backups, --uninstall, Pi and Jetson files: tests/test_device_install.py).
+    assert (root / "etc/systemd/system/edge.service").is_file() and (root / "etc/udev/rules.d/99-edge.rules").is_file()
+    assert "nothing changed: every file was already in place" in second.stdout
 
 
 def test_shipped_device_config_is_valid():
