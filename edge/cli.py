@@ -45,7 +45,9 @@ def _settings(args: argparse.Namespace):
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from edge.service import configure_logging
+
+    configure_logging(level)  # the journal (systemd-python) when run as a systemd service, else stderr
 
 
 # --- classify -------------------------------------------------------------------------------------------
@@ -215,6 +217,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
         print(f"public key (id {kid}) for mqtt.commands.admin_keys:", file=sys.stderr)
         print(public)
         return EXIT_OK
+    if args.admin_command == "pack-update":
+        from edge.mqtt.signing import load_private_key
+        from edge.updates import add_selftest, build_update
+
+        if args.selftest:
+            add_selftest(Path(args.pack), [Path(p) for p in args.selftest])
+        update = build_update(Path(args.pack), Path(args.out), load_private_key(Path(args.key)), source=args.url)
+        print(json.dumps(update))
+        return EXIT_OK
     settings = _settings(args)
     if args.admin_command == "watch":
         def show(rows) -> None:
@@ -335,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--port", dest="mqtt_port", type=int, help="mqtt.port")
     keygen = admin_sub.add_parser("keygen", help="make an Ed25519 key pair; prints the public key")
     keygen.add_argument("private_key", metavar="PRIVATE_KEY_FILE", help="written with mode 0600; never overwritten")
+    update = admin_sub.add_parser("pack-update", help="archive and sign a model pack; prints the model_update args")
+    update.add_argument("pack", metavar="PACK_DIR")
+    update.add_argument("--key", required=True, help="the admin's private key file (from keygen)")
+    update.add_argument("--out", required=True, help=".tar.gz to write")
+    update.add_argument("--url", help="where devices fetch it (default: the absolute path of --out)")
+    update.add_argument("--selftest", nargs="+", metavar="IMAGE",
+                        help="bundle these images with the labels the pack gives them now, checked on install")
     send = admin_sub.add_parser("send", parents=[broker], help="sign and publish a command, print the replies")
     send.add_argument("--key", required=True, help="the admin's private key file (from keygen)")
     target = send.add_mutually_exclusive_group(required=True)

@@ -14,13 +14,24 @@ from edge import __version__
 from edge.config import Settings
 from edge.pipeline import Pipeline, ensure_state_dir
 from edge.screening import PipelineScreening
+from edge.service import SystemdService, local_url
 
 log = logging.getLogger("edge")
 
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:
+        self.systemd = SystemdService.from_environ()  # sd_notify; does nothing without NOTIFY_SOCKET
+        self.systemd.status("starting: loading the model and opening the camera")
         ensure_state_dir(settings)
+        # The pack to load: one installed by a model update (counted as a trial boot, rolled back after a
+        # crash loop), else the configured one.
+        from edge.updates import ModelStore, resolve_model_dir
+
+        model_dir = resolve_model_dir(settings)
+        settings = settings.model_copy(
+            update={"inference": settings.inference.model_copy(update={"model_dir": model_dir})})
+        self.models = ModelStore.from_settings(settings)
         self.settings = settings
         self.pipeline = Pipeline.from_settings(settings)
         self.pipeline.subscribe(lambda r: log.info("result %s %s p=%.3f urgency=%s %.1f ms", r.id[:8], r.label,
@@ -104,6 +115,15 @@ class Daemon:
 
     def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
         self._stop = stop
+        from edge.updates import watch_trial
+
+        # A freshly installed pack must prove itself: rolled back now if it cannot run here, committed
+        # after a healthy while otherwise.
+        watch_trial(self.models, self.settings.inference.model_dir, self.pipeline.classifier, stop=stop,
+                    restart=self._restart)
+        if stop.is_set():  # rolled back: exit with the restart code so systemd starts the known-good pack
+            self.close()
+            return
         if self.mqtt is not None:
             self.mqtt.start()
         if self.pipeline.camera is None:
@@ -112,9 +132,14 @@ class Daemon:
             threading.Thread(target=self.server.run, name="kiosk", daemon=True).start()
             log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.effective_port)
         log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
+        # READY=1 once the kiosk answers and the camera delivered (see edge.service); WATCHDOG=1 while frames flow.
+        self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.effective_port)
+                           if self.server is not None else None)
         try:
             self.pipeline.run(stop, max_frames=max_frames)
         finally:
+            self.systemd.stopping("stopping: restart requested by an administrator" if self.exit_code
+                                  else "stopping")
             log.info("stopping: %s", json.dumps(self.pipeline.health()))
             self.close()
 
