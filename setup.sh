@@ -102,7 +102,9 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv "${venv_flags[@]}" .venv
 fi
 
-extras=()
+# The kiosk's local LLM is part of the product: every install gets the assistant extra (llama-cpp-python
+# compiles once, ~9 min on 2 cores; pip's wheel cache makes later installs fast).
+extras=(assistant)
 case "$platform" in pi) extras+=(pi) ;; jetson) extras+=(jetson) ;; esac
 [ "$dev" = 1 ] && extras+=(dev)
 [ "$train" = 1 ] && extras+=(train)

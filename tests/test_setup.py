@@ -22,7 +22,7 @@ def test_setup_rerun_is_a_no_op():
     result = run("./setup.sh", "--dev")
     assert result.returncode == 0, result.stderr
     assert "Debian packages: nothing to install" in result.stdout
-    assert "python package .[dev]: up to date" in result.stdout
+    assert "python package .[assistant,dev]: up to date" in result.stdout
 
 
 def test_device_install_into_a_temporary_root(tmp_path):
