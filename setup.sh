@@ -42,15 +42,7 @@ if [ "$device" = 1 ] && [ -n "$root" ] && [ "$root" != / ]; then
     "${device_flags[@]+"${device_flags[@]}"}"
 fi
 
-detect_platform() {
-  local model=""
-  [ -r /proc/device-tree/model ] && model=$(tr -d '\0' < /proc/device-tree/model)
-  case "$model" in
-    *"Raspberry Pi"*) echo pi ;;
-    *Jetson*|*NVIDIA*) echo jetson ;;
-    *) if [ -e /etc/nv_tegra_release ]; then echo jetson; else echo generic; fi ;;
-  esac
-}
+. "$here/scripts/platform.sh"
 [ -n "$platform" ] || platform=$(detect_platform)
 say "platform: $platform"
 

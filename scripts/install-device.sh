@@ -40,15 +40,7 @@ live=0 prefix=""
 if [ "$root" = / ]; then live=1; else mkdir -p "$root"; prefix=$(cd "$root" && pwd); fi
 if [ "$live" = 1 ] && [ "$(id -u)" != 0 ]; then die "run as root on the device (sudo ./setup.sh --device)"; fi
 
-detect_platform() {
-  local model=""
-  [ -r /proc/device-tree/model ] && model=$(tr -d '\0' < /proc/device-tree/model)
-  case "$model" in
-    *"Raspberry Pi"*) echo pi ;;
-    *Jetson*|*NVIDIA*) echo jetson ;;
-    *) if [ -e /etc/nv_tegra_release ]; then echo jetson; else echo generic; fi ;;
-  esac
-}
+. "$here/scripts/platform.sh"
 [ -n "$platform" ] || platform=$(detect_platform)
 case "$platform" in pi|jetson|generic) ;; *) die "--platform must be pi, jetson or generic (got $platform)" ;; esac
 

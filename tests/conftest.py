@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +79,16 @@ def tiny_onnx_classifier(path, n_labels=3):
 @pytest.fixture(scope="session")
 def ham_images() -> list[Path]:
     return sorted(_require(HAM_IMAGES).glob("*.jpg"))
+
+
+@pytest.fixture
+def replay_folder(tmp_path, ham_images) -> Path:
+    """A replay camera's folder: six real HAM10000 images, copied so a test may take it away."""
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    for path in ham_images[:6]:
+        shutil.copy(path, folder / path.name)
+    return folder
 
 
 def run_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -4,7 +4,6 @@ pipeline results reach the broker, /health reports MQTT, a restart command ends 
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -93,15 +92,6 @@ def test_health_reports_mqtt_when_given(tmp_path, broker):
         assert plain["mqtt"] == {"status": "disabled"}
     finally:
         service.stop()
-
-
-@pytest.fixture
-def replay_folder(tmp_path, ham_images):
-    folder = tmp_path / "replay"
-    folder.mkdir()
-    for path in ham_images[:4]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def test_daemon_publishes_pipeline_results_and_restarts_on_command(tmp_path, broker, imagenet_pack, replay_folder):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,15 +16,6 @@ from conftest import run_edge
 from edge.config import load_settings
 from edge.pipeline import Pipeline
 from edge.types import QualityIssue
-
-
-@pytest.fixture
-def replay_folder(tmp_path, ham_images):
-    folder = tmp_path / "replay"
-    folder.mkdir()
-    for path in ham_images[:6]:
-        shutil.copy(path, folder / path.name)
-    return folder
 
 
 def settings_for(pack, source, **extra):

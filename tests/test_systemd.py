@@ -288,15 +288,6 @@ def test_journal_handler_only_under_systemd(tmp_path):
 
 # --- the real daemon with a real notify socket ------------------------------------------------------------
 
-@pytest.fixture
-def replay_folder(tmp_path, ham_images):
-    folder = tmp_path / "replay"
-    folder.mkdir()
-    for path in ham_images[:6]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
 def test_daemon_ready_status_and_watchdog_only_while_frames_flow(tmp_path, replay_folder, notify_socket):
     env = {key: value for key, value in os.environ.items()
            if key not in ("INVOCATION_ID", "JOURNAL_STREAM", "WATCHDOG_PID", "LISTEN_FDS")}
