@@ -93,6 +93,8 @@ class AssistantSettings(_Section):
     max_tokens: int = Field(200, ge=16, le=2048)
     temperature: float = Field(0.2, ge=0.0, le=2.0)
     timeout_s: float = Field(30.0, gt=0, le=600, description="An answer slower than this falls back to the fact sheet.")
+    llm_in_reports: bool = Field(
+        True, description="Let the LLM write the report's overview (guarded); false keeps reports to vetted templates.")
 
 
 class MqttTlsSettings(_Section):

@@ -552,3 +552,26 @@ def test_report_rejects_mismatched_facts_and_notes_a_fallback(tmp_path):
     report = build_report(make_result("df"), fallback, "es")
     assert "solo está disponible en inglés" in report.section("disclaimers")
     assert "Dermatofibroma" in report.section("condition_overview")
+
+
+@pytest.mark.parametrize("text", [
+    # seen in a real SmolLM2-135M report overview
+    "The screening result is a normal variation of the melanocytic nevus. It means that there are no abnormal "
+    "moles in your skin, so you do not need to worry about it or any other concerns for now.",
+    "You do not need to worry.", "Your skin is healthy.", "Nothing is wrong with this spot.",
+    "No se preocupe por esta mancha.", "Su piel está sana.",
+    "Vous n'avez pas à vous inquiéter.", "Ne vous inquiétez pas, c'est tout à fait normal.",
+])
+def test_false_comfort_is_blocked(text):
+    verdict = screen_answer(text, "en")
+    assert not verdict.safe and verdict.reason == "definite_diagnosis"
+
+
+@pytest.mark.parametrize("text", [
+    "If you are worried, please show the spot to a health worker.",
+    "It is normal to have questions; a doctor can help.",
+    "Keep an eye on the spot and see a doctor if it changes.",
+    "Surveillez la tache et consultez un médecin si elle change.",
+])
+def test_caring_advice_is_not_blocked(text):
+    assert screen_answer(text, "en").safe

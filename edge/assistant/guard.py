@@ -175,7 +175,16 @@ _FALSE_REASSURANCE = _rx(
     r"nothing to worry about|no need to (?:see|visit|consult)|(?:don t|do not|dont) need to (?:see|visit|consult)"
     r"|no (?:hay|tiene) (?:nada )?(?:de )?que preocupar\w*|no (?:necesita|hace falta|es necesario) (?:ver|consultar|ir)"
     r"|rien d inquietant|(?:pas|aucun) besoin de (?:consulter|voir)|aucune raison de (?:vous |s )inquieter"
-    r"|nothing serious|nada grave|no es nada|rien de grave|ce n est rien")
+    r"|nothing serious|nada grave|no es nada|rien de grave|ce n est rien"
+    # "you do not need to worry", "no abnormal moles", "your skin is healthy": a small model's favourite
+    # false comfort, seen in a real SmolLM2 report overview
+    r"|(?:don t|do not|dont|needn t|need not|no need to) (?:need to )?(?:worry|be worried|be concerned)"
+    r"|(?:no|nothing|not anything) abnormal|(?:completely|perfectly|totally|entirely) normal|normal variation"
+    r"|(?:your )?skin is (?:healthy|fine|normal)|you are (?:healthy|fine|ok|okay)|nothing (?:is )?wrong"
+    r"|no (?:se )?preocupe\w*|no (?:tiene|hay) (?:por )?que preocupar\w*|nada anormal|(?:totalmente|completamente) normal"
+    r"|(?:su|tu) piel (?:esta|es) (?:sana|normal)|(?:ne vous|ne t) inquiete[sz]? pas|n (?:avez|as) pas (?:a|besoin de) "
+    r"(?:vous |t )?inquieter|rien d anormal|(?:tout a fait|completement|parfaitement) normal\w*"
+    r"|(?:votre|ta) peau est (?:saine|normale)")
 
 # Hedges before a statement in the same clause turn it into screening language: "if you have ...",
 # "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is

@@ -182,7 +182,7 @@ class Assistant:
         llm_text, note = None, None
         if self.llm is None:
             note = REPORT_NOTES["unavailable"].get(lang, REPORT_NOTES["unavailable"]["en"])
-        else:
+        elif self.settings.llm_in_reports:
             try:
                 llm_text = {"condition_overview": self._overview(result, lang)}
             except (LlmTimeout, RuntimeError) as exc:
