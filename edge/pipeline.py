@@ -119,7 +119,10 @@ class Pipeline:
         self._consumers.append(consumer)
 
     def assess(self, frame: Frame) -> Quality:
-        return assess(frame.image, self.settings.quality)
+        """The quality gate's verdict; rejected frames and uploads are counted by reason."""
+        quality = assess(frame.image, self.settings.quality)
+        self.counters.rejects.update(issue.value for issue in quality.issues)
+        return quality
 
     def classify(self, frame: Frame, quality: Quality) -> Result:
         """Classify one frame and hand the result to every consumer. Serialised: one model, one caller."""
@@ -162,7 +165,6 @@ class Pipeline:
         quality = self.assess(frame)
         self.latest = Step(frame, quality)
         if not quality.ok:
-            self.counters.rejects.update(issue.value for issue in quality.issues)
             return self.latest
         if not (self.settings.pipeline.auto_classify and self.classifier):
             return self.latest

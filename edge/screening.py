@@ -65,7 +65,6 @@ class PipelineScreening:
     def _classify(self, frame: Frame) -> Result:
         quality = self.pipeline.assess(frame)
         if not quality.ok:
-            self.pipeline.counters.rejects.update(issue.value for issue in quality.issues)
             raise RetakeNeeded(quality)
         result = self.pipeline.classify(frame, quality)
         with self._lock:

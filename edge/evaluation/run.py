@@ -18,12 +18,11 @@ from edge.config import InferenceSettings
 from edge.errors import EdgeError
 from edge.evaluation.metrics import summarise
 from edge.inference import Classifier, ModelPack
+from edge.inference.classifier import flipped
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
 from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.evaluate")
-# The same flips as ``Classifier.scores`` applies to the NHWC input tensor.
-FLIPS = (lambda t: t, lambda t: t[:, :, ::-1], lambda t: t[:, ::-1], lambda t: t[:, ::-1, ::-1])
 
 
 @dataclass
@@ -52,17 +51,16 @@ def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
 
 
 def collect_outputs(classifier: Classifier, images: list[np.ndarray], tta: bool) -> Outputs:
-    flips = FLIPS if tta else FLIPS[:1]
-    rows = np.zeros((len(flips), len(images), len(classifier.pack.manifest.labels)), dtype=np.float32)
+    views = 4 if tta else 1  # the same flips as ``Classifier.scores`` applies
+    rows = np.zeros((views, len(images), len(classifier.pack.manifest.labels)), dtype=np.float32)
     invoke_total = 0.0
     for i, image in enumerate(images):
         tensor = classifier.preprocess(image)
-        for f, flip in enumerate(flips):
-            flipped = np.ascontiguousarray(flip(tensor))
+        for f, view in enumerate(flipped(tensor) if tta else [tensor]):
             started = time.perf_counter()
-            rows[f, i] = classifier.backend.invoke(flipped)
+            rows[f, i] = classifier.backend.invoke(view)
             invoke_total += time.perf_counter() - started
-    return Outputs(rows, invoke_total / (len(images) * len(flips)) * 1e3)
+    return Outputs(rows, invoke_total / (len(images) * views) * 1e3)
 
 
 def load_images(paths: list[Path]) -> list[np.ndarray]:

@@ -46,6 +46,12 @@ class Scores:
         return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
 
 
+def flipped(tensor: np.ndarray) -> list[np.ndarray]:
+    """An NHWC input and its horizontal, vertical and double flips: the test-time augmentation views."""
+    return [tensor] + [np.ascontiguousarray(view) for view in
+                       (tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1])]
+
+
 class Classifier:
     def __init__(self, pack: ModelPack, backend: Backend, probes: list[Probe], backend_settings) -> None:
         self.pack = pack
@@ -119,10 +125,7 @@ class Classifier:
         """Preprocess, invoke and postprocess one RGB image (with its flips when the pack asks for them)."""
         start = time.perf_counter()
         tensor = self._preprocess(image)
-        tensors = [tensor]
-        if self.pack.manifest.decision.test_time_flips:
-            tensors += [np.ascontiguousarray(tensor[:, :, ::-1]), np.ascontiguousarray(tensor[:, ::-1]),
-                        np.ascontiguousarray(tensor[:, ::-1, ::-1])]
+        tensors = flipped(tensor) if self.pack.manifest.decision.test_time_flips else [tensor]
         after_pre = time.perf_counter()
         try:
             raw = np.mean([self._backend.invoke(t) for t in tensors], axis=0)

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.evaluation.metrics import balanced_accuracy
 from edge.training.data import Sample, class_counts
 
 log = logging.getLogger("edge.train")
@@ -192,11 +193,6 @@ def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = F
             layer.trainable = False
         elif isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = trainable and bn_affine
-
-
-def balanced_accuracy(labels_idx: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
-    recalls = [np.mean(predicted[labels_idx == c] == c) for c in range(n_classes) if np.any(labels_idx == c)]
-    return float(np.mean(recalls))
 
 
 # --- the run ------------------------------------------------------------------------------------------------
