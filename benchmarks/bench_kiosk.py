@@ -17,7 +17,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -72,20 +71,19 @@ def multipart(image: bytes) -> tuple[bytes, str]:
 
 
 def bench_http_classify(model: Path, image_path: Path, requests: int) -> dict:
-    from waitress import create_server
-
     from edge.kiosk.app import create_app
+    from edge.kiosk.server import KioskServer
     from edge.pipeline import Pipeline
     from edge.screening import PipelineScreening
 
     settings = load_settings(None, {"camera": {"source": "none"}, "inference": {"model_dir": str(model)},
                                     "kiosk": {"port": 0}})
     screening = PipelineScreening(Pipeline.from_settings(settings))
-    server = create_server(create_app(screening, settings), host="127.0.0.1", port=0, asyncore_use_poll=True)
-    threading.Thread(target=server.run, daemon=True).start()
+    server = KioskServer(create_app(screening, settings), "127.0.0.1", 0)
+    server.start()
     data = image_path.read_bytes()
     body, content_type = multipart(data)
-    connection = http.client.HTTPConnection("127.0.0.1", server.effective_port, timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     http_ms, local_ms = [], []
     for i in range(requests + 5):
         started = time.perf_counter()

@@ -101,17 +101,14 @@ class Daemon:
     def _kiosk_server(self):
         if not self.settings.kiosk.enabled:
             return None
-        from waitress import create_server
-
         from edge.kiosk.app import create_app
+        from edge.kiosk.server import KioskServer
 
         app = create_app(self.screening, self.settings, assistant=self.assistant, history=self.history,
                          mqtt=self.mqtt)
         self.app = app
         kiosk = self.settings.kiosk
-        # poll() rather than select(): closing the server from another thread must not raise EBADF.
-        return create_server(app, host=kiosk.host, port=kiosk.port, threads=6, channel_timeout=30,
-                             asyncore_use_poll=True)
+        return KioskServer(app, kiosk.host, kiosk.port)
 
     def run(self, stop: threading.Event, max_frames: int | None = None) -> None:
         self._stop = stop
@@ -129,11 +126,11 @@ class Daemon:
         if self.pipeline.camera is None:
             log.warning("no camera: this device accepts uploads only")
         if self.server is not None:
-            threading.Thread(target=self.server.run, name="kiosk", daemon=True).start()
-            log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.effective_port)
+            self.server.start()
+            log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.port)
         log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
         # READY=1 once the kiosk answers and the camera delivered (see edge.service); WATCHDOG=1 while frames flow.
-        self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.effective_port)
+        self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.port)
                            if self.server is not None else None)
         try:
             self.pipeline.run(stop, max_frames=max_frames)

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,24 @@ def clean_env(monkeypatch, tmp_path):
             monkeypatch.delenv(key)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     monkeypatch.setenv("EDGE_SHARED_DIR", str(SHARED))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_threads_left_running(request):
+    """Every thread a test module starts has ended when the module is done.
+
+    A thread left inside OpenCV or LiteRT when the interpreter exits aborts the whole run ("terminate called
+    without an active exception"), long after the test that leaked it; this names the module instead."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 10
+    while True:
+        left = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if left:
+        pytest.fail(f"{request.module.__name__} left threads running: {sorted(t.name for t in left)}")
 
 
 @pytest.fixture(scope="session")
@@ -96,3 +116,4 @@ def run_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subpr
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=timeout,
                           env=full_env, cwd=PROJECT_ROOT)
+

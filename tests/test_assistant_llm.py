@@ -87,6 +87,42 @@ def test_timeout_falls_back_to_the_fact_sheet():
     assert DISCLAIMER["es"] in final_text(events)
 
 
+def test_close_stops_the_answer_in_progress_and_frees_the_model():
+    """Shutdown (systemd stop, a restart command) ends a long answer at once, and the model is freed on the
+    closing thread: not left to interpreter shutdown while its worker may still be inside llama.cpp."""
+    import threading
+    import time
+
+    from edge.assistant.llm import LlmOwner, LlmUnavailable, default_gguf
+
+    pytest.importorskip("llama_cpp")
+    owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
+    pieces, ended = [], threading.Event()
+
+    def read():
+        try:
+            for piece in owner.stream([{"role": "user", "content": "Count from one to five hundred in words."}],
+                                      max_tokens=400, temperature=0.0, timeout_s=30):
+                pieces.append(piece)
+        finally:
+            ended.set()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    deadline = time.monotonic() + 30
+    while len(pieces) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pieces) >= 3, "the model produced no tokens"
+    started = time.monotonic()
+    owner.close()
+    assert ended.wait(5) and time.monotonic() - started < 5
+    reader.join(5)
+    assert len(pieces) < 400
+    assert owner._llm is None and not owner._worker.is_alive()
+    with pytest.raises(LlmUnavailable):
+        next(owner.stream([{"role": "user", "content": "Hello"}], max_tokens=5, temperature=0.0, timeout_s=5))
+
+
 def test_missing_model_means_templates_and_a_reason(tmp_path):
     service = build_assistant(load_settings(None, {"assistant": {"model_path": str(tmp_path / "none.gguf")}}), _Pack())
     assert service.llm is None and "not found" in service.health()["reason"]

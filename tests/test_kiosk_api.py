@@ -74,14 +74,19 @@ def build_kiosk(root: Path, pack: Path, ham_images: list[Path], *, assistant=Non
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
-    while pipeline.latest is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert pipeline.latest is not None, "the replay camera delivered no frame"
-    screening = PipelineScreening(pipeline)
-    history = History(settings.state_dir / "history.sqlite") if settings.kiosk.health_worker_mode else None
-    app = create_app(screening, settings, assistant=assistant, history=history)
-    return Kiosk(settings, pipeline, screening, history, app, stop, thread)
+    kiosk = Kiosk(settings, pipeline, PipelineScreening(pipeline), None, None, stop, thread)
+    try:
+        deadline = time.monotonic() + 20
+        while pipeline.latest is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pipeline.latest is not None, "the replay camera delivered no frame"
+        if settings.kiosk.health_worker_mode:
+            kiosk.history = History(settings.state_dir / "history.sqlite")
+        kiosk.app = create_app(kiosk.screening, settings, assistant=assistant, history=kiosk.history)
+    except BaseException:
+        kiosk.close()  # no pipeline thread left classifying after a failed set-up
+        raise
+    return kiosk
 
 
 @contextlib.contextmanager

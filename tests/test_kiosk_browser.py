@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -39,14 +38,14 @@ BIG, SMALL = (1280, 800), (800, 480)
 
 # -- servers and browser -----------------------------------------------------------------------------------
 class Server:
-    def __init__(self, app) -> None:
-        from waitress import create_server
+    """The product's kiosk server (edge.kiosk.server) on a free port, with the URL the browser opens."""
 
-        # poll(), not select(): closing the listening socket from another thread then ends the loop cleanly
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=6, asyncore_use_poll=True)
-        self.url = f"http://127.0.0.1:{self.server.effective_port}"
-        self.thread = threading.Thread(target=self.server.run, name="kiosk-test-server", daemon=True)
-        self.thread.start()
+    def __init__(self, app) -> None:
+        from edge.kiosk.server import KioskServer
+
+        self.server = KioskServer(app, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.port}"
+        self.server.start()
 
     def status(self, path: str) -> int:
         try:
@@ -56,8 +55,8 @@ class Server:
             return exc.code
 
     def close(self) -> None:
-        # Stops accepting; connections the browser keeps alive end with it (the loop thread is a daemon).
-        self.server.close()
+        # The page still open in the module's browser keeps polling this server: close must end that cleanly.
+        assert self.server.close(), "the kiosk server left threads running"
 
 
 @pytest.fixture(scope="module")

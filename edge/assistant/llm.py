@@ -75,6 +75,7 @@ class LlmOwner:
         self.last_tokens_per_s = 0.0
         self.last_first_token_ms = 0.0
         self._requests: "queue.Queue[_Request | None]" = queue.Queue()
+        self._closing = threading.Event()
         self._warm()
         self._worker = threading.Thread(target=self._serve, name="llm", daemon=True)
         self._worker.start()
@@ -95,6 +96,8 @@ class LlmOwner:
 
     def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float) -> Iterator[str]:
         """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long."""
+        if self._closing.is_set():
+            raise LlmUnavailable("the assistant is shutting down")
         request = _Request(messages, max_tokens, temperature)
         self._requests.put(request)
         try:
@@ -115,6 +118,7 @@ class LlmOwner:
         while True:
             request = self._requests.get()
             if request is None:
+                self._refuse_queued()
                 return
             if request.cancelled.is_set():
                 continue
@@ -126,6 +130,15 @@ class LlmOwner:
             else:
                 request.tokens.put(_DONE)
 
+    def _refuse_queued(self) -> None:
+        while True:
+            try:
+                request = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.tokens.put(LlmUnavailable("the assistant is shutting down"))
+
     def _generate(self, request: _Request) -> None:
         started = time.monotonic()
         first = None
@@ -133,7 +146,7 @@ class LlmOwner:
         for chunk in self._llm.create_chat_completion(messages=request.messages, max_tokens=request.max_tokens,
                                                       temperature=request.temperature, repeat_penalty=1.3,
                                                       stream=True):
-            if request.cancelled.is_set():
+            if request.cancelled.is_set() or self._closing.is_set():
                 break
             piece = chunk["choices"][0]["delta"].get("content")
             if not piece:
@@ -152,7 +165,15 @@ class LlmOwner:
                 "last_tokens_per_s": self.last_tokens_per_s, "last_first_token_ms": self.last_first_token_ms,
                 "queued": self._requests.qsize(), "load_seconds": round(self.load_seconds, 2)}
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the answer in progress, end the worker and free the model now, on this thread, rather than
+        whenever the garbage collector (or interpreter shutdown) gets to it."""
+        self._closing.set()
         self._requests.put(None)
-        self._worker.join(timeout=5)
-        self._llm = None
+        self._worker.join(timeout=timeout_s)
+        if self._worker.is_alive():
+            log.warning("LLM worker did not stop within %.0f s; the model is freed when it does", timeout_s)
+            return
+        if self._llm is not None:
+            self._llm.close()
+            self._llm = None

@@ -1,0 +1,81 @@
+"""The kiosk's waitress server stops without leaving threads behind or writing into descriptors it gave up.
+
+The regression: waitress's own close() from another thread left kept-alive connections being served, and each
+finished request wrote a wake-up byte through the trigger pipe's released fd number, into whatever file had
+been opened under that number since (CI saw the history database corrupted that way).
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import threading
+import time
+
+import pytest
+
+from edge.kiosk.server import KioskServer
+from test_kiosk_api import build_kiosk, no_edge_environment
+
+
+@pytest.fixture(scope="module")
+def kiosk(tmp_path_factory, imagenet_pack, ham_images):
+    with no_edge_environment():
+        built = build_kiosk(tmp_path_factory.mktemp("kiosk-server"), imagenet_pack, ham_images)
+    yield built
+    built.close()
+
+
+def kiosk_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "kiosk" or t.name.startswith("waitress-")}
+
+
+def test_a_kept_alive_connection_after_close_writes_into_no_file(kiosk, tmp_path):
+    server = KioskServer(kiosk.app, "127.0.0.1", 0)
+    server.start()
+    browser_like = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)  # keep-alive, as a page polls
+    browser_like.request("GET", "/api/preview")
+    assert browser_like.getresponse().read()
+
+    assert server.close()
+    # the lowest free descriptors: the ones the server's wake-up pipe had, if it released them
+    victims = [open(tmp_path / f"file{i}", "wb") for i in range(4)]
+    try:
+        with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+            browser_like.request("GET", "/api/preview")  # the page's next poll is refused, not served
+            browser_like.getresponse().read()
+        time.sleep(0.3)
+    finally:
+        for handle in victims:
+            handle.close()
+        browser_like.close()
+    assert [(tmp_path / f"file{i}").stat().st_size for i in range(4)] == [0, 0, 0, 0]
+
+
+def test_close_ends_a_live_preview_stream_and_every_server_thread(kiosk):
+    before = kiosk_threads()
+    server = KioskServer(kiosk.app, "127.0.0.1", 0)
+    server.start()
+    viewer = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    viewer.sendall(b"GET /api/stream.mjpg HTTP/1.1\r\nHost: kiosk\r\n\r\n")
+    assert viewer.recv(200).startswith(b"HTTP/1.1 200")  # a never-ending stream is being served
+    started = time.monotonic()
+    assert server.close(timeout_s=5)
+    assert time.monotonic() - started < 5
+    assert not server.running
+    assert kiosk_threads() <= before
+    viewer.settimeout(5)
+    received = b""
+    while chunk := viewer.recv(65536):  # the stream ends with the connection, not by the viewer's timeout
+        received += chunk
+    viewer.close()
+    assert server.close()  # a second close is harmless
+
+
+def test_close_before_start_releases_everything(kiosk):
+    before = kiosk_threads()
+    server = KioskServer(kiosk.app, "127.0.0.1", 0)
+    assert server.close()
+    assert kiosk_threads() <= before
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=2)
