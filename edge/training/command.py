@@ -31,6 +31,9 @@ def add_arguments(parser) -> None:
     for f in fields(TrainConfig):
         if f.type in ("int", "float"):
             run.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=f.default)
+    run.add_argument("--batchnorm", choices=("identity", "recalibrated"), default=TrainConfig.batchnorm,
+                     help="identity: BatchNorm frozen as the folded ImageNet biases; recalibrated: real BatchNorm "
+                          "set from training-image statistics, trained with the rest")
 
 
 def run_training(args, settings) -> int:
@@ -46,7 +49,7 @@ def run_training(args, settings) -> int:
     if args.limit:
         samples = samples[: args.limit]
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                            if f.type in ("int", "float")})
+                            if f.type in ("int", "float")}, batchnorm=args.batchnorm)
     labels = sorted({s.label for s in samples})
     split = split_by_group(samples, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
     work = args.work or settings.state_dir / "train" / args.name

@@ -52,6 +52,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bn_affine_trainable: int = 0  # 1: BatchNorm gamma/beta learn (still in inference mode, moving stats fixed)
     trainable_from_block: int = 0  # fine-tune blocks >= this (0: all); earlier blocks keep ImageNet weights
+    batchnorm: str = "identity"  # "identity": frozen, inference mode; "recalibrated": real BN, trained (below)
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -168,7 +169,8 @@ def build_model(keras, config: TrainConfig, n_classes: int, pretrained: Path):
 
     backbone, _ = build_backbone(config.input_size, pretrained)
     inputs = keras.Input((config.input_size, config.input_size, 3), name="image")
-    features = backbone(inputs, training=False)
+    # identity BatchNorm must never see batch statistics; recalibrated BatchNorm trains like any BN
+    features = backbone(inputs, training=False) if config.batchnorm == "identity" else backbone(inputs)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)
     dropped = keras.layers.Dropout(config.dropout, name="dropout")(pooled)
     logits = keras.layers.Dense(n_classes, name="logits")(dropped)
@@ -183,16 +185,50 @@ def block_index(layer_name: str) -> int:
     return 17 if layer_name.startswith(("Conv_1", "out_relu")) else 0
 
 
-def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = False, from_block: int = 0) -> None:
-    """The backbone always runs in inference mode (it is called with ``training=False``), so BatchNorm keeps
-    its identity statistics; with ``bn_affine`` its gamma/beta (the folded ImageNet biases) still learn.
+def set_backbone_trainable(keras, backbone, trainable: bool, bn_affine: bool = False, from_block: int = 0,
+                           bn_trains: bool = False) -> None:
+    """With identity BatchNorm the backbone runs in inference mode (called with ``training=False``), so BN
+    keeps its identity statistics; with ``bn_affine`` its gamma/beta (the folded ImageNet biases) still learn.
+    With recalibrated BatchNorm (``bn_trains``) BN layers train normally: batch statistics, moving averages.
     Blocks before ``from_block`` keep their ImageNet weights, which quantise to int8 well."""
     backbone.trainable = trainable
     for layer in backbone.layers:
         if block_index(layer.name) < from_block:
             layer.trainable = False
         elif isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = trainable and bn_affine
+            layer.trainable = trainable and (bn_affine or bn_trains)
+
+
+def recalibrate_batchnorm(keras, backbone, images: np.ndarray, batch_size: int = 32) -> None:
+    """Turn the identity BatchNorm layers into real ones *without changing what the network computes*.
+
+    The ImageNet TFLite file has BatchNorm folded into the convolutions, so each BN starts as identity + bias
+    and the activations it sees are far from zero-mean, unit-variance. Training such a BN with batch
+    statistics would renormalise everything at step one and wreck the pretrained features. Instead, measure
+    each BN input's per-channel mean and variance on training images and set
+    ``moving_mean = mean, moving_variance = var, gamma = sqrt(var + eps), beta = bias + mean``: in inference
+    mode that is still exactly ``x + bias``, and in training mode (batch statistics close to the measured
+    ones) nearly so. Full fine-tuning then has normalised activations, as the network was trained with.
+    """
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    probe = keras.Model(backbone.inputs, [bn.input for bn in bns])
+    sums = [np.zeros(bn.input.shape[-1], np.float64) for bn in bns]
+    squares = [np.zeros_like(total) for total in sums]
+    counts = [0] * len(bns)  # positions seen per layer (spatial sizes differ)
+    for start in range(0, len(images), batch_size):
+        outputs = probe(images[start:start + batch_size], training=False)
+        for i, output in enumerate(outputs):
+            values = np.asarray(output, np.float64).reshape(-1, output.shape[-1])
+            sums[i] += values.sum(axis=0)
+            squares[i] += np.square(values).sum(axis=0)
+            counts[i] += values.shape[0]
+    for bn, total, square, n in zip(bns, sums, squares, counts):
+        mean = total / n
+        variance = np.maximum(square / n - mean ** 2, 0.0)
+        gamma, beta, _, _ = bn.get_weights()  # gamma 1, beta the folded bias
+        bn.set_weights([np.sqrt(variance + bn.epsilon).astype(np.float32), (beta + mean).astype(np.float32),
+                        mean.astype(np.float32), variance.astype(np.float32)])
+    log.info("BatchNorm recalibrated on %d training images (%d layers)", len(images), len(bns))
 
 
 # --- the run ------------------------------------------------------------------------------------------------
@@ -228,12 +264,19 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     resumable = state_path.exists() and resume_weights.exists()
     state = RunState(**json.loads(state_path.read_text())) if resumable else RunState()
     model, backbone = build_model(keras, config, len(labels), pretrained)
+    if config.batchnorm == "recalibrated":
+        rng = np.random.default_rng(config.seed)
+        chosen = rng.choice(len(train_images), size=min(512, len(train_images)), replace=False)
+        recalibrate_batchnorm(keras, backbone, to_model_input(
+            np.stack([center_square(train_images[i], config.input_size) for i in chosen])))
+    elif config.batchnorm != "identity":
+        raise ValueError(f"batchnorm must be 'identity' or 'recalibrated', not {config.batchnorm!r}")
     phases = [("warmup", config.warmup_epochs), ("finetune", config.finetune_epochs)]
     for phase, epochs in phases:
         if phases.index((phase, epochs)) < [p for p, _ in phases].index(state.phase):
             continue
         set_backbone_trainable(keras, backbone, phase == "finetune", bool(config.bn_affine_trainable),
-                               config.trainable_from_block)
+                               config.trainable_from_block, bn_trains=config.batchnorm == "recalibrated")
         if phase == "warmup":
             optimizer = keras.optimizers.Adam(config.warmup_lr)
         else:
