@@ -101,6 +101,17 @@ def ham_images() -> list[Path]:
     return sorted(_require(HAM_IMAGES).glob("*.jpg"))
 
 
+@pytest.fixture(scope="module")
+def kiosk(tmp_path_factory, imagenet_pack, ham_images):
+    """The daemon's wiring minus the server (``test_kiosk_api.build_kiosk``) on the ImageNet pack, one per module."""
+    from test_kiosk_api import build_kiosk, no_edge_environment
+
+    with no_edge_environment():
+        built = build_kiosk(tmp_path_factory.mktemp("kiosk"), imagenet_pack, ham_images)
+    yield built
+    built.close()
+
+
 @pytest.fixture
 def replay_folder(tmp_path, ham_images) -> Path:
     """A replay camera's folder: six real HAM10000 images, copied so a test may take it away."""

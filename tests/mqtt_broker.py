@@ -232,12 +232,10 @@ class Listener:
         return [json.loads(m.payload) for m in self.on(topic_suffix)]
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; got topics {[m.topic for m in self.messages][-20:]}")
+        try:
+            wait_until(predicate, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got topics {[m.topic for m in self.messages][-20:]}") from None
 
     def close(self) -> None:
         self.client.disconnect()

@@ -98,14 +98,6 @@ def no_edge_environment():
         yield
 
 
-@pytest.fixture(scope="module")
-def kiosk(tmp_path_factory, imagenet_pack, ham_images):
-    with no_edge_environment():
-        built = build_kiosk(tmp_path_factory.mktemp("kiosk"), imagenet_pack, ham_images)
-    yield built
-    built.close()
-
-
 @pytest.fixture
 def client(kiosk):
     client = kiosk.app.test_client()

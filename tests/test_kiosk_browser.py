@@ -60,14 +60,6 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def kiosk(tmp_path_factory, imagenet_pack, ham_images):
-    with no_edge_environment():
-        built = build_kiosk(tmp_path_factory.mktemp("kiosk-browser"), imagenet_pack, ham_images)
-    yield built
-    built.close()
-
-
-@pytest.fixture(scope="module")
 def server(kiosk):
     running = Server(kiosk.app)
     yield running

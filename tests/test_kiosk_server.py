@@ -15,15 +15,6 @@ import time
 import pytest
 
 from edge.kiosk.server import KioskServer
-from test_kiosk_api import build_kiosk, no_edge_environment
-
-
-@pytest.fixture(scope="module")
-def kiosk(tmp_path_factory, imagenet_pack, ham_images):
-    with no_edge_environment():
-        built = build_kiosk(tmp_path_factory.mktemp("kiosk-server"), imagenet_pack, ham_images)
-    yield built
-    built.close()
 
 
 def kiosk_threads() -> set[threading.Thread]:

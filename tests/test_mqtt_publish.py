@@ -148,10 +148,18 @@ def test_status_is_retained_online_then_offline_on_a_clean_stop(broker, service_
     assert late.on("/status")[0].payload == b"online" and late.on("/status")[0].retain
     service.stop()
     late.wait_for(lambda: late.on("/status")[-1].payload == b"offline", what="offline")
-    later = Listener(broker, "edge/+/status")
-    later.wait_for(lambda: later.on("/status"), what="retained offline")
-    assert later.on("/status")[0].payload == b"offline" and later.on("/status")[0].retain
-    late.close(), later.close()
+    assert_retained_status(broker, b"offline")
+    late.close()
+
+
+def assert_retained_status(broker, payload: bytes) -> None:
+    """A client connecting now is handed ``payload`` as the retained status."""
+    fresh = Listener(broker, "edge/+/status")
+    try:
+        fresh.wait_for(lambda: fresh.on("/status"), what="retained status")
+        assert fresh.on("/status")[0].payload == payload and fresh.on("/status")[0].retain
+    finally:
+        fresh.close()
 
 
 def test_last_will_marks_a_killed_device_offline(broker, tmp_path):
@@ -160,10 +168,8 @@ def test_last_will_marks_a_killed_device_offline(broker, tmp_path):
     listener.wait_for(lambda: any(m.payload == b"online" for m in listener.on("/status")), what="online")
     producer.kill()  # no DISCONNECT packet: the broker publishes the will
     listener.wait_for(lambda: listener.on("/status")[-1].payload == b"offline", timeout=15, what="last will")
-    fresh = Listener(broker, "edge/+/status")
-    fresh.wait_for(lambda: fresh.on("/status"), what="retained will")
-    assert fresh.on("/status")[0].payload == b"offline" and fresh.on("/status")[0].retain
-    listener.close(), fresh.close()
+    assert_retained_status(broker, b"offline")
+    listener.close()
 
 
 def test_telemetry_arrives_on_its_interval_with_the_health_fields(broker, service_factory):

@@ -31,7 +31,6 @@ class KioskServer:
         # poll() rather than select(): no EBADF from a descriptor that closes between two loop turns
         self._server = create_server(app, host=host, port=port, threads=threads, channel_timeout=channel_timeout,
                                      asyncore_use_poll=True)
-        self.host = host
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._closed = False
