@@ -25,3 +25,25 @@ def test_recalibrated_batchnorm_computes_what_the_identity_did(ham_images):
     bn = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
     gamma, _, _, variance = bn.get_weights()
     assert not np.allclose(gamma, 1.0) and np.all(variance >= 0)  # real statistics, not the identity any more
+
+
+def test_reestimated_batchnorm_statistics_are_the_mean_over_the_images(ham_images):
+    """After weight averaging, each trainable BN's moving statistics are re-measured: for the first BN (its
+    input does not depend on other BNs) the moving mean must be the exact mean of its input over all images,
+    whatever it held before, and the momentum used for training must be restored."""
+    from edge.training.train import (BN_MOMENTUM, TrainConfig, build_model, center_square, load_image,
+                                     recalibrate_batchnorm, reestimate_batchnorm, set_backbone_trainable,
+                                     setup_tensorflow, to_model_input)
+
+    keras_module, _ = setup_tensorflow(1)
+    _, backbone = build_model(keras_module, TrainConfig(input_size=96, batchnorm="recalibrated"), 7, IMAGENET_MODEL)
+    images = to_model_input(np.stack([center_square(load_image(p, 96), 96) for p in ham_images[:48]]))
+    recalibrate_batchnorm(keras_module, backbone, images[:16])
+    set_backbone_trainable(keras_module, backbone, True, bn_trains=True)
+    bn = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+    bn.moving_mean.assign(np.full(bn.moving_mean.shape, 123.0, np.float32))
+    reestimate_batchnorm(keras_module, backbone, images, batch_size=16)
+    probe = keras_module.Model(backbone.inputs, bn.input)
+    expected = probe(images, training=False).numpy().mean(axis=(0, 1, 2))
+    assert np.asarray(bn.moving_mean) == pytest.approx(expected, abs=1e-4)
+    assert bn.momentum == BN_MOMENTUM
