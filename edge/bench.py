@@ -110,8 +110,8 @@ def run_bench(settings: Settings, frames: int = 300, keras_baseline: bool = True
     classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend,
                                  settings.inference)
     stages, fps, raw = measure_pipeline(settings, classifier, frames)
-    # A pack that averages flips runs 4 invokes per classification: the baseline is that many raw invokes.
-    invokes = 4 if classifier.pack.manifest.decision.test_time_flips else 1
+    # A pack that averages test-time views runs one invoke per view: the baseline is that many raw invokes.
+    invokes = classifier.pack.manifest.decision.test_time_views
     baseline = np.median(raw) * invokes
     classify_path = np.sum([stages[s] for s in ("preprocess", "invoke", "postprocess")], axis=0)
     per_frame = classify_path + np.asarray(stages["quality"])

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import HAM_IMAGES, PRETRAINED, run_edge
-from edge.evaluation.run import evaluate
+from edge.evaluation.run import VIEW_NAMES, evaluate
 from edge.inference import load_pack
 from edge.paths import default_model_dir
 from edge.types import Urgency
@@ -54,14 +54,15 @@ def test_split_is_lesion_disjoint(pack):
 
 
 def test_int8_model_reproduces_its_recorded_test_numbers(pack):
-    """Re-run the held-out test split through the device's own code (shipped mode: int8, flips, operating
-    point): the numbers recorded in the pack must come back. The floors guard against a regression; the
+    """Re-run the held-out test split through the device's own code (shipped mode: int8, its test-time views,
+    operating point): the numbers recorded in the pack must come back. The floors guard against a regression; the
     project's targets (balanced accuracy >= 0.75) are reported by `edge evaluate` and the model card."""
     with open(PACK / "split.csv", newline="") as handle:
         test = [row for row in csv.DictReader(handle) if row["split"] == "test"]
-    shipped = "tta" if pack.manifest.decision.test_time_flips else "plain"
+    views = pack.manifest.decision.test_time_views
+    shipped = VIEW_NAMES[views]
     report = evaluate(pack, [HAM_IMAGES / row["image"] for row in test], [row["label"] for row in test],
-                      variants=("int8",), tta_options=(shipped == "tta",))
+                      variants=("int8",), view_options=(views,))
     recorded = json.loads((PACK / "evaluation_test.json").read_text())["variants"]["int8"][shipped]
     now = report["variants"]["int8"][shipped]
     for key in ("balanced_accuracy", "mel_sensitivity", "mel_specificity", "ece"):

@@ -40,7 +40,7 @@ def run_evaluation(args, settings) -> dict:
     if args.final_report:
         return final_report(args, settings, pack)
     paths, labels = labelled_set(args, settings, pack)
-    report = evaluate(pack, paths, labels, tta_options=(False,) if args.no_tta else (False, True),
+    report = evaluate(pack, paths, labels, view_options=(1,) if args.no_tta else (1, 4, 8),
                       threads=settings.inference.cpu.threads)
     report["summary"] = summary(report)
     return report
@@ -71,15 +71,17 @@ def final_report(args, settings, pack) -> dict:
 
 def summary(report: dict) -> str:
     lines = [f"{report['model']['name']} {report['model']['version']}: {report['n_images']} images"]
-    for variant, by_tta in report["variants"].items():
-        if "error" in by_tta:
-            lines.append(f"{variant}: {by_tta['error']}")
+    for variant, by_views in report["variants"].items():
+        if "error" in by_views:
+            lines.append(f"{variant}: {by_views['error']}")
             continue
-        for tta, r in by_tta.items():
+        for views, r in by_views.items():
             op, am = r["operating_point"], r["argmax"]
             mel = (f", mel sens {op['mel_sensitivity']:.3f} spec {op['mel_specificity']:.3f}"
                    if op.get("mel_sensitivity") is not None else "")
-            lines.append(f"{variant:<5} {tta:<5} balanced acc {op['balanced_accuracy']:.4f} (argmax "
+            shipped = "*" if views == report.get("shipped") else " "
+            lines.append(f"{variant:<5} {views:<8}{shipped} balanced acc {op['balanced_accuracy']:.4f} (argmax "
                          f"{am['balanced_accuracy']:.4f}), macro AUROC {op['macro_auroc']}, ECE {op['ece']:.4f}"
                          f"{mel}, abstain {r['abstain_rate']:.1%}, invoke {r['invoke_ms']:.2f} ms")
+    lines.append(f"* shipped test-time views: {report.get('shipped')}")
     return "\n".join(lines)

@@ -18,26 +18,31 @@ from edge.config import InferenceSettings
 from edge.errors import EdgeError
 from edge.evaluation.metrics import summarise
 from edge.inference import Classifier, ModelPack
-from edge.inference.classifier import flipped
+from edge.inference.classifier import tta_views
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
 from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.evaluate")
 
 
+VIEW_NAMES = {1: "plain", 4: "flips", 8: "dihedral"}  # test-time views -> the report's key
+
+
 @dataclass
 class Outputs:
-    """Raw model outputs for a set: logits (n, k) per flip, and the mean invoke time."""
+    """Raw model outputs for a set: logits (n, k) per test-time view, and the mean invoke time."""
 
-    logits_per_flip: np.ndarray  # (flips, n, k)
+    logits_per_view: np.ndarray  # (views, n, k), in ``test_time_views`` order
     invoke_ms: float
 
-    def logits(self, tta: bool) -> np.ndarray:
-        return self.logits_per_flip.mean(axis=0) if tta else self.logits_per_flip[0]
+    def logits(self, views: int) -> np.ndarray:
+        if views > len(self.logits_per_view):
+            raise ValueError(f"{views} views asked for, {len(self.logits_per_view)} collected")
+        return self.logits_per_view[:views].mean(axis=0)
 
-    def probabilities(self, tta: bool, temperature: float) -> np.ndarray:
-        """As the device computes them: softmax of the (flip-averaged) logits over the temperature."""
-        return softmax(self.logits(tta), temperature)
+    def probabilities(self, views: int, temperature: float) -> np.ndarray:
+        """As the device computes them: softmax of the view-averaged logits over the temperature."""
+        return softmax(self.logits(views), temperature)
 
 
 def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
@@ -50,13 +55,13 @@ def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
     return classifier
 
 
-def collect_outputs(classifier: Classifier, images: list[np.ndarray], tta: bool) -> Outputs:
-    views = 4 if tta else 1  # the same flips as ``Classifier.scores`` applies
+def collect_outputs(classifier: Classifier, images: list[np.ndarray], views: int) -> Outputs:
+    """Logits of every image under the first ``views`` test-time views (the ones ``Classifier.scores`` uses)."""
     rows = np.zeros((views, len(images), len(classifier.pack.manifest.labels)), dtype=np.float32)
     invoke_total = 0.0
     for i, image in enumerate(images):
         tensor = classifier.preprocess(image)
-        for f, view in enumerate(flipped(tensor) if tta else [tensor]):
+        for f, view in enumerate(tta_views(tensor, views)):
             started = time.perf_counter()
             rows[f, i] = classifier.backend.invoke(view)
             invoke_total += time.perf_counter() - started
@@ -67,12 +72,12 @@ def load_images(paths: list[Path]) -> list[np.ndarray]:
     return [read_image_file(path) for path in paths]
 
 
-def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, tta: bool) -> dict:
+def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, views: int) -> dict:
     labels = list(pack.manifest.labels)
     spec = pack.manifest.decision
-    logits = outputs.logits(tta)
-    p = outputs.probabilities(tta, spec.temperature)
-    uncalibrated = outputs.probabilities(tta, 1.0)
+    logits = outputs.logits(views)
+    p = outputs.probabilities(views, spec.temperature)
+    uncalibrated = outputs.probabilities(views, 1.0)
     decisions = decide_batch(p, logits, spec, pack.manifest.labels)
     decided = np.array([d.index for d in decisions])
     abstained = np.array([d.abstained for d in decisions])
@@ -107,8 +112,9 @@ def _compact(summary: dict) -> dict:
 
 
 def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=("int8", "float"),
-             tta_options=(False, True), threads: int = 2, raw: dict | None = None) -> dict:
-    """Score every available variant with and without flip TTA; variants the pack lacks are reported as such.
+             view_options=(1, 4, 8), threads: int = 2, raw: dict | None = None) -> dict:
+    """Score every available variant under each count of test-time views (``VIEW_NAMES``); variants the
+    pack lacks are reported as such. ``shipped`` names the views the pack's decision uses.
 
     ``raw``, when given, receives ``{variant: (y, Outputs)}`` for plots.
     """
@@ -126,9 +132,9 @@ def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=
         except EdgeError as exc:
             report["variants"][variant] = {"error": str(exc)}
             continue
-        outputs = collect_outputs(classifier, images, tta=True in tta_options)
-        report["variants"][variant] = {("tta" if tta else "plain"): score(outputs, y, pack, tta) for tta in tta_options}
-        report["shipped"] = "tta" if pack.manifest.decision.test_time_flips else "plain"
+        outputs = collect_outputs(classifier, images, max(view_options))
+        report["variants"][variant] = {VIEW_NAMES[n]: score(outputs, y, pack, n) for n in view_options}
+        report["shipped"] = VIEW_NAMES[pack.manifest.decision.test_time_views]
         if raw is not None:
             raw[variant] = (y, outputs)
         classifier.close()

@@ -46,10 +46,17 @@ class Scores:
         return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
 
 
-def flipped(tensor: np.ndarray) -> list[np.ndarray]:
-    """An NHWC input and its horizontal, vertical and double flips: the test-time augmentation views."""
-    return [tensor] + [np.ascontiguousarray(view) for view in
-                       (tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1])]
+def tta_views(tensor: np.ndarray, count: int) -> list[np.ndarray]:
+    """The first ``count`` test-time augmentation views of an NHWC input: the image, its horizontal,
+    vertical and double flips, then the same four of its transpose (the 8 symmetries of a square; a lesion
+    seen from above has no up or left). Ordered so that the first 4 are the flips alone."""
+    if count not in (1, 4, 8):
+        raise ValueError(f"test-time views must be 1, 4 or 8, not {count}")
+    views = [tensor, tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1]]
+    if count == 8:
+        transposed = tensor.transpose(0, 2, 1, 3)
+        views += [transposed, transposed[:, :, ::-1], transposed[:, ::-1], transposed[:, ::-1, ::-1]]
+    return [np.ascontiguousarray(view) for view in views[:count]]
 
 
 class Classifier:
@@ -122,10 +129,10 @@ class Classifier:
         self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
 
     def scores(self, image: np.ndarray) -> Scores:
-        """Preprocess, invoke and postprocess one RGB image (with its flips when the pack asks for them)."""
+        """Preprocess, invoke and postprocess one RGB image (with the test-time views the pack asks for)."""
         start = time.perf_counter()
         tensor = self._preprocess(image)
-        tensors = flipped(tensor) if self.pack.manifest.decision.test_time_flips else [tensor]
+        tensors = tta_views(tensor, self.pack.manifest.decision.test_time_views)
         after_pre = time.perf_counter()
         try:
             raw = np.mean([self._backend.invoke(t) for t in tensors], axis=0)

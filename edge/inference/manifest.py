@@ -59,13 +59,30 @@ class DecisionSpec(_Strict):
     """How calibrated probabilities become an answer, fitted on the validation split."""
 
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Logits are divided by this before softmax.")
-    test_time_flips: bool = Field(False, description="Average the logits of the image and its three flips "
-                                  "(4 invokes); chosen on val when it helps there.")
+    test_time_views: Literal[1, 4, 8] = Field(1, description="Views whose logits are averaged: 1 the image "
+                                              "alone, 4 with its flips, 8 also transposed (all 8 rotations and "
+                                              "reflections of the square); chosen on val.")
     priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax.")
     abstain_below: float = Field(0.0, ge=0.0, le=1.0, description="Top calibrated probability below which "
                                  "the answer is 'unsure - please see a clinician'.")
     ood_min_logsumexp: float | None = Field(None, description="logsumexp of the logits below which the input "
                                             "is unlike anything seen in training (out of distribution).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_flips(cls, data):
+        """Packs before 1.2.0 said ``test_time_flips: true`` for the 4 flip views."""
+        if isinstance(data, dict) and "test_time_flips" in data:
+            data = dict(data)
+            flips = data.pop("test_time_flips")
+            if not isinstance(flips, bool):
+                raise ValueError("test_time_flips must be true or false")
+            data.setdefault("test_time_views", 4 if flips else 1)
+        return data
+
+    @property
+    def test_time_flips(self) -> bool:
+        return self.test_time_views > 1
 
 
 class ModelFile(_Strict):
@@ -103,6 +120,8 @@ class Manifest(_Strict):
         stray = {rule.label for rule in self.decision.priority} - set(self.labels)
         if stray:
             raise ValueError(f"decision.priority names labels the model does not have: {sorted(stray)}")
+        if self.decision.test_time_views == 8 and self.input.width != self.input.height:
+            raise ValueError("decision.test_time_views 8 transposes the input: it needs a square input")
         if self.decision.temperature != 1.0 and self.output.activation != "none":
             raise ValueError("decision.temperature needs logits: set output.activation to 'none'")
         return self

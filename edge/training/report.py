@@ -30,12 +30,12 @@ def write_test_plots(out: Path, int8: tuple[np.ndarray, Outputs], pack) -> None:
     y, outputs = int8
     labels = list(pack.manifest.labels)
     spec = pack.manifest.decision
-    flips = spec.test_time_flips  # plot what the device ships
-    p = outputs.probabilities(flips, spec.temperature)
-    decided = np.array([d.index for d in decide_batch(p, outputs.logits(flips), spec, pack.manifest.labels)])
+    views = spec.test_time_views  # plot what the device ships
+    p = outputs.probabilities(views, spec.temperature)
+    decided = np.array([d.index for d in decide_batch(p, outputs.logits(views), spec, pack.manifest.labels)])
     _confusion(plt, out / "confusion_matrix.png", confusion_matrix(y, decided, len(labels)), labels)
     _roc(plt, out / "roc_curves.png", y, p, labels)
-    _reliability(plt, out / "reliability_diagram.png", y, outputs.probabilities(flips, 1.0), p, spec.temperature)
+    _reliability(plt, out / "reliability_diagram.png", y, outputs.probabilities(views, 1.0), p, spec.temperature)
 
 
 def _confusion(plt, path, matrix, labels):
@@ -89,11 +89,17 @@ def _reliability(plt, path, y, before, after, temperature):
 
 def _training(plt, path, history):
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    averaged = [h for h in history if h["phase"] == "average"]
+    history = [h for h in history if h["phase"] != "average"]
     epochs = np.arange(1, len(history) + 1)
     left.plot(epochs, [h["loss"] for h in history], marker="o")
     left.set_title("training loss (class-weighted)")
     right.plot(epochs, [h["val_balanced_accuracy"] for h in history], marker="o", color="tab:green")
     right.set_title("validation balanced accuracy")
+    for h in averaged:
+        right.axhline(h["val_balanced_accuracy"], color="tab:purple", linestyle="--",
+                      label=f"mean weights of the last {h['epoch']} epochs" + (" (kept)" if h["kept"] else ""))
+        right.legend(loc="lower right")
     warmup = sum(1 for h in history if h["phase"] == "warmup")
     for axis in (left, right):
         axis.axvline(warmup + 0.5, color="grey", linestyle=":")
