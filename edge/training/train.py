@@ -4,18 +4,20 @@ The recipe, and why:
 
 * **160 px input.** Measured on 2 cores (batch 32): a full fine-tune runs at 28 images/s at 160 px versus 14
   at 224 px, and HAM10000's images are 200x150, so 224 px would only upsample them further.
-* **Frozen-backbone warm-up, then fine-tuning.** By default every block trains; the shipped pack trained
-  blocks 8-16 only (``--trainable-from-block 8``), because fine-tuned early blocks lose ~6 points of
+* **Frozen-backbone warm-up, then fine-tuning.** By default every block trains; the shipped pack trains
+  blocks 3-16 only (``--trainable-from-block 3``), because fine-tuned early blocks lose ~6 points of
   balanced accuracy in full-integer int8 (measured with identity and with recalibrated BatchNorm; see the
   pack's MODEL_CARD.md). BatchNorm layers are identities carrying the folded ImageNet biases and stay in
   inference mode (see ``backbone.py``), unless ``--batchnorm recalibrated`` makes them real BN layers.
+* **Weight averaging** (``--average-last-epochs N``, off by default): the mean of the last N fine-tuning
+  epochs' weights, kept only if it beats the best single epoch on val (see ``_maybe_use_average``).
 * **Class imbalance** (nv is 67 %): each epoch samples images with probability proportional to
   ``1/sqrt(n_class)`` (classes appear in proportion to ``sqrt(n_class)``) *and* weights the loss by
   ``1/sqrt(n_class)``: balanced in expectation, without repeating the 115 dermatofibroma images 40 times
   per epoch as full oversampling would.
-* **Augmentation for dermoscopy:** random square crops (80-100 % of the short side, anywhere in the image),
+* **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
   horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation/hue
-  jitter (devices and lighting differ).
+  jitter (devices and lighting differ); optionally mixup of image pairs (``--mixup``).
 * **Model selection on val balanced accuracy**, never on the test split, which is only read by ``evaluate``.
 
 Checkpoints after every epoch (model, optimiser and sampler state) let an interrupted run resume where it
@@ -56,6 +58,8 @@ class TrainConfig:
     trainable_from_block: int = 0  # fine-tune blocks >= this (0: all); earlier blocks keep ImageNet weights
     batchnorm: str = "identity"  # "identity": frozen, inference mode; "recalibrated": real BN, trained (below)
     average_last_epochs: int = 0  # >0: also try the mean of the last N fine-tuning epochs' weights (see below)
+    crop_min: float = 0.8  # random square crops take this to 100 % of the image's short side
+    mixup: float = 0.0  # >0: mixup (Zhang et al. 2018) of each batch with itself reversed, lambda ~ Beta(a, a)
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -148,7 +152,8 @@ def make_train_dataset(tf, images, labels_idx, probability, class_weights, confi
         s = lambda k: tf.random.experimental.stateless_split(seeds, 8)[k]  # noqa: E731
         shape = tf.shape(image)
         short = tf.minimum(shape[0], shape[1])
-        side = tf.cast(tf.cast(short, tf.float32) * tf.random.stateless_uniform((), s(0), 0.8, 1.0), tf.int32)
+        side = tf.cast(tf.cast(short, tf.float32) * tf.random.stateless_uniform((), s(0), config.crop_min, 1.0),
+                       tf.int32)
         crop = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), s(1))
         x = tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True) / 255.0
         x = tf.image.stateless_random_flip_left_right(x, s(2))
@@ -162,7 +167,22 @@ def make_train_dataset(tf, images, labels_idx, probability, class_weights, confi
 
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).enumerate()
     dataset = dataset.map(lambda i, t: augment(i, *t), num_parallel_calls=2)
-    return dataset.batch(config.batch_size).prefetch(2)
+    dataset = dataset.batch(config.batch_size)
+    if config.mixup > 0:
+        alpha = float(config.mixup)
+
+        def mix(batch_index, x, y, w):
+            seeds = tf.stack([tf.cast(seed_base + 7, tf.int64), batch_index])
+            pair = tf.random.experimental.stateless_split(seeds, 2)
+            g1, g2 = pair[0], pair[1]
+            a = tf.random.stateless_gamma((), g1, alpha)
+            lam = a / (a + tf.random.stateless_gamma((), g2, alpha))  # Beta(alpha, alpha)
+            lam = tf.maximum(lam, 1.0 - lam)  # the first image dominates: its weight decides the loss weight
+            return (lam * x + (1 - lam) * tf.reverse(x, [0]), lam * y + (1 - lam) * tf.reverse(y, [0]),
+                    lam * w + (1 - lam) * tf.reverse(w, [0]))
+
+        dataset = dataset.enumerate().map(lambda i, t: mix(i, *t), num_parallel_calls=2)
+    return dataset.prefetch(2)
 
 
 # --- model --------------------------------------------------------------------------------------------------

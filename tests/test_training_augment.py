@@ -1,0 +1,40 @@
+"""The training input pipeline (needs the ``train`` extra; skipped without TensorFlow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+
+def _batches(mixup: float, steps: int = 6):
+    from edge.training.train import TrainConfig, make_train_dataset, sampling_plan, setup_tensorflow
+
+    _, tf = setup_tensorflow(1)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(64)]
+    labels = np.array([i % 3 for i in range(64)], np.int32)
+    probability, weights = sampling_plan(labels, 3)
+    config = TrainConfig(input_size=32, batch_size=8, mixup=mixup, crop_min=0.6)
+    dataset = make_train_dataset(tf, images, labels, probability, weights, config, epoch_seed=5, steps=steps)
+    return [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in dataset]
+
+
+def test_without_mixup_targets_are_one_hot_and_inputs_in_range():
+    for x, y, _ in _batches(0.0):
+        assert x.shape == (8, 32, 32, 3) and x.min() >= -1.0 and x.max() <= 1.0
+        assert set(np.unique(y)) == {0.0, 1.0} and np.all(y.sum(axis=1) == 1)
+
+
+def test_mixup_mixes_pairs_with_the_first_image_dominant():
+    batches = _batches(0.2, steps=20)
+    mixed = 0
+    for x, y, w in batches:
+        assert np.allclose(y.sum(axis=1), 1.0, atol=1e-6) and x.min() >= -1.0 and x.max() <= 1.0
+        assert np.all(y.max(axis=1) >= 0.5 - 1e-6)
+        lam = y.max(axis=1)
+        mixed += int(np.any((lam < 0.99) & (lam > 0.5)))
+        assert np.all(w > 0)
+    assert mixed > 0  # Beta(0.2, 0.2) is mostly near 0 or 1, but not always
+    assert _batches(0.2, steps=2)[0][1].tolist() == batches[0][1].tolist()  # seeded: the same epoch, the same mix
