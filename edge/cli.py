@@ -159,6 +159,19 @@ def cmd_model(args: argparse.Namespace) -> int:
         pack = add_variant(Path(args.dir), args.variant, Path(args.file))
         print(f"{pack.root}: {args.variant} variant added ({pack.manifest.files[args.variant].sha256[:12]}…)")
         return EXIT_OK
+    if args.model_command == "calibrate":
+        from edge.paths import default_shared_dir
+        from edge.training.export import recalibrate_pack
+
+        try:
+            calibration = recalibrate_pack(Path(args.dir), args.images or default_shared_dir() / "data" / "ham10000"
+                                           / "images", args.version)
+        except ValueError as exc:
+            raise EdgeError(str(exc)) from None
+        chosen = calibration["candidates"][str(calibration["test_time_views"])]
+        print(f"{args.dir}: version {args.version}, {calibration['test_time_views']} test-time view(s), val balanced "
+              f"accuracy {chosen['val_balanced_accuracy_operating_point']:.4f} at the operating point")
+        return EXIT_OK
     files = {"cpu": Path(args.tflite)}
     if args.edgetpu:
         files["coral"] = Path(args.edgetpu)
@@ -309,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     variant.add_argument("dir")
     variant.add_argument("variant", choices=["coral", "jetson"])
     variant.add_argument("file")
+    calibrate = model_sub.add_parser("calibrate", help="re-fit a trained pack's decision on its val split "
+                                     "(test-time views, temperature, operating point, abstention)")
+    calibrate.add_argument("dir")
+    calibrate.add_argument("--version", required=True, help="the re-fitted pack's new version")
+    calibrate.add_argument("--images", type=Path, help="images of split.csv (default: shared HAM10000 images)")
     pack = model_sub.add_parser("pack", help="make a pack from a .tflite file and a labels file")
     pack.add_argument("--tflite", required=True)
     pack.add_argument("--labels", required=True, help="text file, one label per line")

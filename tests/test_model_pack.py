@@ -80,3 +80,30 @@ def test_default_model_classifies_a_lesion_and_flags_a_non_lesion(tmp_path):
     assert lesion_record["label"] in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
     assert lesion_record["quality"]["ok"]
     assert not cat_record["quality"]["ok"] and "not_skin" in cat_record["quality"]["issues"]
+
+
+def test_calibrate_refits_the_decision_on_val_as_a_new_version(tmp_path):
+    """`edge model calibrate` re-fits views, temperature and operating point on the pack's val split through
+    the int8 model; the model files stay as they are and the old test report is moved aside, not kept as if
+    it described the new decision."""
+    import shutil
+
+    copy = tmp_path / "pack"
+    shutil.copytree(PACK, copy)
+    before = load_pack(copy)
+    refused = run_edge("model", "calibrate", str(copy), "--version", before.manifest.version)
+    assert refused.returncode != 0 and "version other than" in refused.stderr
+    result = run_edge("model", "calibrate", str(copy), "--version", "9.9.9-test", timeout=300)
+    assert result.returncode == 0, result.stderr
+    after = load_pack(copy)
+    assert after.manifest.version == "9.9.9-test"
+    assert after.manifest.files == before.manifest.files
+    assert not (copy / "evaluation_test.json").exists()
+    assert (copy / f"evaluation_test.{before.manifest.version}.json").exists()
+    calibration = json.loads((copy / "training.json").read_text())["calibration"]
+    chosen = calibration["candidates"][str(after.manifest.decision.test_time_views)]
+    assert f"{chosen['val_balanced_accuracy_operating_point']:.4f}" in result.stdout
+    labels = after.manifest.labels
+    for rule in after.manifest.decision.priority:  # each priority label reaches its val sensitivity target
+        assert calibration["priority"][rule.label]["val_sensitivity"] >= 0.85
+        assert rule.label in labels

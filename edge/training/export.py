@@ -139,6 +139,46 @@ def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
                       "ood_min_logsumexp": ood, "ood_percentile_of_val": OOD_PERCENTILE, "n_val": len(val)}
 
 
+def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
+    """Re-fit a trained pack's decision (views, temperature, operating point, abstention) on its own val
+    split, as ``edge train`` does at the end, and give it a new version; the model files are untouched.
+
+    A held-out test report of the old decision no longer describes the pack, so it is moved aside
+    (``evaluation_test.<old version>.json``) and the new one must be made with ``edge evaluate --final-report``.
+    """
+    from edge.evaluation.command import FINAL_REPORT
+    from edge.inference.manifest import load_pack
+    from edge.training.data import read_split
+
+    pack = load_pack(pack_dir)
+    if version == pack.manifest.version:
+        raise ValueError(f"a re-fitted decision is a new pack: give a version other than {version}")
+    val = read_split(pack.root / "split.csv", images_dir, "val")
+    if not val:
+        raise ValueError(f"{pack.root / 'split.csv'} has no val rows to fit on")
+    log.info("fitting test-time views, temperature, operating point and abstention on val (%d images)", len(val))
+    decision, calibration = fit_decision(pack, val)
+    manifest_path = pack.root / "model.json"
+    manifest = json.loads(manifest_path.read_text())
+    old_version = manifest["version"]
+    manifest["decision"] = decision.model_dump(mode="json")
+    manifest["version"] = version
+    staged = manifest_path.with_suffix(".json.new")
+    staged.write_text(json.dumps(manifest, indent=2) + "\n")
+    staged.replace(manifest_path)
+    load_pack(pack.root)  # the written manifest must load
+    training_path = pack.root / "training.json"
+    if training_path.exists():
+        training = json.loads(training_path.read_text())
+        training.setdefault("earlier_calibrations", []).append({"version": old_version, **training["calibration"]})
+        training["calibration"] = calibration
+        training_path.write_text(json.dumps(training, indent=2))
+    report = pack.root / FINAL_REPORT
+    if report.exists():
+        report.replace(report.with_name(f"evaluation_test.{old_version}.json"))
+    return calibration
+
+
 def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labels: list[str], work: Path, out: Path,
                 *, name: str, version: str, licence: str, history: list) -> Path:
     keras, tf = setup_tensorflow(config.seed)
