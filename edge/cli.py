@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="images folder (default: shared HAM10000 images)")
     p.add_argument("--csv", type=Path, help="instead of the pack's split: a CSV with image,label columns")
     p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
-    p.add_argument("--no-tta", action="store_true", help="only the plain view (skip the 4-flip and 8-view test-time augmentation)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="only the plain view (skip the 4-flip and 8-view test-time augmentation)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--final-report", action="store_true",
                    help="score the pack's test split once and write evaluation_test.json and plots into the pack")

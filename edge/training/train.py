@@ -16,7 +16,7 @@ The recipe, and why:
   ``1/sqrt(n_class)``: balanced in expectation, without repeating the 115 dermatofibroma images 40 times
   per epoch as full oversampling would.
 * **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
-  horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation/hue
+  horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation
   jitter (devices and lighting differ); optionally mixup of image pairs (``--mixup``).
 * **Model selection on val balanced accuracy**, never on the test split, which is only read by ``evaluate``.
 
