@@ -71,7 +71,7 @@ class DecisionSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _legacy_flips(cls, data):
-        """Packs before 1.2.0 said ``test_time_flips: true`` for the 4 flip views."""
+        """Packs up to 1.1.0 said ``test_time_flips: true`` for the 4 flip views."""
         if isinstance(data, dict) and "test_time_flips" in data:
             data = dict(data)
             flips = data.pop("test_time_flips")
@@ -79,10 +79,6 @@ class DecisionSpec(_Strict):
                 raise ValueError("test_time_flips must be true or false")
             data.setdefault("test_time_views", 4 if flips else 1)
         return data
-
-    @property
-    def test_time_flips(self) -> bool:
-        return self.test_time_views > 1
 
 
 class ModelFile(_Strict):

@@ -147,7 +147,7 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
     (``evaluation_test.<old version>.json``) and the new one must be made with ``edge evaluate --final-report``.
     """
     from edge.evaluation.command import FINAL_REPORT
-    from edge.inference.manifest import load_pack
+    from edge.inference.manifest import Manifest, load_pack
     from edge.training.data import read_split
 
     pack = load_pack(pack_dir)
@@ -163,10 +163,10 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
     old_version = manifest["version"]
     manifest["decision"] = decision.model_dump(mode="json")
     manifest["version"] = version
+    Manifest.model_validate(manifest)  # never replace a loadable manifest with one that is not
     staged = manifest_path.with_suffix(".json.new")
     staged.write_text(json.dumps(manifest, indent=2) + "\n")
     staged.replace(manifest_path)
-    load_pack(pack.root)  # the written manifest must load
     training_path = pack.root / "training.json"
     if training_path.exists():
         training = json.loads(training_path.read_text())
