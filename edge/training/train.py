@@ -316,7 +316,10 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
         if state.phase == phase and state.epoch > 0:
             model.load_weights(resume_weights)
             _restore_optimizer(optimizer, model, work_dir)
-            log.info("resuming %s at epoch %d/%d", phase, state.epoch + 1, epochs)
+            if state.epoch < epochs:
+                log.info("resuming %s at epoch %d/%d", phase, state.epoch + 1, epochs)
+            else:
+                log.info("%s: all %d epochs were done; finishing the run", phase, epochs)
         elif state.phase != phase:
             state.phase, state.epoch = phase, 0
         for epoch in range(state.epoch, epochs):
