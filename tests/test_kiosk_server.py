@@ -7,6 +7,7 @@ been opened under that number since (CI saw the history database corrupted that 
 
 from __future__ import annotations
 
+import errno
 import http.client
 import socket
 import threading
@@ -70,3 +71,21 @@ def test_close_before_start_releases_everything(kiosk):
     assert kiosk_threads() <= before
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=2)
+
+
+def test_close_stops_the_server_even_when_its_wake_up_pipe_fails(kiosk, monkeypatch):
+    """CI once saw the wake-up write fail with EBADF inside close(): the server must still stop (the loop
+    notices the stop on its poll timeout) and leave no thread behind, instead of raising and leaking them."""
+    before = kiosk_threads()
+    server = KioskServer(kiosk.app, "127.0.0.1", 0)
+    server.start()
+
+    def unusable_pipe():
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(server._server.trigger, "_physical_pull", unusable_pipe)
+    started = time.monotonic()
+    assert server.close(timeout_s=5)
+    assert time.monotonic() - started < 2
+    assert not server.running
+    assert kiosk_threads() <= before

@@ -9,7 +9,8 @@ history database, which then read as "file is not a database").
 So ``close`` goes in an order where nobody can write to a closed descriptor:
 1. the loop thread itself closes the listening socket and every connection (a request still running gets
    ``ClientDisconnected`` on its next write, so a live preview or an answer stream ends within one chunk)
-   and then leaves its loop;
+   and then leaves its loop. The loop checks a stop event at least every ``LOOP_TIMEOUT_S``; ``close`` also
+   pulls the trigger so that it usually wakes at once, but stopping never depends on the pipe still working;
 2. the worker threads finish and are joined;
 3. only then is the trigger pipe closed. If a worker is stuck, the pipe is left open (two descriptors)
    rather than risk a write into someone else's file.
@@ -22,6 +23,7 @@ import threading
 import time
 
 log = logging.getLogger("edge.kiosk")
+LOOP_TIMEOUT_S = 0.2  # the longest the loop thread takes to notice a close without a wake-up
 
 
 class KioskServer:
@@ -34,11 +36,30 @@ class KioskServer:
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="kiosk", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="kiosk", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        from waitress import wasyncore
+
+        server = self._server
+        try:
+            while not self._stopping.is_set() and server._map:
+                wasyncore.loop(timeout=LOOP_TIMEOUT_S, map=server._map, use_poll=True, count=1)
+        finally:
+            self._close_sockets()  # on this thread: the loop is not polling them any more
+
+    def _close_sockets(self) -> None:
+        """Close the listening socket and every connection; the wake-up pipe stays open (see ``close``)."""
+        server = self._server
+        for dispatcher in list(server._map.values()):
+            if dispatcher is not server.trigger:
+                dispatcher.close()
+        server.trigger.del_channel()
 
     @property
     def running(self) -> bool:
@@ -53,21 +74,18 @@ class KioskServer:
         deadline = time.monotonic() + timeout_s
         server = self._server
         trigger = server.trigger
-
-        def close_sockets() -> None:
-            for dispatcher in list(server._map.values()):
-                if dispatcher is not trigger:
-                    dispatcher.close()
-            trigger.del_channel()  # the map is now empty, so the loop returns; the pipe itself stays open
-
+        self._stopping.set()
         if self.running:
-            trigger.pull_trigger(close_sockets)  # runs on the loop thread, between two polls
+            try:
+                trigger.pull_trigger()  # wake the loop now rather than at its next timeout
+            except OSError as exc:
+                log.warning("kiosk server: its wake-up pipe is unusable (%s); stopping on the loop timeout", exc)
             self._thread.join(max(0.0, deadline - time.monotonic()))
             if self._thread.is_alive():
                 log.warning("kiosk server loop did not stop within %.0f s", timeout_s)
                 return False
         else:
-            close_sockets()
+            self._close_sockets()
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=max(0.1, deadline - time.monotonic()))
         stuck = len(server.task_dispatcher.threads)
         if stuck:
