@@ -8,6 +8,7 @@ from pathlib import Path
 from edge.errors import EdgeError
 from edge.evaluation.run import evaluate
 from edge.inference import load_pack
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
 from edge.paths import HAM10000_IMAGES
 
 
@@ -40,7 +41,7 @@ def run_evaluation(args, settings) -> dict:
     if args.final_report:
         return final_report(args, settings, pack)
     paths, labels = labelled_set(args, settings, pack)
-    report = evaluate(pack, paths, labels, view_options=(1,) if args.no_tta else (1, 4, 8),
+    report = evaluate(pack, paths, labels, view_options=(1,) if args.no_tta else TEST_TIME_VIEW_COUNTS,
                       threads=settings.inference.cpu.threads)
     report["summary"] = summary(report)
     return report

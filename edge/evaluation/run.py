@@ -20,6 +20,7 @@ from edge.evaluation.metrics import summarise
 from edge.inference import Classifier, ModelPack
 from edge.inference.classifier import tta_views
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
 from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.evaluate")
@@ -112,7 +113,7 @@ def _compact(summary: dict) -> dict:
 
 
 def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=("int8", "float"),
-             view_options=(1, 4, 8), threads: int = 2, raw: dict | None = None) -> dict:
+             view_options=TEST_TIME_VIEW_COUNTS, threads: int = 2, raw: dict | None = None) -> dict:
     """Score every available variant under each count of test-time views (``VIEW_NAMES``); variants the
     pack lacks are reported as such. ``shipped`` names the views the pack's decision uses.
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from edge.errors import BackendFailed, BackendUnavailable, ModelError
 from edge.inference.base import AUTO_ORDER, Backend, backend_class
-from edge.inference.manifest import ModelPack
 from edge.inference.decision import decide, softmax
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, ModelPack
 from edge.types import Quality, Result, Urgency
 from edge.vision.preprocess import Preprocessor
 
@@ -50,7 +50,7 @@ def tta_views(tensor: np.ndarray, count: int) -> list[np.ndarray]:
     """The first ``count`` test-time augmentation views of an NHWC input: the image, its horizontal,
     vertical and double flips, then the same four of its transpose (the 8 symmetries of a square; a lesion
     seen from above has no up or left). Ordered so that the first 4 are the flips alone."""
-    if count not in (1, 4, 8):
+    if count not in TEST_TIME_VIEW_COUNTS:
         raise ValueError(f"test-time views must be 1, 4 or 8, not {count}")
     views = [tensor, tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1]]
     if count == 8:

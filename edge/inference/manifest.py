@@ -11,7 +11,7 @@ import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -21,6 +21,8 @@ from edge.types import ModelInfo, Urgency
 MANIFEST_NAME = "model.json"
 MANIFEST_SCHEMA = 1
 Variant = Literal["cpu", "coral", "jetson"]
+TestTimeViews = Literal[1, 4, 8]  # the image alone; with its 3 flips; and the same 4 of its transpose
+TEST_TIME_VIEW_COUNTS: tuple[int, ...] = get_args(TestTimeViews)
 VARIANT_FILENAMES: dict[str, str] = {"cpu": "model.tflite", "coral": "model_edgetpu.tflite", "jetson": "model.onnx"}
 
 
@@ -59,7 +61,7 @@ class DecisionSpec(_Strict):
     """How calibrated probabilities become an answer, fitted on the validation split."""
 
     temperature: float = Field(1.0, gt=0.0, le=100.0, description="Logits are divided by this before softmax.")
-    test_time_views: Literal[1, 4, 8] = Field(1, description="Views whose logits are averaged: 1 the image "
+    test_time_views: TestTimeViews = Field(1, description="Views whose logits are averaged: 1 the image "
                                               "alone, 4 with its flips, 8 also transposed (all 8 rotations and "
                                               "reflections of the square); chosen on val.")
     priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax.")
@@ -240,9 +242,25 @@ def write_pack(
             "files": files,
         }
     )
-    text = json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2) + "\n"
-    (out_dir / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    _write_manifest(out_dir, manifest)
     return load_pack(out_dir)
+
+
+def _write_manifest(pack_dir: Path, manifest: Manifest) -> None:
+    """Write ``model.json`` through a staged file, so a reader sees the old manifest or the new, never half."""
+    staged = pack_dir / (MANIFEST_NAME + ".new")
+    staged.write_text(json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2) + "\n", encoding="utf-8")
+    staged.replace(pack_dir / MANIFEST_NAME)
+
+
+def update_manifest(pack_dir: Path, **fields) -> ModelPack:
+    """Replace top-level manifest fields (e.g. ``decision``, ``version``); the result is checked before the
+    old manifest is replaced, so a pack that loaded keeps loading."""
+    pack_dir = Path(pack_dir)
+    raw = load_pack(pack_dir).manifest.model_dump(mode="json", by_alias=True)
+    raw.update(fields)
+    _write_manifest(pack_dir, Manifest.model_validate(raw))
+    return load_pack(pack_dir)
 
 
 def add_variant(pack_dir: Path, variant: str, source: Path) -> ModelPack:
@@ -251,12 +269,9 @@ def add_variant(pack_dir: Path, variant: str, source: Path) -> ModelPack:
     target = Path(pack_dir) / VARIANT_FILENAMES[variant]
     if Path(source).resolve() != target.resolve():
         shutil.copyfile(source, target)
-    raw = pack.manifest.model_dump(mode="json", by_alias=True)
-    raw["files"][variant] = {"path": target.name, "sha256": sha256_file(target)}
-    manifest = Manifest.model_validate(raw)
-    text = json.dumps(manifest.model_dump(mode="json", by_alias=True), indent=2) + "\n"
-    (Path(pack_dir) / MANIFEST_NAME).write_text(text, encoding="utf-8")
-    return load_pack(pack_dir)
+    files = pack.manifest.model_dump(mode="json")["files"]
+    files[variant] = {"path": target.name, "sha256": sha256_file(target)}
+    return update_manifest(pack_dir, files=files)
 
 
 def read_labels(path: Path) -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 from edge.evaluation.metrics import balanced_accuracy, fit_temperature
 from edge.evaluation.run import collect_outputs, load_images, open_variant
 from edge.inference.decision import decide_batch, logsumexp, softmax
-from edge.inference.manifest import DecisionSpec, InputSpec, OutputSpec, PriorityRule, write_pack
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, PriorityRule, write_pack
 from edge.training.data import SPLITS, Sample, write_split
 from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
 from edge.types import Urgency
@@ -110,11 +110,11 @@ def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
     labels = pack.manifest.labels
     y = np.array([labels.index(s.label) for s in val])
     classifier = open_variant(pack, "int8")
-    outputs = collect_outputs(classifier, load_images([s.path for s in val]), views=8)
+    outputs = collect_outputs(classifier, load_images([s.path for s in val]), views=max(TEST_TIME_VIEW_COUNTS))
     classifier.close()
     k = len(labels)
     candidates = {}
-    for views in (1, 4, 8):
+    for views in TEST_TIME_VIEW_COUNTS:
         logits = outputs.logits(views)
         temperature = fit_temperature(y, logits)
         p = softmax(logits, temperature)
@@ -147,7 +147,7 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
     (``evaluation_test.<old version>.json``) and the new one must be made with ``edge evaluate --final-report``.
     """
     from edge.evaluation.command import FINAL_REPORT
-    from edge.inference.manifest import Manifest, load_pack
+    from edge.inference.manifest import load_pack, update_manifest
     from edge.training.data import read_split
 
     pack = load_pack(pack_dir)
@@ -158,15 +158,8 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
         raise ValueError(f"{pack.root / 'split.csv'} has no val rows to fit on")
     log.info("fitting test-time views, temperature, operating point and abstention on val (%d images)", len(val))
     decision, calibration = fit_decision(pack, val)
-    manifest_path = pack.root / "model.json"
-    manifest = json.loads(manifest_path.read_text())
-    old_version = manifest["version"]
-    manifest["decision"] = decision.model_dump(mode="json")
-    manifest["version"] = version
-    Manifest.model_validate(manifest)  # never replace a loadable manifest with one that is not
-    staged = manifest_path.with_suffix(".json.new")
-    staged.write_text(json.dumps(manifest, indent=2) + "\n")
-    staged.replace(manifest_path)
+    old_version = pack.manifest.version
+    update_manifest(pack.root, decision=decision.model_dump(mode="json"), version=version)
     training_path = pack.root / "training.json"
     if training_path.exists():
         training = json.loads(training_path.read_text())

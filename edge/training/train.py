@@ -120,6 +120,12 @@ def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
     return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
+def sample_model_inputs(images: list[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
+    """Up to ``count`` of ``images``, drawn without replacement (seeded), as the model sees them at run time."""
+    chosen = np.random.default_rng(seed).choice(len(images), size=min(count, len(images)), replace=False)
+    return to_model_input(np.stack([center_square(images[i], size) for i in chosen]))
+
+
 # --- sampling and augmentation ------------------------------------------------------------------------------
 
 def sampling_plan(labels_idx: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,10 +300,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     state = RunState(**json.loads(state_path.read_text())) if resumable else RunState()
     model, backbone = build_model(keras, config, len(labels), pretrained)
     if config.batchnorm == "recalibrated":
-        rng = np.random.default_rng(config.seed)
-        chosen = rng.choice(len(train_images), size=min(512, len(train_images)), replace=False)
-        recalibrate_batchnorm(keras, backbone, to_model_input(
-            np.stack([center_square(train_images[i], config.input_size) for i in chosen])))
+        recalibrate_batchnorm(keras, backbone, sample_model_inputs(train_images, config.input_size, 512, config.seed))
     elif config.batchnorm != "identity":
         raise ValueError(f"batchnorm must be 'identity' or 'recalibrated', not {config.batchnorm!r}")
     phases = [("warmup", config.warmup_epochs), ("finetune", config.finetune_epochs)]
@@ -386,10 +389,8 @@ def _maybe_use_average(keras, model, backbone, config: TrainConfig, work_dir: Pa
     saved = np.load(work_dir / "average.npz")
     model.set_weights([(saved[f"arr_{i}"] / state.averaged_epochs).astype(w.dtype) for i, w in enumerate(best)])
     if config.batchnorm == "recalibrated":
-        rng = np.random.default_rng(config.seed + 1)
-        chosen = rng.choice(len(train_images), size=min(2048, len(train_images)), replace=False)
-        reestimate_batchnorm(keras, backbone, to_model_input(
-            np.stack([center_square(train_images[i], config.input_size) for i in chosen])))
+        reestimate_batchnorm(keras, backbone,
+                             sample_model_inputs(train_images, config.input_size, 2048, config.seed + 1))
     val_bacc = balanced_accuracy(val_y, model.predict(val_x, batch_size=64, verbose=0).argmax(1), n_classes)
     keep = val_bacc > state.best_val_bacc
     log.info("mean of the last %d fine-tuning epochs: val balanced accuracy %.4f vs best epoch %.4f -> %s",
