@@ -170,7 +170,8 @@ def cmd_model(args: argparse.Namespace) -> int:
             raise EdgeError(str(exc)) from None
         chosen = calibration["candidates"][str(calibration["test_time_views"])]
         print(f"{args.dir}: version {args.version}, {calibration['test_time_views']} test-time view(s), val balanced "
-              f"accuracy {chosen['val_balanced_accuracy_operating_point']:.4f} at the operating point")
+              f"accuracy {chosen['val_balanced_accuracy_operating_point']:.4f} at the operating point "
+              f"(cross-fitted on halves of val: {chosen['val_balanced_accuracy_operating_point_cross_fitted']['mean']:.4f})")
         return EXIT_OK
     files = {"cpu": Path(args.tflite)}
     if args.edgetpu:

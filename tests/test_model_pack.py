@@ -35,7 +35,8 @@ def test_urgency_licence_and_calibration(pack):
     assert {urgency[k] for k in ("bkl", "df", "nv", "vasc")} == {Urgency.ROUTINE}
     assert "CC-BY-NC-4.0" in pack.manifest.licence
     decision = pack.manifest.decision
-    assert decision.temperature != 1.0 and [r.label for r in decision.priority] == ["mel", "bcc"]
+    favoured = set(decision.label_weights) or {rule.label for rule in decision.priority}
+    assert decision.temperature != 1.0 and favoured == {"mel", "bcc"}
     assert decision.abstain_below > 0 and decision.ood_min_logsumexp is not None
     card = (PACK / "MODEL_CARD.md").read_text()
     for needed in ("CC BY-NC 4.0", "not a diagnosis", "skin tone", "dermoscop"):
@@ -104,6 +105,9 @@ def test_calibrate_refits_the_decision_on_val_as_a_new_version(tmp_path):
     chosen = calibration["candidates"][str(after.manifest.decision.test_time_views)]
     assert f"{chosen['val_balanced_accuracy_operating_point']:.4f}" in result.stdout
     labels = after.manifest.labels
-    for rule in after.manifest.decision.priority:  # each priority label reaches its val sensitivity target
-        assert calibration["priority"][rule.label]["val_sensitivity"] >= 0.85
-        assert rule.label in labels
+    weights = after.manifest.decision.label_weights  # the re-fit writes today's operating point: weights
+    assert not after.manifest.decision.priority and set(weights) == {"mel", "bcc"}
+    for label, weight in weights.items():  # each urgent label reaches its val sensitivity target
+        assert calibration["operating_point"][label]["weight"] == weight > 1.0
+        assert calibration["operating_point"][label]["val_sensitivity"] >= 0.85
+        assert label in labels

@@ -64,11 +64,24 @@ class DecisionSpec(_Strict):
     test_time_views: TestTimeViews = Field(1, description="Views whose logits are averaged: 1 the image "
                                               "alone, 4 with its flips, 8 also transposed (all 8 rotations and "
                                               "reflections of the square); chosen on val.")
-    priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax.")
+    priority: tuple[PriorityRule, ...] = Field((), description="Checked in order before the argmax (packs up "
+                                               "to 1.2.0; newer packs use label_weights).")
+    label_weights: dict[str, float] = Field(default_factory=dict, description="The answer is the label with the "
+                                            "largest weight x calibrated probability (unlisted labels weigh 1): "
+                                            "missing a melanoma is weighed as that many false alarms.")
     abstain_below: float = Field(0.0, ge=0.0, le=1.0, description="Top calibrated probability below which "
                                  "the answer is 'unsure - please see a clinician'.")
     ood_min_logsumexp: float | None = Field(None, description="logsumexp of the logits below which the input "
                                             "is unlike anything seen in training (out of distribution).")
+
+    @model_validator(mode="after")
+    def _one_operating_point(self) -> "DecisionSpec":
+        if self.priority and self.label_weights:
+            raise ValueError("decision has both priority and label_weights: give one operating point")
+        bad = {label: w for label, w in self.label_weights.items() if not 1.0 <= w <= 1000.0}
+        if bad:
+            raise ValueError(f"decision.label_weights must be between 1 and 1000: {bad}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +131,9 @@ class Manifest(_Strict):
         stray = {rule.label for rule in self.decision.priority} - set(self.labels)
         if stray:
             raise ValueError(f"decision.priority names labels the model does not have: {sorted(stray)}")
+        stray = set(self.decision.label_weights) - set(self.labels)
+        if stray:
+            raise ValueError(f"decision.label_weights names labels the model does not have: {sorted(stray)}")
         if self.decision.test_time_views == 8 and self.input.width != self.input.height:
             raise ValueError("decision.test_time_views 8 transposes the input: it needs a square input")
         if self.decision.temperature != 1.0 and self.output.activation != "none":

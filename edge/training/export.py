@@ -23,8 +23,8 @@ import numpy as np
 
 from edge.evaluation.metrics import balanced_accuracy, fit_temperature
 from edge.evaluation.run import collect_outputs, load_images, open_variant
-from edge.inference.decision import decide_batch, logsumexp, softmax
-from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, PriorityRule, write_pack
+from edge.inference.decision import decide_indices, logsumexp, softmax
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, write_pack
 from edge.training.data import SPLITS, Sample, write_split
 from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
 from edge.types import Urgency
@@ -36,6 +36,7 @@ PRIORITY_TARGETS = {"mel": 0.85, "bcc": 0.85}
 ABSTAIN_BELOW = 0.5  # calibrated: the top answer is less likely than not
 OOD_PERCENTILE = 0.5  # % of val images whose logsumexp falls below the OOD threshold
 VIEWS_MIN_GAIN = 0.005  # more test-time views cost more invokes: used only if they gain >= half a point on val
+CROSSFIT_REPEATS = 25  # random halves of val's lesions for the cross-fitted score (see cross_fitted_score)
 
 
 def export_savedmodel(model, work: Path) -> Path:
@@ -79,36 +80,78 @@ def label_tables(labels: list[str]) -> tuple[dict, dict]:
     return display, urgency
 
 
+WEIGHT_STEP = 0.05  # the operating point's weights are searched on a log scale, 5 % apart
+MAX_WEIGHT = 1000.0
+
+
 def fit_operating_point(p: np.ndarray, y: np.ndarray, labels: tuple[str, ...], temperature: float,
-                        views: int) -> tuple[list[PriorityRule], dict]:
-    """The highest threshold per priority label (melanoma first) that reaches its val sensitivity target."""
-    rules: list[PriorityRule] = []
-    chosen = {}
-    for label, target in PRIORITY_TARGETS.items():
-        if label not in labels:
-            continue
-        c = labels.index(label)
-        for threshold in np.round(np.arange(0.50, 0.01, -0.01), 2):
-            spec = DecisionSpec(temperature=temperature, test_time_views=views,
-                                priority=(*rules, PriorityRule(label=label, min_probability=threshold)))
-            decided = np.array([d.index for d in decide_batch(p, None, spec, labels)])
-            sensitivity = float(np.mean(decided[y == c] == c))
-            if sensitivity >= target:
-                break
-        rules.append(PriorityRule(label=label, min_probability=float(threshold)))
-        chosen[label] = {"threshold": float(threshold), "val_sensitivity": sensitivity}
-    return rules, chosen
+                        views: int) -> tuple[dict[str, float], dict]:
+    """The smallest weight per urgent label (``PRIORITY_TARGETS``, melanoma first) that reaches its val
+    sensitivity target.
+
+    Raising BCC's weight can take a melanoma that sat between the two, so after one pass in order the labels
+    are revisited in reverse, melanoma last: melanoma's target is always met on val; a later label's is met
+    unless it conflicts with an earlier one, and its val sensitivity is reported either way.
+    """
+    targets = {label: target for label, target in PRIORITY_TARGETS.items() if label in labels}
+    weights = {label: 1.0 for label in targets}
+    order = list(targets)
+
+    def measure(candidate: dict[str, float]) -> dict[str, float]:
+        spec = DecisionSpec(temperature=temperature, test_time_views=views, label_weights=candidate)
+        decided = decide_indices(p, spec, labels)
+        return {label: float(np.mean(decided[y == labels.index(label)] == labels.index(label))) for label in targets}
+
+    sensitivity = measure(weights)
+    for label in order + order[-2::-1]:
+        step = round(np.log(weights[label]) / WEIGHT_STEP)
+        while sensitivity[label] < targets[label] and np.exp((step + 1) * WEIGHT_STEP) <= MAX_WEIGHT:
+            step += 1
+            weights = {**weights, label: round(float(np.exp(step * WEIGHT_STEP)), 4)}
+            sensitivity = measure(weights)
+    chosen = {label: {"weight": weights[label], "val_sensitivity": sensitivity[label]} for label in targets}
+    return weights, chosen
+
+
+def cross_fitted_score(logits: np.ndarray, y: np.ndarray, groups: np.ndarray, labels: tuple[str, ...], views: int,
+                       repeats: int = CROSSFIT_REPEATS, seed: int = 0) -> dict:
+    """Val balanced accuracy at the operating point, *cross-fitted*: temperature and weights fitted on a random
+    half of val's lesions and scored on the other half, both ways, over ``repeats`` random halvings.
+
+    Fitting an operating point and scoring it on the same images flatters it: on this val set a threshold rule
+    scored 0.732 in-sample but 0.689 cross-fitted. The cross-fitted number estimates what a fitted decision
+    scores on images it was not fitted on, so it is what packs and view counts are compared by. Halves are
+    lesion-grouped like the split, so no lesion is on both sides.
+    """
+    rng = np.random.default_rng(seed)
+    unique = np.unique(groups)
+    k, mel = len(labels), labels.index("mel") if "mel" in labels else None
+    scores, mel_sensitivity = [], []
+    for _ in range(repeats):
+        half = np.isin(groups, rng.choice(unique, size=len(unique) // 2, replace=False))
+        for fit, held in ((half, ~half), (~half, half)):
+            temperature = fit_temperature(y[fit], logits[fit])
+            weights, _ = fit_operating_point(softmax(logits[fit], temperature), y[fit], labels, temperature, views)
+            spec = DecisionSpec(temperature=temperature, test_time_views=views, label_weights=weights)
+            decided = decide_indices(softmax(logits[held], temperature), spec, labels)
+            scores.append(balanced_accuracy(y[held], decided, k))
+            if mel is not None and np.any(y[held] == mel):
+                mel_sensitivity.append(float(np.mean(decided[y[held] == mel] == mel)))
+    return {"mean": float(np.mean(scores)), "sd": float(np.std(scores)), "fits": len(scores),
+            "mel_sensitivity_mean": float(np.mean(mel_sensitivity)) if mel_sensitivity else None}
 
 
 def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
     """Test-time views, temperature, operating point and abstention, fitted on val through the int8 model.
 
     Each count of views (1, 4, 8) gets its own temperature and operating point; the pack ships the fewest
-    views within ``VIEWS_MIN_GAIN`` of the best val balanced accuracy *at the operating point*, the number a
-    user actually gets (more views cost more invokes).
+    views within ``VIEWS_MIN_GAIN`` of the best *cross-fitted* val balanced accuracy at the operating point
+    (``cross_fitted_score``): the number a user actually gets, estimated on images the decision was not
+    fitted on (more views cost more invokes).
     """
     labels = pack.manifest.labels
     y = np.array([labels.index(s.label) for s in val])
+    groups = np.array([s.group for s in val])
     classifier = open_variant(pack, "int8")
     outputs = collect_outputs(classifier, load_images([s.path for s in val]), views=max(TEST_TIME_VIEW_COUNTS))
     classifier.close()
@@ -118,24 +161,27 @@ def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
         logits = outputs.logits(views)
         temperature = fit_temperature(y, logits)
         p = softmax(logits, temperature)
-        rules, chosen = fit_operating_point(p, y, labels, temperature, views)
-        spec = DecisionSpec(temperature=temperature, test_time_views=views, priority=tuple(rules))
-        decided = np.array([d.index for d in decide_batch(p, None, spec, labels)])
-        candidates[views] = {"temperature": temperature, "rules": rules, "priority": chosen,
+        weights, chosen = fit_operating_point(p, y, labels, temperature, views)
+        spec = DecisionSpec(temperature=temperature, test_time_views=views, label_weights=weights)
+        crossfit = cross_fitted_score(logits, y, groups, labels, views)
+        candidates[views] = {"temperature": temperature, "weights": weights, "operating_point": chosen,
                              "val_balanced_accuracy_argmax": balanced_accuracy(y, logits.argmax(1), k),
-                             "val_balanced_accuracy_operating_point": balanced_accuracy(y, decided, k)}
-        log.info("val, %d view(s): balanced accuracy %.4f at argmax, %.4f at the operating point", views,
-                 candidates[views]["val_balanced_accuracy_argmax"],
-                 candidates[views]["val_balanced_accuracy_operating_point"])
-    best = max(c["val_balanced_accuracy_operating_point"] for c in candidates.values())
-    views = min(v for v, c in candidates.items() if c["val_balanced_accuracy_operating_point"] >= best - VIEWS_MIN_GAIN)
+                             "val_balanced_accuracy_operating_point": balanced_accuracy(
+                                 y, decide_indices(p, spec, labels), k),
+                             "val_balanced_accuracy_operating_point_cross_fitted": crossfit}
+        log.info("val, %d view(s): balanced accuracy %.4f at argmax, %.4f at the operating point "
+                 "(cross-fitted %.4f ± %.4f)", views, candidates[views]["val_balanced_accuracy_argmax"],
+                 candidates[views]["val_balanced_accuracy_operating_point"], crossfit["mean"], crossfit["sd"])
+    best = max(c["val_balanced_accuracy_operating_point_cross_fitted"]["mean"] for c in candidates.values())
+    views = min(v for v, c in candidates.items()
+                if c["val_balanced_accuracy_operating_point_cross_fitted"]["mean"] >= best - VIEWS_MIN_GAIN)
     pick = candidates[views]
     ood = float(np.percentile(logsumexp(outputs.logits(views)), OOD_PERCENTILE))
-    decision = DecisionSpec(temperature=pick["temperature"], test_time_views=views, priority=tuple(pick["rules"]),
+    decision = DecisionSpec(temperature=pick["temperature"], test_time_views=views, label_weights=pick["weights"],
                             abstain_below=ABSTAIN_BELOW, ood_min_logsumexp=round(ood, 4))
-    by_views = {str(v): {key: value for key, value in c.items() if key != "rules"} for v, c in candidates.items()}
+    by_views = {str(v): {key: value for key, value in c.items() if key != "weights"} for v, c in candidates.items()}
     return decision, {"temperature": pick["temperature"], "test_time_views": views, "candidates": by_views,
-                      "priority": pick["priority"], "abstain_below": ABSTAIN_BELOW,
+                      "operating_point": pick["operating_point"], "abstain_below": ABSTAIN_BELOW,
                       "ood_min_logsumexp": ood, "ood_percentile_of_val": OOD_PERCENTILE, "n_val": len(val)}
 
 
