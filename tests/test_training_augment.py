@@ -8,7 +8,8 @@ import pytest
 pytest.importorskip("tensorflow")
 
 
-def _batches(mixup: float, steps: int = 6):
+def _batches(mixup: float, steps: int = 6, targets=None):
+    from edge.training.distill import training_targets
     from edge.training.train import TrainConfig, make_train_dataset, sampling_plan, setup_tensorflow
 
     _, tf = setup_tensorflow(1)
@@ -17,7 +18,9 @@ def _batches(mixup: float, steps: int = 6):
     labels = np.array([i % 3 for i in range(64)], np.int32)
     probability, weights = sampling_plan(labels, 3)
     config = TrainConfig(input_size=32, batch_size=8, mixup=mixup, crop_min=0.6)
-    dataset = make_train_dataset(tf, images, labels, probability, weights, config, epoch_seed=5, steps=steps)
+    targets = training_targets(labels, 3, None, 0.0) if targets is None else targets
+    dataset = make_train_dataset(tf, images, labels, targets, probability, weights, config, epoch_seed=5,
+                                 steps=steps)
     return [(x.numpy(), y.numpy(), w.numpy()) for x, y, w in dataset]
 
 
@@ -38,3 +41,17 @@ def test_mixup_mixes_pairs_with_the_first_image_dominant():
         assert np.all(w > 0)
     assert mixed > 0  # Beta(0.2, 0.2) is mostly near 0 or 1, but not always
     assert _batches(0.2, steps=2)[0][1].tolist() == batches[0][1].tolist()  # seeded: the same epoch, the same mix
+
+
+def test_distilled_targets_reach_the_batches_unchanged():
+    """Each image's blended target travels with it; the loss weight still follows its own label."""
+    from edge.training.distill import training_targets
+
+    labels = np.array([i % 3 for i in range(64)], np.int32)
+    teacher = np.tile(np.array([[0.2, 0.3, 0.5]], np.float32), (64, 1))
+    targets = training_targets(labels, 3, teacher, 0.5)
+    seen = set()
+    for _, y, _ in _batches(0.0, targets=targets):
+        for row in y:
+            seen.add(tuple(np.round(row, 4)))
+    assert seen <= {tuple(np.round(t, 4)) for t in targets} and len(seen) == 3

@@ -47,3 +47,30 @@ def test_reestimated_batchnorm_statistics_are_the_mean_over_the_images(ham_image
     expected = probe(images, training=False).numpy().mean(axis=(0, 1, 2))
     assert np.asarray(bn.moving_mean) == pytest.approx(expected, abs=1e-4)
     assert bn.momentum == BN_MOMENTUM
+
+
+def test_weight_average_counts_each_epoch_once_even_after_a_crash(tmp_path):
+    """A run that stopped after adding epoch 2 to ``average.npz`` but before saving its state repeats epoch 2
+    on resume: the average must still be (epoch 1 + epoch 2) / 2, not count epoch 2 twice."""
+    import numpy as np
+
+    from edge.training.train import RunState, _add_to_average
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    state = RunState()
+    versions = {}
+    for epoch in (1, 2):
+        model.set_weights([np.full((2, 1), float(epoch)), np.full((1,), 10.0 * epoch)])
+        versions[epoch] = [w.copy() for w in model.get_weights()]
+        _add_to_average(model, tmp_path, state, epoch)
+    assert state.averaged_epochs == 2
+    crashed = RunState(averaged_epochs=1)  # state.json as saved before epoch 2 was added
+    model.set_weights([np.full((2, 1), 7.0), np.full((1,), 70.0)])  # epoch 2 again, trained differently
+    _add_to_average(model, tmp_path, crashed, 2)
+    assert crashed.averaged_epochs == 2
+    saved = np.load(tmp_path / "average.npz")
+    assert saved["epochs"].tolist() == [1, 2]
+    assert np.allclose(saved["arr_0"] / 2, 1.5) and np.allclose(saved["arr_1"] / 2, 15.0)
+    fresh = RunState()  # a new run in the same folder ignores the old sum
+    _add_to_average(model, tmp_path, fresh, 1)
+    assert np.load(tmp_path / "average.npz")["epochs"].tolist() == [1] and fresh.averaged_epochs == 1

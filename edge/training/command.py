@@ -6,6 +6,7 @@ import logging
 from dataclasses import fields
 from pathlib import Path
 
+from edge.errors import EdgeError
 from edge.training.data import read_csv_dataset, read_folder_dataset, split_by_group, write_split
 from edge.training.train import TrainConfig
 
@@ -31,6 +32,8 @@ def add_arguments(parser) -> None:
     for f in fields(TrainConfig):
         if f.type in ("int", "float"):
             run.add_argument("--" + f.name.replace("_", "-"), type=int if f.type == "int" else float, default=f.default)
+    run.add_argument("--teacher", type=Path, action="append", default=[], metavar="PACK",
+                     help="a finished model pack to distil from (repeat for an ensemble); needs --distill > 0")
     run.add_argument("--batchnorm", choices=("identity", "recalibrated"), default=TrainConfig.batchnorm,
                      help="identity: BatchNorm frozen as the folded ImageNet biases; recalibrated: real BatchNorm "
                           "set from training-image statistics, trained with the rest")
@@ -57,7 +60,15 @@ def run_training(args, settings) -> int:
     write_split(split, work / "split.csv")
     log.info("split by %s: %s", args.group_column, {k: len(v) for k, v in split.items()})
     pretrained = settings.shared_dir / "pretrained" / "tf2_mobilenet_v2_1.0_224_ptq.tflite"
-    model, state = train(config, split, labels, work, pretrained, progress=not args.no_progress)
+    teacher_p = None
+    if args.teacher or config.distill > 0:
+        if not (args.teacher and config.distill > 0):
+            raise EdgeError("distillation needs both --teacher PACK and --distill > 0")
+        from edge.training.distill import teacher_probabilities
+
+        teacher_p, config.teachers = teacher_probabilities(args.teacher, split["train"], labels,
+                                                           split["val"] + split["test"], config.distill_temperature)
+    model, state = train(config, split, labels, work, pretrained, progress=not args.no_progress, teacher_p=teacher_p)
     from edge.training.export import finish_pack
 
     out = args.out or settings.inference.model_dir

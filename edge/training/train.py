@@ -60,6 +60,9 @@ class TrainConfig:
     average_last_epochs: int = 0  # >0: also try the mean of the last N fine-tuning epochs' weights (see below)
     crop_min: float = 0.8  # random square crops take this to 100 % of the image's short side
     mixup: float = 0.0  # >0: mixup (Zhang et al. 2018) of each batch with itself reversed, lambda ~ Beta(a, a)
+    distill: float = 0.0  # >0: weight of the teacher packs' probabilities in each target (see distill.py)
+    distill_temperature: float = 1.0  # the teachers' temperatures are multiplied by this (>1 softens them)
+    teachers: list = field(default_factory=list)  # provenance of the teacher packs (set by the command)
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
@@ -139,21 +142,24 @@ def sampling_plan(labels_idx: np.ndarray, n_classes: int) -> tuple[np.ndarray, n
     return probability, weights.astype(np.float32)
 
 
-def make_train_dataset(tf, images, labels_idx, probability, class_weights, config: TrainConfig, epoch_seed: int,
-                       steps: int):
+def make_train_dataset(tf, images, labels_idx, targets, probability, class_weights, config: TrainConfig,
+                       epoch_seed: int, steps: int):
+    """One epoch of (augmented image, target distribution, loss weight). ``targets`` (n, k) is one-hot, or
+    blended with teachers' probabilities when distilling; the loss weight follows the image's own label."""
     rng = np.random.default_rng(epoch_seed)
     order = rng.choice(len(images), size=steps * config.batch_size, replace=True, p=probability)
 
     def generator():
         for index in order:
-            yield images[index], labels_idx[index], class_weights[labels_idx[index]]
+            yield images[index], targets[index], class_weights[labels_idx[index]]
 
-    signature = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((), tf.int32), tf.TensorSpec((), tf.float32))
+    n_classes = len(class_weights)
+    signature = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((n_classes,), tf.float32),
+                 tf.TensorSpec((), tf.float32))
     size = config.input_size
     seed_base = epoch_seed * 1_000_003
-    n_classes = len(class_weights)
 
-    def augment(index, image, label, weight):
+    def augment(index, image, target, weight):
         seeds = tf.stack([tf.cast(seed_base, tf.int64), index])
         s = lambda k: tf.random.experimental.stateless_split(seeds, 8)[k]  # noqa: E731
         shape = tf.shape(image)
@@ -169,7 +175,7 @@ def make_train_dataset(tf, images, labels_idx, probability, class_weights, confi
         x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s(6))
         x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s(7))
         x = tf.clip_by_value(x, 0.0, 1.0) * 2.0 - 1.0
-        return x, tf.one_hot(label, n_classes), weight
+        return x, target, weight
 
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).enumerate()
     dataset = dataset.map(lambda i, t: augment(i, *t), num_parallel_calls=2)
@@ -277,8 +283,12 @@ class RunState:
 
 
 def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str], work_dir: Path,
-          pretrained: Path, progress: bool = True):
-    """Train (or resume) in ``work_dir``; return the best Keras model by val balanced accuracy."""
+          pretrained: Path, progress: bool = True, teacher_p: np.ndarray | None = None):
+    """Train (or resume) in ``work_dir``; return the best Keras model by val balanced accuracy.
+
+    ``teacher_p`` (n_train, k): teacher packs' probabilities, blended into the targets by ``config.distill``."""
+    from edge.training.distill import training_targets
+
     keras, tf = setup_tensorflow(config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
@@ -291,6 +301,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     val_x = to_model_input(np.stack([center_square(im, config.input_size)
                                      for im in load_images(split["val"], config.load_short_side)]))
     probability, class_weights = sampling_plan(train_y, len(labels))
+    targets = training_targets(train_y, len(labels), teacher_p, config.distill)
     log.info("loss weight per class: %s", dict(zip(labels, np.round(class_weights, 2).tolist())))
     steps = len(train_images) // config.batch_size
 
@@ -327,7 +338,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
             state.phase, state.epoch = phase, 0
         for epoch in range(state.epoch, epochs):
             started = time.monotonic()
-            dataset = make_train_dataset(tf, train_images, train_y, probability, class_weights, config,
+            dataset = make_train_dataset(tf, train_images, train_y, targets, probability, class_weights, config,
                                          config.seed * 100 + epoch + (1000 if phase == "finetune" else 0), steps)
             fit = model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=1 if progress else 2)
             val_logits = model.predict(val_x, batch_size=64, verbose=0)
@@ -342,7 +353,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
                 state.best_val_bacc = val_bacc
                 model.save_weights(best_weights)
             if phase == "finetune" and epoch >= epochs - config.average_last_epochs:
-                _add_to_average(model, work_dir, state)
+                _add_to_average(model, work_dir, state, epoch + 1)
             state.epoch = epoch + 1
             model.save_weights(resume_weights)
             _save_optimizer(optimizer, work_dir)
@@ -361,14 +372,27 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
 # luck of picking the one epoch that happened to score best. Real BatchNorm needs its moving statistics
 # re-measured for the averaged weights; the averaged model is kept only if it beats the best epoch on val.
 
-def _add_to_average(model, work_dir: Path, state: RunState) -> None:
+def _add_to_average(model, work_dir: Path, state: RunState, epoch: int) -> None:
+    """Add this epoch's weights to the running sum in ``average.npz``, which also lists the epochs summed.
+
+    A run stopped after the sum was saved but before ``state.json`` repeats the epoch on resume; the sum
+    already holds a finished version of it, so it is not added twice and the divisor stays right.
+    """
     path = work_dir / "average.npz"
     weights = [np.asarray(w, np.float64) for w in model.get_weights()]
-    if state.averaged_epochs > 0 and path.exists():
+    epochs: list[int] = []
+    if state.averaged_epochs > 0 and path.exists():  # otherwise any average.npz is left from another run
         saved = np.load(path)
+        epochs = saved["epochs"].tolist()
+        if epoch in epochs:
+            log.info("fine-tuning epoch %d is already in the weight average (the run stopped after adding it)", epoch)
+            state.averaged_epochs = len(epochs)
+            return
         weights = [w + saved[f"arr_{i}"] for i, w in enumerate(weights)]
-    np.savez(path, *weights)
-    state.averaged_epochs += 1
+    staged = path.with_name("average.next.npz")
+    np.savez(staged, *weights, epochs=np.array(epochs + [epoch]))
+    staged.replace(path)
+    state.averaged_epochs = len(epochs) + 1
 
 
 def reestimate_batchnorm(keras, backbone, images: np.ndarray, batch_size: int = 32) -> None:
@@ -387,7 +411,8 @@ def _maybe_use_average(keras, model, backbone, config: TrainConfig, work_dir: Pa
                        train_images, val_x, val_y, n_classes: int) -> None:
     best = model.get_weights()
     saved = np.load(work_dir / "average.npz")
-    model.set_weights([(saved[f"arr_{i}"] / state.averaged_epochs).astype(w.dtype) for i, w in enumerate(best)])
+    count = len(saved["epochs"])
+    model.set_weights([(saved[f"arr_{i}"] / count).astype(w.dtype) for i, w in enumerate(best)])
     if config.batchnorm == "recalibrated":
         reestimate_batchnorm(keras, backbone,
                              sample_model_inputs(train_images, config.input_size, 2048, config.seed + 1))

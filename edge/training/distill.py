@@ -1,0 +1,98 @@
+"""Knowledge distillation: train one model on the averaged predictions of several finished packs.
+
+An average of several independently trained models (an ensemble) is reliably better than any one of them,
+but a device pack holds one ``model.tflite`` of at most 4 MB and is invoked once per view. Distillation
+(Hinton et al. 2015) moves most of the ensemble's gain into a single model of the same size: the student's
+training target for each image becomes ``(1 - distill) * one-hot label + distill * teachers' probabilities``.
+The teachers' probabilities say, image by image, which wrong classes are plausible (a nevus that looks like a
+melanoma), which a one-hot label cannot.
+
+Teachers are run through the device's own code (their int8 ``model.tflite``, their test-time views and
+temperature), on the centre square of each training image, once before training. ``temperature_factor`` > 1
+softens them further: teachers saw these very images in training, so on them they are more confident than
+on unseen ones.
+
+A teacher must not have trained on any image the student holds out (val or test): its predictions would carry
+those labels into the student and make val and test look better than they are. This is checked from the
+teachers' ``split.csv`` and refused otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import EdgeError
+from edge.training.data import Sample
+
+log = logging.getLogger("edge.train")
+
+
+def _trained_on(pack_root: Path) -> set[str]:
+    split = pack_root / "split.csv"
+    if not split.is_file():
+        raise EdgeError(f"teacher {pack_root} has no split.csv: cannot check it never trained on held-out images")
+    with open(split, newline="", encoding="utf-8") as handle:
+        return {row["image"] for row in csv.DictReader(handle) if row["split"] == "train"}
+
+
+def check_teacher_split(pack_root: Path, held_out: list[Sample]) -> None:
+    leaked = _trained_on(pack_root) & {s.path.name for s in held_out}
+    if leaked:
+        raise EdgeError(f"teacher {pack_root} trained on {len(leaked)} images this run holds out for val/test "
+                         f"(e.g. {min(leaked)}): its predictions would leak their labels")
+
+
+def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], labels: list[str],
+                          held_out: list[Sample], temperature_factor: float = 1.0) -> tuple[np.ndarray, list[dict]]:
+    """Mean over teachers of their calibrated probabilities on ``samples`` (n, k), and who the teachers were."""
+    from edge.evaluation.run import collect_outputs, load_images, open_variant
+    from edge.inference.decision import softmax
+    from edge.inference.manifest import load_pack, sha256_file
+
+    if not teacher_dirs:
+        raise EdgeError("distillation needs at least one teacher pack")
+    if temperature_factor <= 0:
+        raise EdgeError("the teachers' temperature factor must be positive")
+    packs = []
+    for root in teacher_dirs:
+        pack = load_pack(Path(root))
+        if list(pack.manifest.labels) != list(labels):
+            raise EdgeError(f"teacher {root} has labels {list(pack.manifest.labels)}, this run has {labels}")
+        check_teacher_split(pack.root, held_out)
+        packs.append(pack)
+    images = load_images([s.path for s in samples])
+    total = np.zeros((len(samples), len(labels)), np.float64)
+    provenance = []
+    for pack in packs:
+        decision = pack.manifest.decision
+        classifier = open_variant(pack, "int8")
+        try:
+            outputs = collect_outputs(classifier, images, decision.test_time_views)
+        finally:
+            classifier.close()
+        p = softmax(outputs.logits(decision.test_time_views), decision.temperature * temperature_factor)
+        accuracy = float(np.mean(p.argmax(1) == np.array([labels.index(s.label) for s in samples])))
+        log.info("teacher %s %s on %d training images: accuracy %.3f, mean top probability %.3f", pack.manifest.name,
+                 pack.manifest.version, len(samples), accuracy, float(p.max(1).mean()))
+        total += p
+        provenance.append({"name": pack.manifest.name, "version": pack.manifest.version,
+                           "model_sha256": sha256_file(pack.root / pack.manifest.files["cpu"].path),
+                           "train_accuracy": round(accuracy, 4)})
+    return (total / len(packs)).astype(np.float32), provenance
+
+
+def training_targets(labels_idx: np.ndarray, n_classes: int, teacher_p: np.ndarray | None,
+                     distill: float) -> np.ndarray:
+    """Per-image target distributions: the one-hot label, blended with the teachers' probabilities."""
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"distill must be between 0 and 1, not {distill}")
+    onehot = np.eye(n_classes, dtype=np.float32)[labels_idx]
+    if teacher_p is None or distill == 0.0:
+        return onehot
+    if teacher_p.shape != onehot.shape:
+        raise ValueError(f"teacher probabilities have shape {teacher_p.shape}, expected {onehot.shape}")
+    return ((1.0 - distill) * onehot + distill * teacher_p).astype(np.float32)
