@@ -36,6 +36,8 @@ PRIORITY_TARGETS = {"mel": 0.85, "bcc": 0.85}
 ABSTAIN_BELOW = 0.5  # calibrated: the top answer is less likely than not
 OOD_PERCENTILE = 0.5  # % of val images whose logsumexp falls below the OOD threshold
 VIEWS_MIN_GAIN = 0.005  # more test-time views cost more invokes: used only if they gain >= half a point on val
+WEIGHT_STEP = 0.05  # the operating point's weights are searched on a log scale, 5 % apart
+MAX_WEIGHT = 1000.0  # as DecisionSpec allows
 CROSSFIT_REPEATS = 25  # random halves of val's lesions for the cross-fitted score (see cross_fitted_score)
 
 
@@ -78,10 +80,6 @@ def label_tables(labels: list[str]) -> tuple[dict, dict]:
     display = {label: info[label]["display_name"] for label in labels if label in info}
     urgency = {label: Urgency(info[label]["urgency"]) for label in labels if label in info}
     return display, urgency
-
-
-WEIGHT_STEP = 0.05  # the operating point's weights are searched on a log scale, 5 % apart
-MAX_WEIGHT = 1000.0
 
 
 def fit_operating_point(p: np.ndarray, y: np.ndarray, labels: tuple[str, ...], temperature: float,

@@ -18,6 +18,8 @@ The recipe, and why:
 * **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
   horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation
   jitter (devices and lighting differ); optionally mixup of image pairs (``--mixup``).
+* **Distillation** (``--teacher PACK --distill W``, off by default): targets blend the label with finished
+  packs' probabilities, to put an ensemble's gain into one model (see ``distill.py``).
 * **Model selection on val balanced accuracy**, never on the test split, which is only read by ``evaluate``.
 
 Checkpoints after every epoch (model, optimiser and sampler state) let an interrupted run resume where it
