@@ -7,7 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge.errors import EdgeError
-from edge.training.data import read_csv_dataset, read_folder_dataset, split_by_group, write_split
+from edge.training.data import hold_out_fold, read_csv_dataset, read_folder_dataset, split_by_group, write_split
 from edge.training.train import TrainConfig
 
 log = logging.getLogger("edge.train")
@@ -55,6 +55,11 @@ def run_training(args, settings) -> int:
                             if f.type in ("int", "float")}, batchnorm=args.batchnorm)
     labels = sorted({s.label for s in samples})
     split = split_by_group(samples, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
+    if config.train_folds:
+        try:
+            split = hold_out_fold(split, config.train_folds, config.train_fold, config.seed)
+        except ValueError as exc:
+            raise EdgeError(str(exc)) from None
     work = args.work or settings.state_dir / "train" / args.name
     work.mkdir(parents=True, exist_ok=True)
     write_split(split, work / "split.csv")
@@ -67,7 +72,8 @@ def run_training(args, settings) -> int:
         from edge.training.distill import teacher_probabilities
 
         teacher_p, config.teachers = teacher_probabilities(args.teacher, split["train"], labels,
-                                                           split["val"] + split["test"], config.distill_temperature)
+                                                           split["val"] + split["test"], config.distill_temperature,
+                                                           out_of_fold=bool(config.distill_out_of_fold))
     model, state = train(config, split, labels, work, pretrained, progress=not args.no_progress, teacher_p=teacher_p)
     from edge.training.export import finish_pack
 

@@ -16,6 +16,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
+UNUSED = "unused"  # training images a run leaves out (``hold_out_fold``): in split.csv, never trained on
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,31 @@ def split_by_group(samples: list[Sample], *, val: float = 0.15, test: float = 0.
     return split
 
 
+def hold_out_fold(split: dict[str, list[Sample]], folds: int, fold: int, seed: int) -> dict[str, list[Sample]]:
+    """Leave fold ``fold`` of ``folds`` (lesion-grouped, stratified per label) out of the train split, as
+    ``UNUSED``. Teachers trained on different folds can then label each training image without having seen
+    it (out-of-fold distillation, ``distill.py``); val and test are untouched."""
+    if not 0 <= fold < folds or folds < 2:
+        raise ValueError(f"fold {fold} of {folds}: need folds >= 2 and 0 <= fold < folds")
+    rng = np.random.default_rng(seed + 1)
+    group_label: dict[str, str] = {}
+    for sample in split["train"]:
+        group_label.setdefault(sample.group, sample.label)
+    left_out: set[str] = set()
+    for label in sorted(set(group_label.values())):
+        groups = sorted(g for g, lab in group_label.items() if lab == label)
+        rng.shuffle(groups)
+        left_out.update(g for i, g in enumerate(groups) if i % folds == fold)
+    return {**split, "train": [s for s in split["train"] if s.group not in left_out],
+            UNUSED: [s for s in split["train"] if s.group in left_out]}
+
+
 def write_split(split: dict[str, list[Sample]], path: Path) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "group", "split"])
-        for name in SPLITS:
-            for sample in split[name]:
+        for name in (*SPLITS, UNUSED):
+            for sample in split.get(name, []):
                 writer.writerow([sample.path.name, sample.label, sample.group, name])
 
 

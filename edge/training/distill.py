@@ -12,6 +12,11 @@ temperature), on the centre square of each training image, once before training.
 softens them further: teachers saw these very images in training, so on them they are more confident than
 on unseen ones.
 
+Teachers that trained on these very images are more confident on them than on unseen ones, and their
+probabilities carry little beyond the labels. ``out_of_fold`` avoids that: teachers are trained with
+``edge train --train-folds N --train-fold i`` (each leaving a different lesion-grouped fold of the train split
+out) and each training image is labelled only by the teachers that never saw it.
+
 A teacher must not have trained on any image the student holds out (val or test): its predictions would carry
 those labels into the student and make val and test look better than they are. This is checked from the
 teachers' ``split.csv`` and refused otherwise.
@@ -47,8 +52,13 @@ def check_teacher_split(pack_root: Path, held_out: list[Sample]) -> None:
 
 
 def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], labels: list[str],
-                          held_out: list[Sample], temperature_factor: float = 1.0) -> tuple[np.ndarray, list[dict]]:
-    """Mean over teachers of their calibrated probabilities on ``samples`` (n, k), and who the teachers were."""
+                          held_out: list[Sample], temperature_factor: float = 1.0,
+                          out_of_fold: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """Mean over teachers of their calibrated probabilities on ``samples`` (n, k), and who the teachers were.
+
+    ``out_of_fold``: each image's mean takes only the teachers that never trained on it (teachers trained
+    with ``--train-folds``, each leaving a different fold out); an image every teacher trained on is an error.
+    """
     from edge.evaluation.run import collect_outputs, load_images, open_variant
     from edge.inference.decision import softmax
     from edge.inference.manifest import load_pack, sha256_file
@@ -65,9 +75,21 @@ def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], label
         check_teacher_split(pack.root, held_out)
         packs.append(pack)
     images = load_images([s.path for s in samples])
+    names = [s.path.name for s in samples]
+    if out_of_fold:
+        trained = [_trained_on(pack.root) for pack in packs]
+        use = np.array([[name not in seen for name in names] for seen in trained])  # (teachers, images)
+        if not use.any(axis=0).all():
+            missing = names[int(np.argmin(use.any(axis=0)))]
+            raise EdgeError(f"out-of-fold distillation: every teacher trained on {missing} (and maybe others); "
+                            "train teachers that each leave a different fold out (--train-folds)")
+    else:
+        use = np.ones((len(packs), len(samples)), bool)
     total = np.zeros((len(samples), len(labels)), np.float64)
     provenance = []
-    for pack in packs:
+    for t, pack in enumerate(packs):
+        if not use[t].any():
+            raise EdgeError(f"out-of-fold distillation: teacher {pack.root} trained on every training image")
         decision = pack.manifest.decision
         classifier = open_variant(pack, "int8")
         try:
@@ -75,14 +97,16 @@ def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], label
         finally:
             classifier.close()
         p = softmax(outputs.logits(decision.test_time_views), decision.temperature * temperature_factor)
-        accuracy = float(np.mean(p.argmax(1) == np.array([labels.index(s.label) for s in samples])))
-        log.info("teacher %s %s on %d training images: accuracy %.3f, mean top probability %.3f", pack.manifest.name,
-                 pack.manifest.version, len(samples), accuracy, float(p.max(1).mean()))
-        total += p
+        right = p.argmax(1) == np.array([labels.index(s.label) for s in samples])
+        accuracy = float(np.mean(right[use[t]]))
+        log.info("teacher %s %s on %d training images it labels: accuracy %.3f, mean top probability %.3f",
+                 pack.manifest.name, pack.manifest.version, int(use[t].sum()), accuracy,
+                 float(p[use[t]].max(1).mean()))
+        total += p * use[t][:, None]
         provenance.append({"name": pack.manifest.name, "version": pack.manifest.version,
                            "model_sha256": sha256_file(pack.root / pack.manifest.files["cpu"].path),
-                           "train_accuracy": round(accuracy, 4)})
-    return (total / len(packs)).astype(np.float32), provenance
+                           "train_accuracy": round(accuracy, 4), "images_used": int(use[t].sum())})
+    return (total / use.sum(axis=0)[:, None]).astype(np.float32), provenance
 
 
 def training_targets(labels_idx: np.ndarray, n_classes: int, teacher_p: np.ndarray | None,

@@ -25,7 +25,7 @@ from edge.evaluation.metrics import balanced_accuracy, fit_temperature
 from edge.evaluation.run import collect_outputs, load_images, open_variant
 from edge.inference.decision import decide_indices, logsumexp, softmax
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, write_pack
-from edge.training.data import SPLITS, Sample, write_split
+from edge.training.data import Sample, write_split
 from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
 from edge.types import Urgency
 
@@ -237,7 +237,7 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
     write_split(split, out / "split.csv")
     (out / "training.json").write_text(json.dumps({"config": asdict(config), "history": history,
                                                    "calibration": calibration,
-                                                   "split_sizes": {k: len(split[k]) for k in SPLITS}}, indent=2))
+                                                   "split_sizes": {k: len(v) for k, v in split.items()}}, indent=2))
     from edge.training.report import write_training_curves
 
     write_training_curves(out, history)

@@ -65,6 +65,9 @@ class TrainConfig:
     distill: float = 0.0  # >0: weight of the teacher packs' probabilities in each target (see distill.py)
     distill_temperature: float = 1.0  # the teachers' temperatures are multiplied by this (>1 softens them)
     teachers: list = field(default_factory=list)  # provenance of the teacher packs (set by the command)
+    distill_out_of_fold: int = 0  # 1: each image's target uses only teachers that never trained on it
+    train_folds: int = 0  # >1: leave fold train_fold of the train split's lesions out (to train a teacher)
+    train_fold: int = 0
     seed: int = 1234
     val_fraction: float = 0.15
     test_fraction: float = 0.15
