@@ -5,7 +5,7 @@ Order of the rules, safety first:
 
 1. out of distribution (the logits are unlike anything seen in training) -> abstain, "unsure";
 2. the operating point, which favours the urgent labels (melanoma, BCC):
-   - ``label_weights`` (packs from 1.3.0): the label with the largest weight x probability; when that is a
+   - ``label_weights`` (packs from 1.2.1): the label with the largest weight x probability; when that is a
      weighted label it is the answer, even if it is not the argmax. This is the Bayes decision when missing
      a melanoma costs ``w`` false alarms; it compares melanoma with the likeliest alternative, so a lesion
      that is clearly a benign keratosis is not called melanoma just because p(mel) passed a fixed bar;
@@ -48,15 +48,9 @@ def decide(probabilities: np.ndarray, logits: np.ndarray | None, spec: DecisionS
     top = int(np.argmax(probabilities))
     if logits is not None and spec.ood_min_logsumexp is not None and float(logsumexp(logits)) < spec.ood_min_logsumexp:
         return Decision(top, True, OUT_OF_DISTRIBUTION)
-    if spec.label_weights:
-        weights = np.array([spec.label_weights.get(label, 1.0) for label in labels])
-        index = int(np.argmax(probabilities * weights))
-        if weights[index] > 1.0:
-            return Decision(index, False, None)
-    for rule in spec.priority:
-        index = labels.index(rule.label)
-        if probabilities[index] >= rule.min_probability:
-            return Decision(index, False, None)
+    decided, picked = _operating_point(probabilities[None], spec, labels)
+    if picked[0]:
+        return Decision(int(decided[0]), False, None)
     if probabilities[top] < spec.abstain_below:
         return Decision(top, True, LOW_CONFIDENCE)
     return Decision(top, False, None)
@@ -72,17 +66,23 @@ def decide_indices(probabilities: np.ndarray, spec: DecisionSpec, labels: tuple[
     """The labels ``decide`` picks, without logits (so no out-of-distribution check), for a whole (n, k) array
     at once: for fitting the operating point on val, where ``decide`` row by row is too slow.
     Equal to ``[d.index for d in decide_batch(probabilities, None, spec, labels)]``."""
+    return _operating_point(probabilities, spec, labels)[0]
+
+
+def _operating_point(probabilities: np.ndarray, spec: DecisionSpec,
+                     labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 2 for each row of (n, k) calibrated probabilities: the label it picks (the argmax where it picks
+    none), and whether it picked one (a picked urgent label is never turned into an abstention)."""
     decided = probabilities.argmax(axis=1)
+    picked = np.zeros(len(probabilities), bool)
     if spec.label_weights:
         weights = np.array([spec.label_weights.get(label, 1.0) for label in labels])
         weighted = (probabilities * weights).argmax(axis=1)
-        favoured = weights[weighted] > 1.0
-        decided[favoured] = weighted[favoured]
-        return decided
-    chosen = np.zeros(len(probabilities), bool)
-    for rule in spec.priority:
+        picked = weights[weighted] > 1.0
+        decided[picked] = weighted[picked]
+    for rule in spec.priority:  # a spec has label_weights or priority rules, never both
         index = labels.index(rule.label)
-        hit = ~chosen & (probabilities[:, index] >= rule.min_probability)
+        hit = ~picked & (probabilities[:, index] >= rule.min_probability)
         decided[hit] = index
-        chosen |= hit
-    return decided
+        picked |= hit
+    return decided, picked
