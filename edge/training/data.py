@@ -52,16 +52,22 @@ def read_folder_dataset(root: Path) -> list[Sample]:
     return samples
 
 
-def split_by_group(samples: list[Sample], *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict[str, list[Sample]]:
-    """Stratified split of groups per label; every image follows its group."""
-    rng = np.random.default_rng(seed)
+def _shuffled_groups_per_label(samples: list[Sample], rng: np.random.Generator):
+    """Per label (in sorted order), its groups in a seeded random order: what stratified, group-wise splits
+    deal from. A group's label is that of its first image."""
     group_label: dict[str, str] = {}
     for sample in samples:
         group_label.setdefault(sample.group, sample.label)
-    assignment: dict[str, str] = {}
     for label in sorted(set(group_label.values())):
         groups = sorted(g for g, lab in group_label.items() if lab == label)
         rng.shuffle(groups)
+        yield groups
+
+
+def split_by_group(samples: list[Sample], *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> dict[str, list[Sample]]:
+    """Stratified split of groups per label; every image follows its group."""
+    assignment: dict[str, str] = {}
+    for groups in _shuffled_groups_per_label(samples, np.random.default_rng(seed)):
         n_test, n_val = round(len(groups) * test), round(len(groups) * val)
         for index, group in enumerate(groups):
             assignment[group] = "test" if index < n_test else "val" if index < n_test + n_val else "train"
@@ -77,14 +83,8 @@ def hold_out_fold(split: dict[str, list[Sample]], folds: int, fold: int, seed: i
     it (out-of-fold distillation, ``distill.py``); val and test are untouched."""
     if not 0 <= fold < folds or folds < 2:
         raise ValueError(f"fold {fold} of {folds}: need folds >= 2 and 0 <= fold < folds")
-    rng = np.random.default_rng(seed + 1)
-    group_label: dict[str, str] = {}
-    for sample in split["train"]:
-        group_label.setdefault(sample.group, sample.label)
     left_out: set[str] = set()
-    for label in sorted(set(group_label.values())):
-        groups = sorted(g for g, lab in group_label.items() if lab == label)
-        rng.shuffle(groups)
+    for groups in _shuffled_groups_per_label(split["train"], np.random.default_rng(seed + 1)):
         left_out.update(g for i, g in enumerate(groups) if i % folds == fold)
     return {**split, "train": [s for s in split["train"] if s.group not in left_out],
             UNUSED: [s for s in split["train"] if s.group in left_out]}
