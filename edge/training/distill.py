@@ -8,12 +8,11 @@ The teachers' probabilities say, image by image, which wrong classes are plausib
 melanoma), which a one-hot label cannot.
 
 Teachers are run through the device's own code (their int8 ``model.tflite``, their test-time views and
-temperature), on the centre square of each training image, once before training. ``temperature_factor`` > 1
-softens them further: teachers saw these very images in training, so on them they are more confident than
-on unseen ones.
+temperature), on the centre square of each training image, once before training.
 
 Teachers that trained on these very images are more confident on them than on unseen ones, and their
-probabilities carry little beyond the labels. ``out_of_fold`` avoids that: teachers are trained with
+probabilities carry little beyond the labels. ``temperature_factor`` > 1 softens them; ``out_of_fold``
+avoids the problem: teachers are trained with
 ``edge train --train-folds N --train-fold i`` (each leaving a different lesion-grouped fold of the train split
 out) and each training image is labelled only by the teachers that never saw it.
 
@@ -44,8 +43,9 @@ def _trained_on(pack_root: Path) -> set[str]:
         return {row["image"] for row in csv.DictReader(handle) if row["split"] == "train"}
 
 
-def check_teacher_split(pack_root: Path, held_out: list[Sample]) -> None:
-    leaked = _trained_on(pack_root) & {s.path.name for s in held_out}
+def check_teacher_split(pack_root: Path, held_out: list[Sample], trained_on: set[str] | None = None) -> None:
+    """Refuse a teacher that trained on any held-out image (``trained_on``: its train images, if already read)."""
+    leaked = (_trained_on(pack_root) if trained_on is None else trained_on) & {s.path.name for s in held_out}
     if leaked:
         raise EdgeError(f"teacher {pack_root} trained on {len(leaked)} images this run holds out for val/test "
                          f"(e.g. {min(leaked)}): its predictions would leak their labels")
@@ -67,17 +67,18 @@ def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], label
         raise EdgeError("distillation needs at least one teacher pack")
     if temperature_factor <= 0:
         raise EdgeError("the teachers' temperature factor must be positive")
-    packs = []
+    packs, trained = [], []
     for root in teacher_dirs:
         pack = load_pack(Path(root))
         if list(pack.manifest.labels) != list(labels):
             raise EdgeError(f"teacher {root} has labels {list(pack.manifest.labels)}, this run has {labels}")
-        check_teacher_split(pack.root, held_out)
+        trained.append(_trained_on(pack.root))
+        check_teacher_split(pack.root, held_out, trained[-1])
         packs.append(pack)
     images = load_images([s.path for s in samples])
     names = [s.path.name for s in samples]
+    y = np.array([labels.index(s.label) for s in samples])
     if out_of_fold:
-        trained = [_trained_on(pack.root) for pack in packs]
         use = np.array([[name not in seen for name in names] for seen in trained])  # (teachers, images)
         if not use.any(axis=0).all():
             missing = names[int(np.argmin(use.any(axis=0)))]
@@ -97,7 +98,7 @@ def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], label
         finally:
             classifier.close()
         p = softmax(outputs.logits(decision.test_time_views), decision.temperature * temperature_factor)
-        right = p.argmax(1) == np.array([labels.index(s.label) for s in samples])
+        right = p.argmax(1) == y
         accuracy = float(np.mean(right[use[t]]))
         log.info("teacher %s %s on %d training images it labels: accuracy %.3f, mean top probability %.3f",
                  pack.manifest.name, pack.manifest.version, int(use[t].sum()), accuracy,
