@@ -55,3 +55,22 @@ def test_distilled_targets_reach_the_batches_unchanged():
         for row in y:
             seen.add(tuple(np.round(row, 4)))
     assert seen <= {tuple(np.round(t, 4)) for t in targets} and len(seen) == 3
+
+
+def test_training_colour_constancy_is_the_devices(ham_images):
+    """The input pipeline's Shades of Gray (TensorFlow) and the device's (edge.vision.color) agree to one
+    grey level, so a model trained with --color-constancy sees what the device will feed it."""
+    import cv2
+
+    from edge.training.train import TrainConfig, model_inputs, setup_tensorflow, shades_of_gray_tf
+    from edge.vision.color import shades_of_gray
+
+    _, tf = setup_tensorflow(1)
+    for path in ham_images[:3]:
+        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        graph = shades_of_gray_tf(tf, tf.constant(image, tf.float32) / 255.0).numpy() * 255.0
+        assert np.abs(graph - shades_of_gray(image)).max() <= 0.5 + 1e-3  # the device rounds to uint8
+        config = TrainConfig(input_size=64, color_constancy="shades_of_gray")
+        plain = model_inputs([image], TrainConfig(input_size=64))
+        corrected = model_inputs([image], config)
+        assert corrected.shape == plain.shape == (1, 64, 64, 3) and not np.allclose(corrected, plain)

@@ -39,6 +39,10 @@ class InputSpec(_Strict):
         "center_square", description="center_square: crop the central square before resizing; none: stretch."
     )
     crop_fraction: float = Field(1.0, gt=0.1, le=1.0, description="Side of the crop relative to the short side.")
+    color_constancy: Literal["none", "shades_of_gray"] = Field(
+        "none", description="shades_of_gray: neutralise the light's colour in the crop (edge.vision.color)."
+    )
+    color_constancy_power: float = Field(6.0, ge=1.0, le=16.0, description="Minkowski norm of Shades of Gray.")
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
 

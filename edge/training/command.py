@@ -37,6 +37,8 @@ def add_arguments(parser) -> None:
     run.add_argument("--batchnorm", choices=("identity", "recalibrated"), default=TrainConfig.batchnorm,
                      help="identity: BatchNorm frozen as the folded ImageNet biases; recalibrated: real BatchNorm "
                           "set from training-image statistics, trained with the rest")
+    run.add_argument("--color-constancy", choices=("none", "shades_of_gray"), default=TrainConfig.color_constancy,
+                     help="shades_of_gray: neutralise the light's colour of every crop, in training and on the device")
 
 
 def run_training(args, settings) -> int:
@@ -52,7 +54,8 @@ def run_training(args, settings) -> int:
     if args.limit:
         samples = samples[: args.limit]
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                            if f.type in ("int", "float")}, batchnorm=args.batchnorm)
+                            if f.type in ("int", "float")}, batchnorm=args.batchnorm,
+                         color_constancy=args.color_constancy)
     labels = sorted({s.label for s in samples})
     split = split_by_group(samples, val=config.val_fraction, test=config.test_fraction, seed=config.seed)
     if config.train_folds:

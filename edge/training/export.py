@@ -26,7 +26,7 @@ from edge.evaluation.run import collect_outputs, load_images, open_variant
 from edge.inference.decision import decide_indices, logsumexp, softmax
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, write_pack
 from edge.training.data import Sample, write_split
-from edge.training.train import TrainConfig, center_square, load_image, setup_tensorflow, to_model_input
+from edge.training.train import TrainConfig, load_image, model_inputs, setup_tensorflow
 from edge.types import Urgency
 
 log = logging.getLogger("edge.train")
@@ -71,8 +71,7 @@ def export_onnx(saved_model: Path, out: Path) -> Path:
 def representative_images(samples: list[Sample], config: TrainConfig) -> np.ndarray:
     rng = np.random.default_rng(config.seed)
     chosen = rng.choice(len(samples), size=min(config.representative_images, len(samples)), replace=False)
-    return to_model_input(np.stack([center_square(load_image(samples[i].path, config.load_short_side), config.input_size)
-                                    for i in chosen]))
+    return model_inputs([load_image(samples[i].path, config.load_short_side) for i in chosen], config)
 
 
 def label_tables(labels: list[str]) -> tuple[dict, dict]:
@@ -226,7 +225,8 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
     display, urgency = label_tables(labels)
     common = dict(model_files={"cpu": tflite, "jetson": onnx}, labels=labels, name=name, version=version,
                   licence=licence, display_names=display, urgency=urgency,
-                  input_spec=InputSpec(width=config.input_size, height=config.input_size, crop="center_square"),
+                  input_spec=InputSpec(width=config.input_size, height=config.input_size, crop="center_square",
+                                       color_constancy=config.color_constancy),
                   output=OutputSpec(activation="none"),
                   description="MobileNetV2 fine-tuned on HAM10000 dermoscopy; a screening aid, not a diagnosis.")
     out = Path(out)

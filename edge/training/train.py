@@ -18,6 +18,9 @@ The recipe, and why:
 * **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
   horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation
   jitter (devices and lighting differ); optionally mixup of image pairs (``--mixup``).
+* **Colour constancy** (``--color-constancy shades_of_gray``, off by default): every crop the model sees,
+  in training and on the device, is put under a neutral light first (``edge.vision.color``), so the model
+  learns lesions rather than one clinic's dermatoscope tint.
 * **Distillation** (``--teacher PACK --distill W``, off by default): targets blend the label with finished
   packs' probabilities, to put an ensemble's gain into one model (see ``distill.py``).
 * **Model selection on val balanced accuracy**, never on the test split, which is only read by ``evaluate``.
@@ -40,6 +43,7 @@ import numpy as np
 
 from edge.evaluation.metrics import balanced_accuracy
 from edge.training.data import Sample, class_counts
+from edge.vision.color import DEFAULT_POWER, shades_of_gray
 
 log = logging.getLogger("edge.train")
 BN_MOMENTUM = 0.99  # recalibrated BatchNorm's moving averages (see recalibrate_batchnorm)
@@ -73,6 +77,7 @@ class TrainConfig:
     test_fraction: float = 0.15
     representative_images: int = 300
     load_short_side: int = 160
+    color_constancy: str = "none"  # "shades_of_gray": neutralise the light's colour of every crop (see above)
     extra: dict = field(default_factory=dict)
 
 
@@ -128,10 +133,26 @@ def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
     return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
-def sample_model_inputs(images: list[np.ndarray], size: int, count: int, seed: int) -> np.ndarray:
+def model_inputs(images, config: TrainConfig) -> np.ndarray:
+    """(n, size, size, 3) float inputs for ``images``: what the device feeds the model (``Preprocessor``)."""
+    def view(image: np.ndarray) -> np.ndarray:
+        square = center_square(image, config.input_size)
+        return shades_of_gray(square) if config.color_constancy == "shades_of_gray" else square
+
+    return to_model_input(np.stack([view(image) for image in images]))
+
+
+def sample_model_inputs(images: list[np.ndarray], config: TrainConfig, count: int, seed: int) -> np.ndarray:
     """Up to ``count`` of ``images``, drawn without replacement (seeded), as the model sees them at run time."""
     chosen = np.random.default_rng(seed).choice(len(images), size=min(count, len(images)), replace=False)
-    return to_model_input(np.stack([center_square(images[i], size) for i in chosen]))
+    return model_inputs([images[i] for i in chosen], config)
+
+
+def shades_of_gray_tf(tf, x, power: float = DEFAULT_POWER):
+    """``edge.vision.color.shades_of_gray`` for one float image in [0, 1], in the input pipeline's graph."""
+    estimate = tf.maximum(tf.pow(tf.reduce_mean(tf.pow(x, power), axis=[0, 1]), 1.0 / power), 1.0 / 255.0)
+    gains = tf.norm(estimate) / (np.sqrt(3.0).astype(np.float32) * estimate)
+    return tf.clip_by_value(x * gains, 0.0, 1.0)
 
 
 # --- sampling and augmentation ------------------------------------------------------------------------------
@@ -173,6 +194,8 @@ def make_train_dataset(tf, images, labels_idx, targets, probability, class_weigh
                        tf.int32)
         crop = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), s(1))
         x = tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True) / 255.0
+        if config.color_constancy == "shades_of_gray":
+            x = shades_of_gray_tf(tf, x)
         x = tf.image.stateless_random_flip_left_right(x, s(2))
         x = tf.image.stateless_random_flip_up_down(x, s(3))
         x = tf.image.rot90(x, tf.random.stateless_uniform((), s(4), 0, 4, dtype=tf.int32))
@@ -303,8 +326,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     log.info("train %s, val %s", dict(zip(labels, class_counts(split["train"], labels).tolist())),
              dict(zip(labels, class_counts(split["val"], labels).tolist())))
     train_images = load_images(split["train"], config.load_short_side)
-    val_x = to_model_input(np.stack([center_square(im, config.input_size)
-                                     for im in load_images(split["val"], config.load_short_side)]))
+    val_x = model_inputs(load_images(split["val"], config.load_short_side), config)
     probability, class_weights = sampling_plan(train_y, len(labels))
     targets = training_targets(train_y, len(labels), teacher_p, config.distill)
     log.info("loss weight per class: %s", dict(zip(labels, np.round(class_weights, 2).tolist())))
@@ -316,7 +338,7 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     state = RunState(**json.loads(state_path.read_text())) if resumable else RunState()
     model, backbone = build_model(keras, config, len(labels), pretrained)
     if config.batchnorm == "recalibrated":
-        recalibrate_batchnorm(keras, backbone, sample_model_inputs(train_images, config.input_size, 512, config.seed))
+        recalibrate_batchnorm(keras, backbone, sample_model_inputs(train_images, config, 512, config.seed))
     elif config.batchnorm != "identity":
         raise ValueError(f"batchnorm must be 'identity' or 'recalibrated', not {config.batchnorm!r}")
     phases = [("warmup", config.warmup_epochs), ("finetune", config.finetune_epochs)]
@@ -420,7 +442,7 @@ def _maybe_use_average(keras, model, backbone, config: TrainConfig, work_dir: Pa
     model.set_weights([(saved[f"arr_{i}"] / count).astype(w.dtype) for i, w in enumerate(best)])
     if config.batchnorm == "recalibrated":
         reestimate_batchnorm(keras, backbone,
-                             sample_model_inputs(train_images, config.input_size, 2048, config.seed + 1))
+                             sample_model_inputs(train_images, config, 2048, config.seed + 1))
     val_bacc = balanced_accuracy(val_y, model.predict(val_x, batch_size=64, verbose=0).argmax(1), n_classes)
     keep = val_bacc > state.best_val_bacc
     log.info("mean of the last %d fine-tuning epochs: val balanced accuracy %.4f vs best epoch %.4f -> %s",

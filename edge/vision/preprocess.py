@@ -1,7 +1,7 @@
 """Frame -> model input tensor, exactly as the pack's manifest says.
 
-Crop the central square (or a fraction of it), resize with area interpolation, normalise with the
-manifest's mean/std, and quantise with the backend's input tensor parameters. For an integer input the
+Crop the central square (or a fraction of it), resize with area interpolation, optionally neutralise the
+light's colour (``edge.vision.color``), normalise with the manifest's mean/std, and quantise with the backend's input tensor parameters. For an integer input the
 normalise+quantise steps are one affine map per channel, so they are folded into a 256-entry lookup table:
 one gather per pixel instead of four float operations.
 """
@@ -13,6 +13,7 @@ import numpy as np
 
 from edge.inference.base import TensorSpec
 from edge.inference.manifest import InputSpec
+from edge.vision.color import apply_table, correction_table
 
 
 def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
@@ -22,6 +23,9 @@ def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, i
     side = max(1, int(round(min(height, width) * spec.crop_fraction)))
     top, left = (height - side) // 2, (width - side) // 2
     return top, left, top + side, left + side
+
+
+_CHANNELS = np.arange(3)
 
 
 class Preprocessor:
@@ -54,8 +58,15 @@ class Preprocessor:
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
         resized = self.crop_resize(image)
-        if self._lut is not None:
-            tensor = cv2.LUT(resized, self._lut).view(self.tensor.dtype)
+        lut = self._lut
+        if self.spec.color_constancy == "shades_of_gray":
+            correction = correction_table(resized, self.spec.color_constancy_power)
+            if lut is None:
+                resized = apply_table(resized, correction)
+            else:  # one pass: the quantisation table read through this image's correction
+                lut = np.ascontiguousarray(lut.reshape(256, 3)[correction, _CHANNELS].reshape(256, 1, 3))
+        if lut is not None:
+            tensor = cv2.LUT(resized, lut).view(self.tensor.dtype)
         else:
             tensor = ((resized.astype(np.float32) - self._mean) * self._inv_std).astype(self.tensor.dtype)
         return tensor[np.newaxis]
