@@ -8,16 +8,17 @@ import pytest
 pytest.importorskip("tensorflow")
 
 
-def _batches(mixup: float, steps: int = 6, targets=None):
+def _batches(mixup: float, steps: int = 6, targets=None, images=None, **config_fields):
     from edge.training.distill import training_targets
     from edge.training.train import TrainConfig, make_train_dataset, sampling_plan, setup_tensorflow
 
     _, tf = setup_tensorflow(1)
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(64)]
+    if images is None:
+        images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(64)]
     labels = np.array([i % 3 for i in range(64)], np.int32)
     probability, weights = sampling_plan(labels, 3)
-    config = TrainConfig(input_size=32, batch_size=8, mixup=mixup, crop_min=0.6)
+    config = TrainConfig(input_size=32, batch_size=8, mixup=mixup, crop_min=0.6, **config_fields)
     targets = training_targets(labels, 3, None, 0.0) if targets is None else targets
     dataset = make_train_dataset(tf, images, labels, targets, probability, weights, config, epoch_seed=5,
                                  steps=steps)
@@ -74,3 +75,19 @@ def test_training_colour_constancy_is_the_devices(ham_images):
         plain = model_inputs([image], TrainConfig(input_size=64))
         corrected = model_inputs([image], config)
         assert corrected.shape == plain.shape == (1, 64, 64, 3) and not np.allclose(corrected, plain)
+
+
+def test_channel_gain_tints_each_crop_within_its_range():
+    """A grey image stays grey through flips, brightness, contrast and saturation; --channel-gain alone tints
+    it, by at most exp(+-g) per channel."""
+    grey = [np.full((120, 160, 3), 100, np.uint8) for _ in range(64)]
+    for x, _, _ in _batches(0.0, images=grey):
+        assert np.allclose(x[..., 0], x[..., 1], atol=1e-5) and np.allclose(x[..., 1], x[..., 2], atol=1e-5)
+    spreads = []
+    for x, _, _ in _batches(0.0, images=grey, channel_gain=0.2):
+        means = (x.mean(axis=(1, 2)) + 1) / 2  # per crop and channel, back on the 0-1 scale
+        spreads.extend(np.log(means.max(axis=1) / means.min(axis=1)))
+    assert np.mean(np.array(spreads) > 0.02) > 0.9  # nearly every crop is tinted
+    # two channels at most exp(0.2) / exp(-0.2) apart, widened by up to 15 % each by the saturation and
+    # contrast jitter that follow
+    assert max(spreads) <= 0.4 * 1.15 ** 2 + 0.02

@@ -17,7 +17,9 @@ The recipe, and why:
   per epoch as full oversampling would.
 * **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
   horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation
-  jitter (devices and lighting differ); optionally mixup of image pairs (``--mixup``).
+  jitter (devices and lighting differ); optionally a random gain per colour channel (``--channel-gain G``:
+  each of R, G, B times ``exp(U(-G, G))``, the tint of another lamp or white balance) and mixup of image
+  pairs (``--mixup``).
 * **Colour constancy** (``--color-constancy shades_of_gray``, off by default): every crop the model sees,
   in training and on the device, is put under a neutral light first (``edge.vision.color``), so the model
   learns lesions rather than one clinic's dermatoscope tint.
@@ -65,6 +67,7 @@ class TrainConfig:
     batchnorm: str = "identity"  # "identity": frozen, inference mode; "recalibrated": real BN, trained (below)
     average_last_epochs: int = 0  # >0: also try the mean of the last N fine-tuning epochs' weights (see below)
     crop_min: float = 0.8  # random square crops take this to 100 % of the image's short side
+    channel_gain: float = 0.0  # >0: each crop's R, G, B are scaled by exp(U(-g, g)), independently
     mixup: float = 0.0  # >0: mixup (Zhang et al. 2018) of each batch with itself reversed, lambda ~ Beta(a, a)
     distill: float = 0.0  # >0: weight of the teacher packs' probabilities in each target (see distill.py)
     distill_temperature: float = 1.0  # the teachers' temperatures are multiplied by this (>1 softens them)
@@ -196,6 +199,9 @@ def make_train_dataset(tf, images, labels_idx, targets, probability, class_weigh
         x = tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True) / 255.0
         if config.color_constancy == "shades_of_gray":
             x = shades_of_gray_tf(tf, x)
+        if config.channel_gain > 0:
+            tint = tf.random.experimental.stateless_fold_in(seeds, 8)
+            x = x * tf.exp(tf.random.stateless_uniform((3,), tint, -config.channel_gain, config.channel_gain))
         x = tf.image.stateless_random_flip_left_right(x, s(2))
         x = tf.image.stateless_random_flip_up_down(x, s(3))
         x = tf.image.rot90(x, tf.random.stateless_uniform((), s(4), 0, 4, dtype=tf.int32))
