@@ -12,7 +12,7 @@ import pytest
 from edge.errors import ModelError
 from edge.inference.base import TensorSpec
 from edge.inference.manifest import InputSpec, load_pack
-from edge.vision.color import illuminant, shades_of_gray
+from edge.vision.color import DEFAULT_POWER, illuminant, shades_of_gray
 from edge.vision.preprocess import Preprocessor
 
 
@@ -81,7 +81,9 @@ def test_manifest_carries_colour_constancy_and_refuses_unknown_methods(tmp_path)
     manifest = json.loads((pack_dir / "model.json").read_text())
     manifest["input"]["color_constancy"] = "shades_of_gray"
     (pack_dir / "model.json").write_text(json.dumps(manifest))
-    assert load_pack(pack_dir).manifest.input.color_constancy == "shades_of_gray"
+    spec = load_pack(pack_dir).manifest.input
+    assert spec.color_constancy == "shades_of_gray"
+    assert spec.color_constancy_power == DEFAULT_POWER  # what edge train's input pipeline uses
     manifest["input"]["color_constancy"] = "retinex"
     (pack_dir / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="color_constancy"):

@@ -45,7 +45,7 @@ import numpy as np
 
 from edge.evaluation.metrics import balanced_accuracy
 from edge.training.data import Sample, class_counts
-from edge.vision.color import DEFAULT_POWER, shades_of_gray
+from edge.vision.color import DEFAULT_POWER, ILLUMINANT_FLOOR, shades_of_gray
 
 log = logging.getLogger("edge.train")
 BN_MOMENTUM = 0.99  # recalibrated BatchNorm's moving averages (see recalibrate_batchnorm)
@@ -153,7 +153,8 @@ def sample_model_inputs(images: list[np.ndarray], config: TrainConfig, count: in
 
 def shades_of_gray_tf(tf, x, power: float = DEFAULT_POWER):
     """``edge.vision.color.shades_of_gray`` for one float image in [0, 1], in the input pipeline's graph."""
-    estimate = tf.maximum(tf.pow(tf.reduce_mean(tf.pow(x, power), axis=[0, 1]), 1.0 / power), 1.0 / 255.0)
+    estimate = tf.maximum(tf.pow(tf.reduce_mean(tf.pow(x, power), axis=[0, 1]), 1.0 / power),
+                          ILLUMINANT_FLOOR / 255.0)
     gains = tf.norm(estimate) / (np.sqrt(3.0).astype(np.float32) * estimate)
     return tf.clip_by_value(x * gains, 0.0, 1.0)
 

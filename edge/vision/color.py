@@ -17,11 +17,12 @@ import cv2
 import numpy as np
 
 DEFAULT_POWER = 6.0
-_FLOOR = 1.0  # illuminant floor on the 0-255 scale: a black channel is left alone, never divided by zero
+ILLUMINANT_FLOOR = 1.0  # on the 0-255 scale: a black channel is left alone, never divided by zero
 _LEVELS = np.arange(256, dtype=np.float64)
 
 
-def _check(image: np.ndarray) -> None:
+def require_rgb_uint8(image: np.ndarray) -> None:
+    """Raise ValueError unless ``image`` is H x W x 3 uint8, what every step from the camera on works with."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
 
@@ -31,7 +32,7 @@ def illuminant(image: np.ndarray, power: float = DEFAULT_POWER) -> np.ndarray:
 
     Computed from each channel's histogram (256 powers instead of one per pixel): the same number as
     ``mean(pixels ** p)``, in 0.05 ms instead of 1.4 ms on a 160 px crop here."""
-    _check(image)
+    require_rgb_uint8(image)
     weights = (_LEVELS / 255.0) ** power
     counts = [cv2.calcHist([image], [channel], None, [256], [0, 256]).reshape(-1) for channel in range(3)]
     means = np.array([np.dot(c, weights) for c in counts]) / (image.shape[0] * image.shape[1])
@@ -40,7 +41,7 @@ def illuminant(image: np.ndarray, power: float = DEFAULT_POWER) -> np.ndarray:
 
 def channel_gains(estimate: np.ndarray) -> np.ndarray:
     """Per-channel gains ``|e| / (sqrt(3) e_c)`` that make the illuminant ``estimate`` neutral."""
-    floored = np.maximum(np.asarray(estimate, dtype=np.float64), _FLOOR)
+    floored = np.maximum(np.asarray(estimate, dtype=np.float64), ILLUMINANT_FLOOR)
     return np.linalg.norm(floored) / (np.sqrt(3.0) * floored)
 
 

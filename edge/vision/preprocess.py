@@ -1,9 +1,10 @@
 """Frame -> model input tensor, exactly as the pack's manifest says.
 
 Crop the central square (or a fraction of it), resize with area interpolation, optionally neutralise the
-light's colour (``edge.vision.color``), normalise with the manifest's mean/std, and quantise with the backend's input tensor parameters. For an integer input the
-normalise+quantise steps are one affine map per channel, so they are folded into a 256-entry lookup table:
-one gather per pixel instead of four float operations.
+light's colour (``edge.vision.color``), normalise with the manifest's mean/std, and quantise with the
+backend's input tensor parameters. For an integer input the normalise+quantise steps are one affine map per
+channel, so they are folded into a 256-entry lookup table: one gather per pixel instead of four float
+operations (and the colour correction, itself a per-channel table, is folded into that one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from edge.inference.base import TensorSpec
 from edge.inference.manifest import InputSpec
-from edge.vision.color import apply_table, correction_table
+from edge.vision.color import apply_table, correction_table, require_rgb_uint8
 
 
 def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
@@ -55,8 +56,7 @@ class Preprocessor:
         return cv2.resize(region, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image, got shape {image.shape} {image.dtype}")
+        require_rgb_uint8(image)
         resized = self.crop_resize(image)
         lut = self._lut
         if self.spec.color_constancy == "shades_of_gray":
