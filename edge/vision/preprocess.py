@@ -9,19 +9,23 @@ operations (and the colour correction, itself a per-channel table, is folded int
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
 
-from edge.inference.base import TensorSpec
-from edge.inference.manifest import InputSpec
 from edge.vision.color import apply_table, correction_table, require_rgb_uint8
+
+if TYPE_CHECKING:  # types only: edge.inference imports this module, so a runtime import would be a cycle
+    from edge.inference.base import TensorSpec
+    from edge.inference.manifest import InputSpec
 
 
 def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, int]:
     """(top, left, bottom, right) of the region the model sees."""
     if spec.crop == "none":
         return 0, 0, height, width
-    side = max(1, int(round(min(height, width) * spec.crop_fraction)))
+    side = max(1, round(min(height, width) * spec.crop_fraction))
     top, left = (height - side) // 2, (width - side) // 2
     return top, left, top + side, left + side
 
