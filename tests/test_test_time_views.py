@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import HAM_IMAGES
+
 from edge.config import InferenceSettings
 from edge.errors import ModelError
 from edge.inference import Classifier, load_pack
@@ -34,6 +34,17 @@ def test_views_are_the_eight_symmetries_of_the_square_flips_first():
     assert len(tta_views(tensor, 1)) == 1
     with pytest.raises(ValueError, match="1, 4 or 8"):
         tta_views(tensor, 3)
+
+
+def test_views_of_a_device_input_equal_the_numpy_symmetries():
+    """The device's case (one non-square int8 RGB image) gives exactly the numpy flips and transpose."""
+    tensor = np.random.default_rng(0).integers(-128, 128, (1, 5, 7, 3)).astype(np.int8)
+    transposed = tensor.transpose(0, 2, 1, 3)
+    expected = [tensor, tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1]]
+    expected += [transposed, transposed[:, :, ::-1], transposed[:, ::-1], transposed[:, ::-1, ::-1]]
+    views = tta_views(tensor, 8)
+    assert [(v.dtype, v.shape) for v in views] == [(e.dtype, e.shape) for e in expected]
+    assert all(np.array_equal(v, e) for v, e in zip(views, expected))
 
 
 def _pack_copy(tmp_path, **decision):

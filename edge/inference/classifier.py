@@ -11,6 +11,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from edge.errors import BackendFailed, BackendUnavailable, ModelError
@@ -46,17 +47,36 @@ class Scores:
         return self.preprocess_ms + self.invoke_ms + self.postprocess_ms
 
 
+def _each_image(tensor: np.ndarray, transform) -> np.ndarray:
+    """``transform`` (an OpenCV call on one HWC image) applied to every image of an NHWC batch."""
+    if tensor.shape[0] == 1:
+        return transform(tensor[0])[np.newaxis]
+    return np.stack([transform(image) for image in tensor])
+
+
+def _flip(code: int):
+    # cv2.flip is ~35x faster than a contiguous copy of a reversed numpy view (0.004 vs 0.14 ms per
+    # 160x160x3 int8 image); OpenCV drops a single channel axis, so the image's shape is put back.
+    return lambda image: cv2.flip(image, code).reshape(image.shape)
+
+
+def _transpose(image: np.ndarray) -> np.ndarray:
+    return cv2.transpose(image).reshape(image.shape[1], image.shape[0], *image.shape[2:])
+
+
 def tta_views(tensor: np.ndarray, count: int) -> list[np.ndarray]:
     """The first ``count`` test-time augmentation views of an NHWC input: the image, its horizontal,
     vertical and double flips, then the same four of its transpose (the 8 symmetries of a square; a lesion
     seen from above has no up or left). Ordered so that the first 4 are the flips alone."""
     if count not in TEST_TIME_VIEW_COUNTS:
         raise ValueError(f"test-time views must be 1, 4 or 8, not {count}")
-    views = [tensor, tensor[:, :, ::-1], tensor[:, ::-1], tensor[:, ::-1, ::-1]]
-    if count == 8:
-        transposed = tensor.transpose(0, 2, 1, 3)
-        views += [transposed, transposed[:, :, ::-1], transposed[:, ::-1], transposed[:, ::-1, ::-1]]
-    return [np.ascontiguousarray(view) for view in views[:count]]
+    if count == 1:
+        return [np.ascontiguousarray(tensor)]
+    views: list[np.ndarray] = []
+    for base in [tensor] if count < 8 else [tensor, _each_image(tensor, _transpose)]:
+        views.append(base)
+        views += [_each_image(base, _flip(code)) for code in (1, 0, -1)]  # left-right, upside down, both
+    return [np.ascontiguousarray(view) for view in views]
 
 
 class Classifier:
@@ -71,7 +91,7 @@ class Classifier:
             self.fallback_reason = "; ".join(f"{p.backend}: {p.detail}" for p in failed)
 
     @classmethod
-    def open(cls, pack: ModelPack, backend: str, backend_settings) -> "Classifier":
+    def open(cls, pack: ModelPack, backend: str, backend_settings) -> Classifier:
         """Open ``backend`` ('auto', 'cpu', 'coral', 'jetson'); anything but 'cpu' falls back to 'cpu'.
 
         ``backend_settings`` has one attribute per backend name (``InferenceSettings``). Raises
