@@ -4,6 +4,7 @@ malformed or oversized."""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -11,13 +12,13 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mqtt_broker import Listener, broker, device_settings, wait_until  # noqa: F401
 
 from edge.mqtt import admin, remote_config
 from edge.mqtt.commands import MAX_COMMAND_BYTES
 from edge.mqtt.publisher import MqttService
 from edge.mqtt.signing import public_key_b64, sign_envelope
 from edge.types import Urgency
-from mqtt_broker import Listener, broker, device_settings, wait_until  # noqa: F401
 
 
 class Device:
@@ -169,6 +170,11 @@ def rejected_cases(device: Device) -> list[tuple[str, bytes, str]]:
          "not yet valid"),
         ("wrong target", encoded(sign_envelope(envelope(device, target="a" * 16), device.key)), "wrong target"),
         ("not json", b"restart now please", "not UTF-8 JSON"),
+        # Python refuses to convert integers of more than 4,300 digits (ValueError, not a JSON error).
+        ("huge number", b'{"issued_at": ' + b"9" * 5000 + b"}", "not UTF-8 JSON"),
+        # A lone surrogate parses as JSON but cannot be encoded for the signature check.
+        ("lone surrogate", encoded({**envelope(device, args={"x": "\ud800"}),
+                                    "signature": base64.b64encode(bytes(64)).decode()}), "not valid Unicode"),
         ("wrong types", encoded({**envelope(device), "args": "all"}), "must be an object"),
         ("oversized", encoded(sign_envelope(envelope(device, "set_config", {"log_level": "DEBUG",
                                                                              "x": "y" * MAX_COMMAND_BYTES}),
@@ -183,7 +189,7 @@ def test_bad_commands_are_rejected_with_a_reason_and_change_nothing(device, capl
         reply = device.send_raw(payload)
         assert reply["ok"] is False and reason in reply["error"], (name, reply)
         assert reply["device_id"] == device.service.device_id
-        if name not in ("not json", "oversized"):
+        if name not in ("not json", "huge number", "oversized"):
             assert reply.get("nonce"), (name, reply)  # the admin can match the rejection to what was sent
     assert device.restarts == [] and device.purges == []
     assert logging.getLogger().level == before

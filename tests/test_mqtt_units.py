@@ -8,28 +8,44 @@ import json
 import os
 import stat
 import time
+import types
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mqtt_broker import make_result
 
 from edge.config import load_settings
 from edge.errors import ConfigError, EdgeError
-from edge.mqtt import admin, remote_config
+from edge.mqtt import actions, admin, remote_config
 from edge.mqtt.commands import MAX_COMMAND_BYTES, CommandRejected, CommandVerifier, NotForThisDevice
 from edge.mqtt.connection import Backoff
 from edge.mqtt.device import device_id
 from edge.mqtt.nonces import NonceStore
 from edge.mqtt.outbox import Outbox
 from edge.mqtt.payloads import ALLOWED_KEYS, json_schema, minute_floor_iso, result_payload
-from edge.mqtt.signing import (canonical_bytes, key_id, load_admin_keys, load_public_key, public_key_b64,
-                               sign_envelope, verify_envelope, write_private_key)
+from edge.mqtt.signing import (
+    canonical_bytes,
+    key_id,
+    load_admin_keys,
+    load_public_key,
+    public_key_b64,
+    sign_envelope,
+    verify_envelope,
+    write_private_key,
+)
 from edge.mqtt.telemetry import FrameRate, cpu_temperature_c, memory_rss_mb, telemetry_payload
-from edge.mqtt.topics import (TopicError, Topics, all_devices_prefix, check_prefix_template, check_topic_filter,
-                              device_of, topic_matches)
+from edge.mqtt.topics import (
+    TopicError,
+    Topics,
+    all_devices_prefix,
+    check_prefix_template,
+    check_topic_filter,
+    device_of,
+    topic_matches,
+)
 from edge.paths import PROJECT_ROOT
 from edge.types import Urgency
-from mqtt_broker import make_result
 
 DEVICE = "0123456789abcdef"
 
@@ -247,11 +263,29 @@ def test_verifier_rejects_with_a_reason(verifier, admin_key, make, reason):
 def test_verifier_rejects_non_json_and_oversized(verifier, admin_key):
     with pytest.raises(CommandRejected, match="not UTF-8 JSON"):
         verifier.verify(b"\xff\xfe not json")
+    with pytest.raises(CommandRejected, match="not UTF-8 JSON"):  # more digits than Python converts
+        verifier.verify(b'{"issued_at": ' + b"9" * 5000 + b"}")
+    with pytest.raises(CommandRejected, match="not valid Unicode"):  # a lone surrogate cannot be signed
+        verifier.verify(raw({**sign_envelope(envelope(), admin_key), "args": {"x": "\ud800"}}))
     big = sign_envelope(envelope(args={"pad": "x" * MAX_COMMAND_BYTES}), admin_key)
     with pytest.raises(CommandRejected, match="too large"):
         verifier.verify(raw(big))
     with pytest.raises(NotForThisDevice):
         verifier.verify(raw(sign_envelope(envelope(target="0" * 16), admin_key)))
+
+
+def test_a_crash_while_checking_a_command_becomes_a_rejection(caplog):
+    """Whatever goes wrong checking a message, the reply says so and nothing escapes into paho's thread
+    (which would drop the connection, and the broker would redeliver the message forever)."""
+
+    class BrokenVerifier:
+        def verify(self, raw_message: bytes):
+            raise KeyError("a bug")
+
+    reply = actions.respond(b"{}", verifier=BrokenVerifier(), runtime=types.SimpleNamespace(device_id=DEVICE),
+                            fleet=False)
+    assert reply == {"ok": False, "error": "malformed: the device could not check this command", "device_id": DEVICE}
+    assert "could not be checked" in caplog.text
 
 
 def test_nonces_persist_and_are_pruned_after_expiry(tmp_path):

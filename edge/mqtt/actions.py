@@ -10,8 +10,9 @@ import base64
 import binascii
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from edge.config import Settings
 from edge.errors import ConfigError, EdgeError
@@ -59,6 +60,10 @@ def respond(raw: bytes, *, verifier: CommandVerifier, runtime: Runtime, fleet: b
     except CommandRejected as exc:
         log.warning("command rejected: %s", exc.reason)
         return rejection_reply(exc, runtime.device_id)
+    except Exception:  # an unforeseen message must not escape into paho, which would drop the connection
+        log.exception("command could not be checked")
+        return rejection_reply(CommandRejected("malformed: the device could not check this command"),
+                               runtime.device_id)
     reply: dict[str, Any] = {"nonce": command.nonce, "command": command.command, "device_id": runtime.device_id}
     log.info("command %s accepted (admin key %s)", command.command, command.key_id)
     try:

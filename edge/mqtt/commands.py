@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -109,7 +110,7 @@ def parse_envelope(raw: bytes) -> dict[str, Any]:
         raise CommandRejected(f"too large: {len(raw)} bytes (limit {MAX_COMMAND_BYTES})")
     try:
         envelope = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (ValueError, RecursionError):  # bad UTF-8, bad JSON, or a number longer than Python will convert
         raise CommandRejected("malformed: not UTF-8 JSON") from None
     if not isinstance(envelope, dict):
         raise CommandRejected("malformed: the envelope must be a JSON object")

@@ -12,8 +12,9 @@ import binascii
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -132,7 +133,10 @@ def verify_envelope(envelope: Mapping[str, Any], keys: Mapping[str, Ed25519Publi
     if wanted is not None and wanted not in keys:
         raise SignatureError("signed with a key this device does not trust")
     candidates = {wanted: keys[wanted]} if wanted is not None else keys
-    message = canonical_bytes(envelope)
+    try:
+        message = canonical_bytes(envelope)
+    except UnicodeEncodeError:  # JSON may carry lone surrogates ("\ud800"), which no signer could have encoded
+        raise SignatureError("malformed: the command contains text that is not valid Unicode") from None
     for kid, key in candidates.items():
         try:
             key.verify(raw, message)
