@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -105,7 +105,7 @@ class MqttTlsSettings(_Section):
     key_file: Path | None = Field(None, description="The client certificate's private key (PEM).")
 
     @model_validator(mode="after")
-    def _pair(self) -> "MqttTlsSettings":
+    def _pair(self) -> MqttTlsSettings:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("cert_file and key_file go together")
         return self
@@ -165,7 +165,7 @@ class MqttSettings(_Section):
         return check_topic_name(value)
 
     @model_validator(mode="after")
-    def _consistent(self) -> "MqttSettings":
+    def _consistent(self) -> MqttSettings:
         if self.password is not None and self.password_file is not None:
             raise ValueError("set password or password_file, not both")
         if self.reconnect_min_s > self.reconnect_max_s:
@@ -280,14 +280,30 @@ def _is_setting_path(model: type[BaseModel], path: list[str]) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel) and _is_setting_path(annotation, rest)
 
 
+SECRET_MARKERS = ("password", "secret", "token")
+
+
+def is_secret_key(key: str) -> bool:
+    """A setting whose value is a secret (``mqtt.password``, ``api_token``); the ``*_file`` that names it is
+    not one, and neither is ``max_tokens``."""
+    words = key.lower().split("_")
+    return any(word in SECRET_MARKERS for word in words) and words[-1] != "file"
+
+
 def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the setting. The offending value is quoted only when it is a plain value
+    of a setting that is not a secret: these messages reach the journal and MQTT replies, and a section's
+    value (a dict) can hold the broker password."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        value = error.get("input")
         if error["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")
+        elif isinstance(value, dict | list) or any(is_secret_key(str(part)) for part in error["loc"]):
+            lines.append(f"{key}: {error['msg']}")
         else:
-            lines.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+            lines.append(f"{key}: {error['msg']} (got {value!r})")
     return "; ".join(lines)
 
 

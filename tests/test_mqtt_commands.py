@@ -91,6 +91,7 @@ def test_get_config_redacts_secrets(device):
     listener.wait_for(lambda: listener.messages, what="the raw reply")
     assert reply["ok"] and reply["result"]["settings"]["mqtt"]["password"] == "<redacted>"
     assert reply["result"]["settings"]["mqtt"]["port"] == device.broker.port
+    assert isinstance(reply["result"]["settings"]["assistant"]["max_tokens"], int)  # a count, not a secret
     assert b"hunter2" not in listener.messages[0].payload
     listener.close()
 
@@ -121,6 +122,23 @@ def test_set_config_rejects_invalid_values_with_the_key_path_and_keeps_everythin
         assert not reply["ok"] and reason in reply["error"], reply
     assert not remote_config.overlay_path(device.settings.state_dir).exists()
     assert device.service.settings.mqtt.telemetry_interval_s == 60
+
+
+def test_a_rejected_set_config_never_echoes_a_password(device, caplog):
+    """The mqtt section fails as a whole here ("password or password_file"), and its value holds both the
+    device's password and the new one: the reply names the problem and quotes neither."""
+    listener = Listener(device.broker, device.service.topics.cmd_reply)
+    try:
+        for args in ({"mqtt.password_file": "/etc/edge/mqtt-password"}, {"mqtt.password": 12345678}):
+            reply = device.send("set_config", args)
+            assert not reply["ok"] and "invalid setting: mqtt" in reply["error"], reply
+        listener.wait_for(lambda: len(listener.messages) == 2, what="both raw replies")
+    finally:
+        listener.close()
+    assert "password or password_file" in json.loads(listener.messages[0].payload)["error"]
+    for message in listener.messages:
+        assert b"hunter2" not in message.payload and b"12345678" not in message.payload
+    assert "hunter2" not in caplog.text and "12345678" not in caplog.text
 
 
 def test_set_log_level(device):

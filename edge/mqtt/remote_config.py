@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import tomli_w
-from edge.config import Settings, load_settings
+import tomllib
+
+from edge.config import Settings, is_secret_key, load_settings
 from edge.errors import ConfigError
 
 log = logging.getLogger("edge.mqtt")
@@ -27,7 +28,6 @@ LOCAL_ONLY = ("state_dir", "mqtt.commands.admin_keys", "mqtt.commands.enabled")
 # Applied by the running daemon without a restart; everything else is persisted and applies after one.
 LIVE_KEYS = ("log_level", "mqtt.telemetry_interval_s", "mqtt.commands.clock_skew_s", "mqtt.commands.max_lifetime_s",
              "mqtt.results.include_age_band", "mqtt.results.include_body_site", "mqtt.results.hold_until_minute_end")
-SECRET_MARKERS = ("password", "secret", "token")
 REDACTED = "<redacted>"
 
 
@@ -143,7 +143,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
 def _redact(value: Any, key: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _redact(v, k) for k, v in value.items()}
-    if any(marker in key.lower() for marker in SECRET_MARKERS) and value is not None and not key.endswith("_file"):
+    if is_secret_key(key) and value is not None:
         return REDACTED
     return value
 
