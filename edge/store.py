@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import threading
 from pathlib import Path
 
+from edge import sqlite_files
 from edge.types import Result
 
 SCHEMA = """
@@ -32,12 +32,8 @@ COLUMNS = ("id", "time", "label", "display_name", "confidence", "urgency", "abst
 
 class History:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(SCHEMA)
+        self._db = sqlite_files.connect(path, setup=SCHEMA)
         self._lock = threading.Lock()
 
     def record(self, result: Result) -> None:

@@ -10,17 +10,18 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from edge import sqlite_files
+
 NONCE_FILE = "mqtt-nonces.sqlite"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, forget_after REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS nonces_forget ON nonces (forget_after);
+"""
 
 
 class NonceStore:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS nonces (nonce TEXT PRIMARY KEY, forget_after REAL NOT NULL)")
-        self._db.execute("CREATE INDEX IF NOT EXISTS nonces_forget ON nonces (forget_after)")
+        self._db = sqlite_files.connect(path, setup=SCHEMA)
         self._lock = threading.Lock()
 
     def claim(self, nonce: str, forget_after: float, now: float) -> bool:

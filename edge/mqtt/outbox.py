@@ -18,11 +18,11 @@ cap bounds the routine flood of a device that is offline for weeks). Every drop 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge import sqlite_files
 from edge.types import Urgency
 
 log = logging.getLogger("edge.mqtt")
@@ -50,13 +50,6 @@ class OutboxRow:
     release_at: float = 0.0  # not sent before this unix time (see MqttService: privacy of timing)
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={synchronous}")
-    return db
-
-
 class Outbox:
     """Thread-safe: the pipeline thread enqueues, the MQTT thread reads and removes."""
 
@@ -68,9 +61,9 @@ class Outbox:
         self.delivered = 0
         self._lock = threading.Lock()  # the writer connection and the depth counter
         self._sender_lock = threading.Lock()
-        self._db = _connect(path, "FULL")
-        self._db.executescript(SCHEMA)
-        self._sender = _connect(path, "NORMAL")
+        # The writer opens first: a damaged file is set aside there, before the sender connects.
+        self._db = sqlite_files.connect(path, synchronous="FULL", setup=SCHEMA, timeout=30)
+        self._sender = sqlite_files.connect(path, synchronous="NORMAL", timeout=30)
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def enqueue(self, event_id: str, payload: bytes, urgency: Urgency, release_at: float = 0.0) -> bool:

@@ -1,0 +1,108 @@
+"""A damaged SQLite file (outbox, nonces, history) is set aside and replaced; it never stops the device."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+
+import pytest
+from mqtt_broker import Listener, broker, device_settings, make_result  # noqa: F401
+
+from edge import sqlite_files
+from edge.mqtt.nonces import NonceStore
+from edge.mqtt.outbox import OUTBOX_FILE, Outbox
+from edge.mqtt.publisher import MqttService
+from edge.store import History
+from edge.types import Urgency
+
+
+def use_outbox(path):
+    outbox = Outbox(path, cap=10)
+    assert outbox.enqueue("e1", b"{}", Urgency.URGENT) and outbox.depth() == 1
+    return outbox
+
+
+def use_nonces(path):
+    nonces = NonceStore(path)
+    assert nonces.claim("n" * 32, forget_after=time.time() + 60, now=time.time()) and len(nonces) == 1
+    return nonces
+
+
+def use_history(path):
+    history = History(path)
+    history.record(make_result())
+    assert len(history.entries()) == 1
+    return history
+
+
+STORES = pytest.mark.parametrize("use", [use_outbox, use_nonces, use_history], ids=["outbox", "nonces", "history"])
+
+
+def aside_files(path):
+    return sorted(p.name for p in path.parent.iterdir() if ".corrupt-" in p.name)
+
+
+@STORES
+def test_a_file_that_is_not_a_database_is_kept_aside_and_replaced(tmp_path, caplog, use):
+    path = tmp_path / "state" / "store.sqlite"
+    path.parent.mkdir()
+    garbage = os.urandom(8192)
+    path.write_bytes(garbage)
+    store = use(path)  # works, on a fresh file
+    store.close()
+    (aside,) = aside_files(path)
+    assert (path.parent / aside).read_bytes() == garbage  # nothing is deleted: the old file can be examined
+    assert f"moved it to {aside}" in caplog.text and any(r.levelno == logging.ERROR for r in caplog.records)
+
+
+def test_damaged_pages_are_caught_by_the_integrity_check_at_open(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path, cap=10_000)
+    for i in range(2000):
+        outbox.enqueue(f"event-{i}", os.urandom(200), Urgency.ROUTINE)
+    outbox.close()
+    data = bytearray(path.read_bytes())
+    assert len(data) > 64 * 1024
+    data[8192:40960] = os.urandom(32768)  # the header is intact: only the b-tree pages are garbage
+    path.write_bytes(bytes(data))
+    reopened = use_outbox(path)
+    assert reopened.depth() == 1
+    reopened.close()
+    assert len(aside_files(path)) == 1
+
+
+def test_a_healthy_file_is_opened_as_it_is(tmp_path):
+    path = tmp_path / "outbox.sqlite"
+    use_outbox(path).close()
+    again = Outbox(path, cap=10)
+    assert again.event_ids() == ["e1"]
+    again.close()
+    assert aside_files(path) == []
+
+
+def test_a_path_that_cannot_be_opened_is_an_error_not_damage(tmp_path):
+    """Only corruption sets a file aside: a path SQLite cannot open at all (here a folder) is raised."""
+    folder = tmp_path / "store.sqlite"
+    folder.mkdir()
+    with pytest.raises(sqlite3.OperationalError):
+        sqlite_files.connect(folder)
+    assert folder.is_dir() and aside_files(folder) == []
+
+
+def test_the_mqtt_service_starts_and_delivers_with_a_damaged_outbox(tmp_path, broker):  # noqa: F811
+    settings = device_settings(tmp_path / "state", broker)
+    settings.state_dir.mkdir(parents=True)
+    (settings.state_dir / OUTBOX_FILE).write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    listener = Listener(broker, "edge/+/results")
+    service = MqttService(settings, health=lambda: {"frames": 0, "uptime_s": 1.0})
+    try:
+        service.start()
+        service.publish_result(make_result(Urgency.URGENT, label="mel"))
+        listener.wait_for(lambda: listener.on("/results"), what="the result")
+        assert json.loads(listener.on("/results")[0].payload)["urgency"] == "urgent"
+    finally:
+        service.stop()
+        listener.close()
