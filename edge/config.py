@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from edge.errors import ConfigError
 from edge.inference.coral import CoralSettings
@@ -231,6 +231,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
 
@@ -252,6 +254,9 @@ def load_settings(
     except ValidationError as exc:
         where = f"{config_file}: " if config_file else ""
         raise ConfigError(where + format_validation_error(exc)) from None
+    except SettingsError as exc:  # an EDGE_… value pydantic-settings could not parse (lists/sections are JSON)
+        raise ConfigError(f"environment: {exc}: a list or a section is written as JSON, "
+                          'e.g. EDGE_MQTT__COMMANDS__ADMIN_KEYS=\'["<base64 key>"]\'') from None
     finally:
         _file_values.reset(token)
 

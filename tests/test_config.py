@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
-
 from conftest import run_edge
+
 from edge.config import load_settings
 from edge.errors import ConfigError
 
@@ -73,9 +73,22 @@ def test_bad_env_value(monkeypatch):
         load_settings()
 
 
+def test_env_list_that_is_not_json_is_a_config_error(monkeypatch):
+    """A list setting from the environment must be JSON; a bare value is refused with the way to write it."""
+    monkeypatch.setenv("EDGE_MQTT__COMMANDS__ADMIN_KEYS", "gbBJY/Iq3Gwh+SCecFc24i5v7RyOu8AJTulsQIw+dQk=")
+    with pytest.raises(ConfigError, match=r"environment: .*written as JSON"):
+        load_settings()
+    monkeypatch.setenv("EDGE_MQTT__COMMANDS__ADMIN_KEYS", '["gbBJY/Iq3Gwh+SCecFc24i5v7RyOu8AJTulsQIw+dQk="]')
+    assert load_settings().mqtt.commands.admin_keys == ["gbBJY/Iq3Gwh+SCecFc24i5v7RyOu8AJTulsQIw+dQk="]
+
+
 def test_invalid_toml_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(write(tmp_path, "[camera\n"))
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('camera.source = "caméra"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not valid TOML: not UTF-8 text"):
+        load_settings(latin1)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "nope.toml")
 
