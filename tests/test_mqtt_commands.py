@@ -8,11 +8,12 @@ import base64
 import json
 import logging
 import os
+import threading
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from mqtt_broker import Listener, broker, device_settings, wait_until  # noqa: F401
+from mqtt_broker import Listener, broker, device_settings, make_result, wait_until  # noqa: F401
 
 from edge.mqtt import admin, remote_config
 from edge.mqtt.commands import MAX_COMMAND_BYTES
@@ -24,12 +25,12 @@ from edge.types import Urgency
 class Device:
     """An MQTT service with an admin key, and records of what its hooks were asked to do."""
 
-    def __init__(self, tmp_path, broker, admin_key: Ed25519PrivateKey) -> None:
+    def __init__(self, tmp_path, broker, admin_key: Ed25519PrivateKey, health=None) -> None:
         self.purges: list[float] = []
         self.restarts: list[float] = []
         self.settings = device_settings(tmp_path / "state", broker, password="hunter2-secret",
                                         commands={"admin_keys": [public_key_b64(admin_key.public_key())]})
-        self.service = MqttService(self.settings, health=lambda: {"frames": 3, "uptime_s": 2.0},
+        self.service = MqttService(self.settings, health=health or (lambda: {"frames": 3, "uptime_s": 2.0}),
                                    purge=lambda: self.purges.append(time.time()) or {"history": 2},
                                    restart=lambda: self.restarts.append(time.time()))
         self.service.start()
@@ -139,6 +140,38 @@ def test_a_rejected_set_config_never_echoes_a_password(device, caplog):
     for message in listener.messages:
         assert b"hunter2" not in message.payload and b"12345678" not in message.payload
     assert "hunter2" not in caplog.text and "12345678" not in caplog.text
+
+
+def test_a_slow_command_does_not_hold_up_results_or_the_connection(tmp_path, broker, admin_key):
+    """Commands run off the MQTT thread: while one is busy (here `status`, waiting inside the health hook, as
+    a model download would), results still go out and the connection stays up."""
+    busy, release, block_next = threading.Event(), threading.Event(), [False]
+
+    def health():
+        if block_next[0]:
+            block_next[0] = False
+            busy.set()
+            release.wait(20)
+        return {"frames": 3, "uptime_s": 2.0}
+
+    device = Device(tmp_path, broker, admin_key, health=health)
+    listener = Listener(broker, "edge/#")
+    try:
+        block_next[0] = True
+        listener.client.publish(device.service.topics.cmd, encoded(sign_envelope(envelope(device, "status"),
+                                                                                 device.key)), qos=1)
+        assert busy.wait(10), "the status command never started"
+        device.service.publish_result(make_result(Urgency.URGENT, label="mel"))
+        listener.wait_for(lambda: listener.on("/results"), what="a result while a command is busy")
+        assert not listener.on("/cmd/reply") and device.service.state == "connected"
+        release.set()
+        listener.wait_for(lambda: listener.on("/cmd/reply"), what="the reply once the command is done")
+        assert json.loads(listener.on("/cmd/reply")[0].payload)["ok"] is True
+        assert device.service.connects == 1
+    finally:
+        release.set()
+        listener.close()
+        device.service.stop()
 
 
 def test_set_log_level(device):

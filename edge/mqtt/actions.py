@@ -71,7 +71,7 @@ def respond(raw: bytes, *, verifier: CommandVerifier, runtime: Runtime, fleet: b
     except CommandFailed as exc:
         log.warning("command %s failed: %s", command.command, exc)
         return {**reply, "ok": False, "error": str(exc)}
-    except Exception:  # a bug in an action must not kill the MQTT thread; the traceback is logged
+    except Exception:  # a bug in an action must not kill the command thread; the traceback is logged
         log.exception("command %s crashed", command.command)
         return {**reply, "ok": False, "error": "internal error: see the device's log"}
 
@@ -134,8 +134,8 @@ def purge_local_data(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 
 
 def model_update(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
-    """Install a signed pack (``edge.updates``), reply, then restart into it. Runs on the MQTT thread: a slow
-    download holds other commands back for at most the download timeout."""
+    """Install a signed pack (``edge.updates``), reply, then restart into it. Runs on the command thread: a
+    slow download holds other commands back (for at most the download timeout), never the connection."""
     source, sha256, signature, key_id = _model_update_args(args)
     try:
         installed = runtime.install_model(source, sha256, signature, key_id)

@@ -51,7 +51,7 @@ class OutboxRow:
 
 
 class Outbox:
-    """Thread-safe: the pipeline thread enqueues, the MQTT thread reads and removes."""
+    """Thread-safe: the pipeline thread enqueues, the MQTT thread reads and removes, a purge command clears."""
 
     def __init__(self, path: Path, cap: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

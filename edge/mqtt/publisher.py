@@ -2,7 +2,8 @@
 signed commands on ``cmd`` with replies on ``cmd/reply``, optional Home Assistant discovery.
 
 One thread owns the paho client and does everything network-side; other threads only touch the outbox
-(``publish_result``) and two events. Each connection gets a fresh client, so paho never resends messages
+(``publish_result``) and two events. Commands are checked and carried out on a second thread, one at a time,
+so that a long one (a model download) never stops the keepalive; their replies go back through queues. Each connection gets a fresh client, so paho never resends messages
 of its own from a dead connection: the outbox is the single source of truth. On every (re)connect the
 outbox is resent from its oldest row, in order; a row leaves the outbox only on its PUBACK, so a result
 is delivered at least once and duplicates carry the same ``event_id``. By default a result is sent only
@@ -15,9 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
@@ -45,6 +48,7 @@ REPLY_FLUSH_S = 5.0  # how long a restart waits for its reply to be acknowledged
 OFFLINE_FLUSH_S = 2.0
 ONLINE, OFFLINE = "online", "offline"
 MAX_HOLD_S = 60.0
+COMMAND_BACKLOG = 32  # commands received and not yet carried out; more are dropped with a warning
 
 
 def release_time(timestamp: float) -> float:
@@ -96,7 +100,10 @@ class MqttService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_telemetry = 0.0
-        self._restart_requested = False
+        self._restart_requested = False  # set and read by the command thread only
+        self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
+        self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
+        self._command_thread: threading.Thread | None = None
         self._restart_mid: int | None = None
         self._restart_deadline: float | None = None
         self.state = "stopped"
@@ -120,14 +127,18 @@ class MqttService:
         self.state = "connecting"
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._thread.start()
+        if self.verifier is not None:
+            self._command_thread = threading.Thread(target=self._serve_commands, name="mqtt-commands", daemon=True)
+            self._command_thread.start()
         log.info("MQTT on for device %s: broker %s:%d, topics %s/…, %d queued results", self.device_id,
                  self._config.host, self._config.port, self.topics.prefix, self.outbox.depth())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Say ``offline``, disconnect cleanly and close the outbox. Queued results stay queued."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in (self._thread, self._command_thread):
+            if thread is not None:
+                thread.join(timeout)
         self.outbox.close()
         if self.verifier is not None:
             self.verifier.nonces.close()
@@ -168,6 +179,7 @@ class MqttService:
             self.outbox.remove(self._acked)
             self._acked = []
         if self._session_up:
+            self._send_replies()
             self._pump()
             self._telemetry_if_due()
         self._restart_if_due()
@@ -292,16 +304,42 @@ class MqttService:
                                  queue_depth=self.outbox.depth(), dropped=self.outbox.dropped, now=self._clock())
 
     def _on_message(self, client, userdata, message) -> None:
+        """Hand a command to the command thread: paho's loop must keep running (keepalive pings, results)
+        while a command is carried out, and a model download can take a minute."""
         if message.topic not in (self.topics.cmd, self.topics.fleet_cmd) or self.verifier is None:
             return
-        reply = actions.respond(message.payload, verifier=self.verifier, runtime=self,
-                                fleet=message.topic == self.topics.fleet_cmd)
-        if reply is None:
-            return
-        info = client.publish(self.topics.cmd_reply, json.dumps(reply), qos=1)
-        if self._restart_requested:
-            self._restart_requested = False
-            self._restart_mid, self._restart_deadline = info.mid, time.monotonic() + REPLY_FLUSH_S
+        try:
+            self._commands.put_nowait((message.payload, message.topic == self.topics.fleet_cmd))
+        except queue.Full:
+            log.warning("command dropped: %d commands are already waiting", COMMAND_BACKLOG)
+
+    def _send_replies(self) -> None:
+        while True:
+            try:
+                reply, restart = self._replies.get_nowait()
+            except queue.Empty:
+                return
+            info = self._client.publish(self.topics.cmd_reply, json.dumps(reply), qos=1)
+            if restart:  # restart once this reply is acknowledged, or after REPLY_FLUSH_S
+                self._restart_mid, self._restart_deadline = info.mid, time.monotonic() + REPLY_FLUSH_S
+
+    # -- the command thread ---------------------------------------------------------------------------------
+    def _serve_commands(self) -> None:
+        """Check and carry out commands one at a time, in the order received; replies go back through the
+        MQTT thread, which alone talks to paho."""
+        while not self._stop.is_set():
+            try:
+                payload, fleet = self._commands.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                reply = actions.respond(payload, verifier=self.verifier, runtime=self, fleet=fleet)
+            except Exception:  # respond() already turns failures into replies; this thread must not die
+                log.exception("command handling failed")
+                continue
+            restart, self._restart_requested = self._restart_requested, False
+            if reply is not None:
+                self._replies.put((reply, restart))
 
     def _restart_if_due(self) -> None:
         if self._restart_deadline is None or time.monotonic() < self._restart_deadline:
@@ -341,9 +379,8 @@ class MqttService:
             self.verifier.max_lifetime_s = settings.mqtt.commands.max_lifetime_s
 
     def purge_local_data(self) -> dict[str, int]:
+        # Rows already in flight are acknowledged later and then deleted: a no-op for rows cleared here.
         purged = {"outbox": self.outbox.clear()}
-        self._inflight.clear()
-        self._acked = []
         if self._purge is not None:
             purged.update(self._purge())
         log.warning("local data purged by an administrator: %s", purged)
