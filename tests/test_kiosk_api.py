@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import PRETRAINED
 from PIL import Image
 
-from conftest import PRETRAINED
 from edge.config import load_settings
 from edge.kiosk import i18n
 from edge.kiosk.app import create_app
@@ -167,7 +167,7 @@ def test_page_renders_in_each_language_from_the_catalogue(client):
         assert i18n.text(lang, "app.disclaimer") in html.replace("&#39;", "'")
         assert i18n.text(lang, "action.capture") in html
         assert 'id="history-open"' in html  # health-worker mode
-        embedded = re.search(r'<script id="catalogue" type="application/json">(.*?)</script>', html, re.S)[1]
+        embedded = re.search(r'<script id="catalogue" type="application/json">(.*?)</script>', html, re.DOTALL)[1]
         catalogue = json.loads(embedded)
         assert catalogue == i18n.catalogue(lang)
     assert client.get("/?lang=xx").get_data(as_text=True).count('<html lang="en">') == 1
@@ -180,7 +180,7 @@ def test_page_fetches_nothing_from_outside(client):
     js = (KIOSK / "static" / "app.js").read_text()
     css = (KIOSK / "static" / "app.css").read_text()
     for text in (html, js, css):
-        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.I), "external URL in the page"
+        assert not re.search(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), "external URL in the page"
         assert "@import" not in text
     assert "default-src 'self'" in html
 
@@ -222,8 +222,8 @@ def test_every_key_the_page_uses_exists():
 
 def test_template_has_no_literal_user_facing_text():
     template = (KIOSK / "templates" / "index.html").read_text()
-    stripped = re.sub(r"\{#.*?#\}|\{%.*?%\}|\{\{.*?\}\}|<!--.*?-->", " ", template, flags=re.S)
-    stripped = re.sub(r"<script\b.*?</script>|<style\b.*?</style>", " ", stripped, flags=re.S)
+    stripped = re.sub(r"\{#.*?#\}|\{%.*?%\}|\{\{.*?\}\}|<!--.*?-->", " ", template, flags=re.DOTALL)
+    stripped = re.sub(r"<script\b.*?</script>|<style\b.*?</style>", " ", stripped, flags=re.DOTALL)
     text = re.sub(r"<[^>]*>", " ", stripped)
     assert not re.findall(r"[^\W\d_]{2,}", text), "literal text in the template"
     for attr in ("alt", "title", "placeholder", "aria-label"):
@@ -512,6 +512,23 @@ def test_history_list_csv_note_and_purge(kiosk, client, ham_images):
     assert client.post("/api/history/purge").get_json() == {"deleted": 2}
     assert client.get("/api/history").get_json() == {"entries": []}
     assert client.get("/api/history.csv").get_data(as_text=True).strip().count("\n") == 0
+
+
+def test_a_history_that_cannot_be_written_still_gives_the_result(kiosk, client, ham_images, caplog):
+    """An SD card the kernel remounted read-only (SQLite's query_only stands in for it) loses the history
+    row, never the person's result."""
+    database = kiosk.history._db
+    database.execute("PRAGMA query_only = 1")
+    try:
+        response = upload(client, ham_images[3].read_bytes())
+    finally:
+        database.execute("PRAGMA query_only = 0")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["label"] and body["saved_to_history"] is False
+    assert "could not save screening" in caplog.text
+    saved = upload(client, ham_images[3].read_bytes()).get_json()
+    assert saved["saved_to_history"] is True
 
 
 def test_history_is_404_without_health_worker_mode(plain_app):

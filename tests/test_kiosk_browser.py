@@ -14,21 +14,21 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import PRETRAINED
+from test_kiosk_api import build_kiosk, no_edge_environment
+
 from edge.inference.manifest import DecisionSpec, load_pack, write_pack
 from edge.kiosk import i18n
 from edge.kiosk.app import create_app
 from edge.paths import PROJECT_ROOT
 from edge.pipeline import Pipeline
 from edge.screening import PipelineScreening
-from test_kiosk_api import build_kiosk, no_edge_environment
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev dependency)")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -333,11 +333,12 @@ def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
     shot(driver, "preview-800x480")
 
 
-def test_history_panel(page, server):
+def test_history_panel(page, server, kiosk):
     driver = page
     viewport(driver, *SMALL)
     urllib.request.urlopen(urllib.request.Request(server.url + "/api/history/purge", method="POST"), timeout=10)
     capture_result(driver)
+    assert not visible(driver, "history-unsaved")
     driver.find_element(By.ID, "history-open").click()
     wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) == 1)
     entry = driver.find_element(By.CSS_SELECTOR, "#history-list li")
@@ -360,6 +361,19 @@ def test_history_panel(page, server):
     wait(driver, lambda d: visible(d, "history-empty"))
     assert text(driver, "history-status") == i18n.text("en", "history.purged").replace("{n}", "1")
     driver.find_element(By.ID, "history-close").click()
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+
+    # storage that stops taking writes (a read-only SD card): the result is shown, with a note to write it down
+    kiosk.history._db.execute("PRAGMA query_only = 1")
+    try:
+        capture_result(driver)
+    finally:
+        kiosk.history._db.execute("PRAGMA query_only = 0")
+    assert visible(driver, "history-unsaved") and visible(driver, "urgency-badge")
+    assert text(driver, "history-unsaved") == i18n.text("en", "history.unsaved")
+    assert_layout_fits(driver)
+    shot(driver, "history-unsaved-800x480")
     driver.find_element(By.ID, "new-patient").click()
     wait(driver, lambda d: visible(d, "screen-preview"))
 

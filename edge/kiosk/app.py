@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from flask import Flask, Response, jsonify, render_template, request, stream_with_context
 from werkzeug.exceptions import HTTPException
@@ -145,8 +146,14 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     def _result_response(result):
         sessions.add(result)
+        saved = None
         if history is not None:
-            history.record(result)
+            try:
+                history.record(result)
+                saved = True
+            except sqlite3.Error as exc:  # e.g. a full SD card: the person still gets the result
+                log.error("could not save screening %s to the local history: %s", result.id[:8], exc)
+                saved = False
         lang = language()
         if assistant is not None:
             assistant.prepare(result, lang)
@@ -154,6 +161,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         body["urgency_text"] = i18n.text(lang, f"urgency.{result.urgency.value}")
         body["next_step"] = i18n.text(lang, f"next.{result.urgency.value}")
         body["saliency_url"] = f"/api/saliency/{result.id}.png"
+        if saved is not None:
+            body["saved_to_history"] = saved
         return jsonify(body)
 
     @app.get("/api/saliency/<result_id>.png")

@@ -312,6 +312,7 @@
     const result = state.result;
     const name = labelName(result.label, result.display_name);
     $("unsure-banner").hidden = !result.abstained;
+    $("history-unsaved").hidden = result.saved_to_history !== false; // only in health-worker mode
     const reasonKey = `abstain.${result.abstain_reason}`;
     $("unsure-reason").textContent = result.abstained && has(reasonKey) ? t(reasonKey) : "";
     $("name-kicker").textContent = t(result.abstained ? "result.closest" : "result.most_likely");
