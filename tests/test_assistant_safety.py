@@ -60,6 +60,11 @@ POSITIVE = [
     ("ça n'arrête pas de saigner", "bleeding"), ("ça saigne pas mal", "bleeding"),
     ("Ma tache a saigné hier", "bleeding"),
     ("there's pus coming out", "bleeding"), ("Sangró un poco ayer", "bleeding"),
+    # the bleeding that will not stop, said with "nothing"; misspelt; as blood; after "without" in another sense
+    ("Nothing stops the bleeding", "bleeding"), ("nada detiene el sangrado", "bleeding"),
+    ("rien n'arrête le saignement", "bleeding"), ("Without warning it started bleeding", "bleeding"),
+    ("it bleads", "bleeding"), ("it's bleding", "bleeding"), ("blooding a lot", "bleeding"),
+    ("there is blood on my shirt", "bleeding"), ("my arm is covered in blood", "bleeding"),
     # rapid change
     ("it has grown a lot in the last few weeks", "rapid_change"), ("it's getting bigger and darker", "rapid_change"),
     ("It changed colour", "rapid_change"), ("the shape has changed", "rapid_change"),
@@ -97,6 +102,8 @@ POSITIVE = [
     ("it turned black", "ulceration"), ("it looks like an ulcer", "ulceration"),
     ("se ha puesto negro", "ulceration"), ("tiene una úlcera", "ulceration"),
     ("elle est devenue noire", "ulceration"), ("c'est une plaie ouverte", "ulceration"),
+    # severe pain, plainly said
+    ("It hurts so bad", "severe_pain"), ("j'ai très mal", "severe_pain"),
     # nail streak
     ("a dark streak under my thumbnail", "nail_streak"), ("black line on my nail", "nail_streak"),
     ("the nail has a brown stripe", "nail_streak"),
@@ -117,6 +124,7 @@ NEGATED = [
     "it hasn't changed", "no ha cambiado", "il n'a pas changé", "it has not grown",
     "no fever, the skin is a bit red", "sin fiebre", "pas de fièvre",
     "no lump in my armpit", "no me duele mucho", "ça ne fait pas très mal", "no severe pain",
+    "without any bleeding", "it does not hurt so bad", "je n'ai pas très mal",
 ]
 
 
@@ -130,6 +138,7 @@ BENIGN = [
     "Mi lunar está en el cuello", "J'ai un grain de beauté sur le cou", "It has been there for years",
     "I have a growth on my arm", "it hurts a little", "tengo una línea oscura en la piel", "a sore for 2 weeks",
     "Is it serious?", "¿Es grave?", "Est-ce grave ?", "It is brown and flat", "Es marrón y plano",
+    "my blood pressure is high", "I had a blood test last week",
 ]
 
 

@@ -96,13 +96,17 @@ _SCOPE_ENDS = frozenset({
     "mais", "cependant", "pourtant", "et", "sauf", "parce", "quand", "lorsque", "pourquoi", "qui",
 })
 _NEGATION_REACH = 4  # words
+# "without" negates what follows closely ("without any bleeding"), not a later clause without a comma
+# ("without warning it started bleeding").
+_SHORT_NEGATIONS = frozenset({"without", "sin", "sans"})
+_SHORT_REACH = 2  # words
 
 
 def _negated_before(text: str, start: int) -> bool:
     for count, word in enumerate(reversed(text[:start].split())):
         if word in _SCOPE_ENDS or count >= _NEGATION_REACH:
             return False
-        if word in _NEGATIONS:
+        if word in _NEGATIONS and (word not in _SHORT_NEGATIONS or count < _SHORT_REACH):
             return True
     return False
 
@@ -176,9 +180,15 @@ _STREAK_EN = r"streaks?|lines?|stripes?|bands?|strips?"
 _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
         r"bleed\w*|bled|bloody|ooz\w*|weeping|pus|blood (?:comes|coming|came|keeps|everywhere|on|from)",
+        # common misspellings, and blood itself when it is on or from the spot (not "blood pressure")
+        r"blea?d(?:s|ing|in)?|bled+ing|bleeing|blooding|bloodied",
+        r"(?:there is|there s|theres|is|some|covered in|full of|lots of|a lot of|bit of|drops? of|spots? of) blood",
         r"sangr\w*|supur\w*", r"saign\w*|suint\w*|du sang|de sang|sang coule",
     ) + _terms(
         rf"{_NOT_EN} stop\w* (?:the )?(?:bleed\w*|ooz\w*)",
+        r"(?:nothing|no one|none) (?:[a-z]+ ){0,2}(?:stop\w*|help\w*) (?:[a-z]+ ){0,2}(?:bleed\w*|ooz\w*|blood)",
+        r"nada (?:[a-z]+ ){0,2}(?:detiene|para|paro|corta|frena|cesa) (?:[a-z]+ ){0,2}(?:sangr\w*|supur\w*)",
+        r"rien (?:[a-z]+ ){0,2}(?:arret\w*|stopp\w*) (?:[a-z]+ ){0,2}(?:saign\w*|sang)",
         r"no (?:[a-z]+ ){0,2}(?:para|paro|deja|dejo|parado|dejado|detiene|corta|cesa) (?:de )?(?:sangr\w*|supur\w*)",
         r"(?:ne |n )?(?:arret\w*|cesse) (?:pas |plus |jamais )?de (?:saign\w*|suint\w*)",
         negation_inside=True,
@@ -251,7 +261,8 @@ _RULES: tuple[_Rule, ...] = (
         r"(?:severe|intense|terrible|unbearable|excruciating|extreme|agoni[sz]ing|awful|horrible|worsening"
         r"|increasing|a lot of|lots of|so much|really bad|very bad) (?:[a-z]+ )?(?:pain|ache|aching|burning)",
         r"(?:pain|ache|hurts?|hurting) (?:[a-z]+ ){0,2}(?:getting worse|worse and worse|worsening|increasing"
-        r"|unbearable|severe|so much|a lot(?! better| less)|really bad|very bad|badly|terribly|more and more)",
+        r"|unbearable|severe|so much|so bad|too much|a lot(?! better| less)|really bad|very bad|badly|terribly"
+        r"|more and more)",
         r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)|hurts? like hell",
         r"(?:mucho|muchisimo|fuerte|intenso|terrible|insoportable|severo|horrible|tremendo) dolor",
         r"dolor (?:muy |bastante |tan )?(?:fuerte|intenso|severo|insoportable|terrible|horrible|tremendo)",
@@ -263,6 +274,7 @@ _RULES: tuple[_Rule, ...] = (
         r"(?:fortes?|intenses?|vives?|terribles?|atroces?|horribles?|grosses?) douleurs?",
         r"(?:tres|extremement|vraiment|super|trop) doulour\w*",
         r"fait (?:tres|vraiment|super|trop|atrocement|horriblement|de plus en plus) mal",
+        r"(?:j ai|il a|elle a|on a|ai|a) (?:tres|vraiment|super|trop|atrocement|horriblement) mal",
         r"douleurs? (?:qui )?(?:augmente\w*|empire\w*|s aggrave\w*|s intensifie\w*)",
     )),
     _Rule("new_lump", _terms(
