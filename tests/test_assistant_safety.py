@@ -218,6 +218,10 @@ DIAGNOSES = [
     "It's most likely a harmless mole.", "It is probably benign.", "Great news: it's just a benign mole!",
     "Esto parece un melanoma.", "Parece un lunar normal.", "Cela ressemble à un mélanome.",
     "Vous n'avez rien de grave.", "Il n'y a rien d'inquiétant.", "There is no need to see a doctor.",
+    # "screening" is not a hedge, a hedge does not carry past "but", and a label with a colon is a statement
+    "Your screening result shows you have melanoma.", "El resultado de la detección indica que tiene melanoma.",
+    "Le dépistage montre que vous avez un mélanome.", "I can't be sure but you have melanoma.",
+    "Diagnosis: melanoma.", "Diagnóstico: melanoma.", "Diagnostic : mélanome.",
 ]
 
 
@@ -258,6 +262,8 @@ HEDGED = [
     "The spot is about 6 mm wide.", "The device's confidence was 72%.", "Ask a pharmacist or doctor about treatment.",
     "It may be harmless, but a doctor should check.", "Only a doctor can say whether it is benign.",
     "The spot looks like it has grown.", "BCC is the most common skin cancer and usually grows slowly.",
+    "The screening cannot tell whether you have melanoma.", "A diagnosis: only a doctor can make one.",
+    "The screening found features most similar to: Melanoma.",
 ]
 
 

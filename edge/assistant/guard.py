@@ -102,8 +102,17 @@ def _sentences(folded: str) -> list[str]:
     return [s for s in re.split(r"[!?;\n¡¿]+|\.(?=\s|$)", folded) if s.strip()]
 
 
+# "Diagnosis: melanoma" states a diagnosis; the colon must not split it into two harmless clauses.
+_DIAGNOSIS_LABEL = re.compile(r"\b(diagnosis|diagnostico|diagnostic)\s*:")
+_LABEL_VERB = {"diagnosis": "diagnosis is", "diagnostico": "diagnostico es", "diagnostic": "diagnostic est"}
+# A hedge in one clause does not soften the next: "I can't be sure, but you have melanoma".
+_CONTRAST = r"\s(?:but|however|yet|pero|sin embargo|mais|cependant|pourtant)\s"
+
+
 def _clauses(sentence: str) -> list[str]:
-    return [w for w in (_words(part) for part in re.split(r"[,:\"«»“”]|\s[-–—]\s", sentence)) if w]
+    sentence = _DIAGNOSIS_LABEL.sub(lambda m: _LABEL_VERB[m.group(1)], sentence)
+    parts = re.split(rf"[,:\"«»“”]|\s[-–—]\s|{_CONTRAST}", sentence)
+    return [w for w in (_words(part) for part in parts) if w]
 
 
 def _rx(pattern: str) -> re.Pattern:
@@ -144,13 +153,13 @@ _DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
     rf"(?:usted |tu |vos )?(?:tiene|tienes|tenes|padece|padeces|sufre|sufres) (?:de )?{_DISEASE_AFTER}",
     rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de|parece"
     rf"|parece ser|aparenta ser) {_DISEASE_AFTER}",
-    rf"el diagnostico (?:es|seria|sera) {_DISEASE_AFTER}",
+    rf"(?:el |su |tu )?diagnostico (?:es|seria|sera) {_DISEASE_AFTER}",
     # French: "vous avez ...", "c'est ...", "il s'agit de ..."
     rf"(?:vous|tu) (?:avez|as|souffrez|souffres|etes atteinte?s?|es atteinte?) (?:d |de |du |des )?{_DISEASE_AFTER}",
     rf"(?:c est|ceci est|cela est|ca est|il s agit|ce n est pas|ceci n est pas|cela n est pas|il ne s agit pas"
     rf"|(?:cette|votre) (?:lesion|tache) est|(?:ce|votre) grain de beaute est) {_DISEASE_AFTER}",
     rf"{_SPOT_FR} (?:ressemble a|ressemble au|semble etre|a l air d etre|a l air d|parait etre) {_DISEASE_AFTER}",
-    rf"le diagnostic (?:est|serait|sera) {_DISEASE_AFTER}",
+    rf"(?:le |votre |ton )?diagnostic (?:est|serait|sera) {_DISEASE_AFTER}",
 ))
 # Spanish drops the pronoun: a clause that *starts* with "es ..." / "no es ..." / "se trata de ..." is about the spot.
 _DIAGNOSIS_AT_CLAUSE_START = re.compile(
@@ -188,14 +197,15 @@ _FALSE_REASSURANCE = _rx(
 
 # Hedges before a statement in the same clause turn it into screening language: "if you have ...",
 # "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is
-# possibly a ..."). Bare negation ("it is not cancer") is deliberately *not* a hedge.
+# possibly a ..."). Bare negation ("it is not cancer") is deliberately *not* a hedge, and neither is the
+# word "screening" ("your screening result shows you have melanoma" is a diagnosis) or a bare "can".
 _HEDGE_BEFORE = _rx(
-    r"may|might|could|can|cannot|unable|possibly|possible|perhaps|maybe|suggests?|suggested|similar|resembles?"
-    r"|whether|if|unsure|likely|unlikely|probably|screening|rule out|t"
+    r"may|might|could|cannot|can not|can t (?:say|tell|be sure|know|confirm)|unable|possibly|possible|perhaps"
+    r"|maybe|suggests?|suggested|similar|resembles?|whether|if|unsure|likely|unlikely|probably|rule out"
     r"|puedo|podemos|puede|pueden|podria|podrian|quizas?|tal vez|posibles?|posiblemente|probablemente"
-    r"|sugiere\w*|similar\w*|parecid\w*|si|descartar|deteccion|cribado"
+    r"|sugiere\w*|similar\w*|parecid\w*|si|descartar"
     r"|peux|pouvons|pouvez|peut|peuvent|pourrait|pourraient|possiblement|probablement|suggere\w*|similaires?"
-    r"|ressembl\w*|semblable\w*|s il|exclure|depistage|eventuel\w*")
+    r"|ressembl\w*|semblable\w*|s il|exclure|eventuel\w*")
 _HEDGE_INSIDE = _rx(
     r"possibly|probably|perhaps|maybe|likely|unlikely|necessarily|posiblemente|probablemente|quizas?|tal vez"
     r"|necesariamente|possiblement|probablement|peut etre|eventuellement|forcement|necessairement")
