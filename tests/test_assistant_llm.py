@@ -140,3 +140,16 @@ def test_report_overview_written_by_the_model_and_guarded(assistant):
     assert report.source in ("llm", "template") and report.urgency == Urgency.URGENT
     assert (note is None) == (report.source == "llm") or report.blocked
     assert screen_answer(report.section("condition_overview"), "en").safe
+
+
+def test_a_history_too_long_for_the_context_is_dropped_not_fatal(assistant, caplog):
+    """A few earlier turns full of emoji (about 4 tokens each) do not fit the model's context: the answer
+    comes from the model without them, instead of the stream dying."""
+    wall = "🙂" * 500
+    history = [{"role": "user", "content": wall}, {"role": "assistant", "content": wall}] * 2
+    events, kinds = collect(assistant.answer("What does this result mean?", a_result(), "en", history=history,
+                                             symptoms=frozenset()))
+    assert "answering without the earlier turns" in caplog.text  # the context really was exceeded
+    assert kinds[-1] == "done" and events[-1].data["source"] in ("llm", "guard")
+    assert "notice" not in kinds  # no fall-back to the fact sheet: the model answered
+    assert DISCLAIMER["en"] in final_text(events)

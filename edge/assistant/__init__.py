@@ -7,7 +7,7 @@ not a diagnostic device; the safety behaviour is part of correctness.
 
     check_red_flags(text) -> RedFlagMatch | None     free text, en/es/fr, before any LLM call
     urgent_message(lang, flags) -> str               fixed "seek care promptly" message
-    screen_answer(text, lang) -> GuardVerdict        no definite diagnosis, no treatment doses
+    screen_answer(text, lang, urgency) -> GuardVerdict  no diagnosis, no doses, no waiting on an urgent result
     adjust_urgency(urgency, symptoms, lang) -> Adjustment
     load_facts(pack_dir, label, lang) -> FactSheet
     build_report(result, facts, lang, ...) -> Report  .markdown() / .html()

@@ -8,6 +8,9 @@ LLM, a template, a fact sheet):
   ("this is not cancer", "nothing to worry about"), which is false reassurance. Hedged screening language
   passes: "the screening suggests features similar to ...", "it may be ...", "only a doctor can tell whether
   this is melanoma", "if you have many moles ...".
+- ``delays_care`` (only for a result whose next step is ``urgent`` or ``soon``): advice to wait or that
+  there is no hurry ("no rush to see a doctor", "it can wait a few months", "rien ne presse"), which
+  contradicts the time frame the device gave.
 - ``treatment_dose``: a number with a dose unit next to a medicine or treatment word ("1% hydrocortisone
   cream", "take 400 mg ibuprofen"), any amount in mg/mcg/IU, or a dosing schedule ("twice daily", "every 8
   hours", "dos veces al día", "deux fois par jour").
@@ -32,6 +35,9 @@ DEFAULT_LANG = "en"
 
 DEFINITE_DIAGNOSIS = "definite_diagnosis"
 TREATMENT_DOSE = "treatment_dose"
+DELAYS_CARE = "delays_care"
+# Results whose next step has a time frame: advice to wait contradicts it.
+TIME_BOUND_URGENCIES = frozenset({"urgent", "soon"})
 
 
 def resolve_lang(lang: str | None) -> str:
@@ -256,6 +262,9 @@ _AMOUNT = re.compile(
     r"\b\d+ ?(?:%|percent|per cent|por ciento|pour cent|g|gr|grams?|gramos?|grammes?|ml|cc|millilit\w*"
     r"|mililit\w*|units?|unidades|unites|drops?|gotas|gouttes|tablets?|pills?|capsules?|tabletas?|pastillas?"
     r"|comprimid\w*|capsulas?|comprimes?|gelules?|cachets?)(?![a-z0-9])"
+    # "2 ibuprofen tablets", "1 paracetamol pill": a count, a medicine name or two, then the form
+    r"|\b\d+ (?:[a-z]+ ){1,2}(?:tablets?|pills?|capsules?|tabletas?|pastillas?|comprimid\w*|capsulas?|comprimes?"
+    r"|gelules?|cachets?)(?![a-z0-9])"
     r"|\b(?:one|two|three|four|un|una|dos|tres|cuatro|une|deux|trois|quatre) (?:tablets?|pills?|capsules?"
     r"|tabletas?|pastillas?|comprimid\w*|capsulas?|comprimes?|gelules?|cachets?)(?![a-z0-9])"
     r"|\b(?:for|during|durante|por|pendant|sur) \d+ (?:days?|weeks?|dias|semanas|jours|semaines)(?![a-z0-9])")
@@ -305,10 +314,51 @@ def _find_dose(folded: str) -> str | None:
     return None
 
 
-def screen_answer(text: str, lang: str) -> GuardVerdict:
-    """Pass ``text`` through unchanged if safe; otherwise return the fixed replacement in ``lang``."""
+# --- advice to wait, when the result has a time frame -------------------------------------------------------
+
+_DELAY = _rx(
+    r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
+    r"|wait (?:a few|several|some|a couple of|\d+|one|two|three|six) (?:days|weeks|months|years)|wait and see"
+    r"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){0,2}(?:in|after) (?:a few|several|some|a couple of"
+    r"|\d+|two|three|six) (?:weeks|months|years)|next year"
+    r"|skip (?:the |seeing (?:a |the )?)?(?:doctor|clinic|visit)|just (?:watch|monitor|keep an eye on) it"
+    r"|take your time|(?:at|in) your next (?:routine )?(?:check ?up|visit)"
+    r"|sin prisa|no (?:hay|tiene|corre) prisa|no es urgente|nada urgente|(?:puede|podria) esperar"
+    r"|espere (?:unas|unos|varias|varios|algunas|algunos|\d+) (?:dias|semanas|meses)"
+    r"|(?:revise|revisela|vuelva|mire|consulte) (?:[a-z]+ ){0,2}(?:en|dentro de) (?:unas|unos|varias|varios|algunas"
+    r"|algunos|\d+) (?:semanas|meses|anos)"
+    r"|el (?:proximo|ano) (?:ano|proximo)|tomese su tiempo|en su proxima (?:revision|visita|consulta)"
+    r"|rien ne presse|pas (?:d )?urgen\w*|(?:peut|pourrait) attendre|prenez votre temps"
+    r"|attendez (?:quelques|plusieurs|\d+) (?:jours|semaines|mois)"
+    r"|(?:surveillez|revenez|consultez|verifiez|regardez) (?:[a-z]+ ){0,2}dans (?:quelques|plusieurs|\d+) "
+    r"(?:semaines|mois|ans)|l annee prochaine"
+    r"|a votre prochaine (?:visite|consultation)")
+_DELAY_NEGATIONS = frozenset({"don", "t", "dont", "not", "never", "no", "nunca", "ne", "n", "jamais"})
+_NEGATED_PHRASE_STARTS = frozenset({"no", "not", "nothing", "nada", "sin", "pas", "rien"})
+
+
+def _find_delay(folded: str) -> str | None:
+    """Advice to wait, unless a negation just before it turns it around ("don't wait a few weeks")."""
+    for sentence in _sentences(folded):
+        for clause in _clauses(sentence):
+            for match in _DELAY.finditer(clause):
+                phrase = match.group()
+                if phrase.split()[0] in _NEGATED_PHRASE_STARTS:  # "pas urgent" after "ce n est": one negation
+                    return phrase
+                before = clause[: match.start()].split()[-2:]
+                if not _DELAY_NEGATIONS.intersection(before):
+                    return phrase
+    return None
+
+
+def screen_answer(text: str, lang: str, urgency: str | None = None) -> GuardVerdict:
+    """Pass ``text`` through unchanged if safe; otherwise return the fixed replacement in ``lang``.
+    ``urgency`` is the result's (``Urgency.value``): for urgent and soon, advice to wait is blocked too."""
     folded = fold(text or "")
-    for reason, finder in ((DEFINITE_DIAGNOSIS, _find_diagnosis), (TREATMENT_DOSE, _find_dose)):
+    finders = [(DEFINITE_DIAGNOSIS, _find_diagnosis), (TREATMENT_DOSE, _find_dose)]
+    if urgency in TIME_BOUND_URGENCIES:
+        finders.append((DELAYS_CARE, _find_delay))
+    for reason, finder in finders:
         matched = finder(folded)
         if matched:
             log.warning("assistant answer blocked: reason=%s matched=%r", reason, matched)

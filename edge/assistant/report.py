@@ -574,7 +574,7 @@ def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjus
         text = (llm_text[key] or "").strip()[:MAX_LLM_CHARS]
         if not text:
             continue
-        verdict = screen_answer(text, lang)
+        verdict = screen_answer(text, lang, urgency.value)
         if not verdict.safe:
             log.warning("report %s: LLM text for %s blocked (%s); template kept", result.id, key, verdict.reason)
             blocked.append((key, verdict.reason or "blocked"))

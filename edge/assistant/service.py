@@ -29,6 +29,18 @@ from edge.types import Result, Urgency
 log = logging.getLogger("edge.assistant")
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "fr": "French"}
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+# Chat-template control text ("<|im_start|>system", "</s>", "[INST]"): llama.cpp parses special tokens in the
+# prompt, so a person who types one could open a system turn of their own and override the grounding.
+CONTROL_TEXT = re.compile(r"<\|[^<>|]{0,40}\|>|</?s>|\[/?INST\]|<</?SYS>>", re.IGNORECASE)
+
+
+def plain_text(text: str) -> str:
+    """What a person typed, with chat-template control sequences removed (repeatedly: they can nest)."""
+    while True:
+        cleaned = CONTROL_TEXT.sub("", text)
+        if cleaned == text:
+            return text
+        text = cleaned
 SYSTEM_PROMPT = (
     "You are a careful assistant on an offline skin-screening device. You are not a doctor and the device "
     "does not diagnose. Explain the screening result and the fact sheet you are given in simple, kind words, "
@@ -94,7 +106,7 @@ class Assistant:
             yield ChatEvent("done", {"source": "redflag"})
             return
         if result is None:
-            yield ChatEvent("token", {"text": NO_RESULT.get(lang, NO_RESULT["en"])})
+            yield ChatEvent("token", {"text": NO_RESULT.get(lang, NO_RESULT["en"]) + "\n\n" + DISCLAIMER[lang]})
             yield ChatEvent("done", {"source": "template"})
             return
         if self.llm is None:
@@ -111,20 +123,28 @@ class Assistant:
                 pending += piece
                 *complete, pending = SENTENCE_END.split(pending)
                 for sentence in complete:
-                    verdict = screen_answer(" ".join([*emitted, sentence]), lang)
+                    verdict = screen_answer(" ".join([*emitted, sentence]), lang, result.urgency.value)
                     if not verdict.safe:
                         yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
                         yield ChatEvent("done", {"source": "guard"})
                         return
                     emitted.append(sentence)
                     yield ChatEvent("token", {"text": sentence + " "})
+        except ValueError as exc:  # llama.cpp: the prompt does not fit the context (long history, many tokens)
+            if history and not emitted:
+                log.warning("LLM prompt too long (%s): answering without the earlier turns", exc)
+                yield from self._llm_answer(message, result, lang, [])
+                return
+            log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
+            yield from self._fact_sheet_answer(result, lang, str(exc))
+            return
         except (LlmTimeout, RuntimeError) as exc:
             log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
             yield from self._fact_sheet_answer(result, lang, str(exc))
             return
         tail = pending.strip()
         if tail:
-            verdict = screen_answer(" ".join([*emitted, tail]), lang)
+            verdict = screen_answer(" ".join([*emitted, tail]), lang, result.urgency.value)
             if not verdict.safe:
                 yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
                 yield ChatEvent("done", {"source": "guard"})
@@ -160,9 +180,10 @@ class Assistant:
                if facts else "")
             + f"\nAnswer in {LANGUAGE_NAMES.get(lang, 'English')}."
         )
-        recent = [turn for turn in history if turn["role"] in ("user", "assistant")][-4:]
+        recent = [{"role": turn["role"], "content": plain_text(turn["content"])}
+                  for turn in history if turn["role"] in ("user", "assistant")][-4:]
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "system", "content": grounding},
-                *recent, {"role": "user", "content": message}]
+                *recent, {"role": "user", "content": plain_text(message)}]
 
     # -- report ----------------------------------------------------------------------------------------
     def facts(self, label: str, lang: str):
@@ -185,7 +206,7 @@ class Assistant:
         elif self.settings.llm_in_reports:
             try:
                 llm_text = {"condition_overview": self._overview(result, lang)}
-            except (LlmTimeout, RuntimeError) as exc:
+            except (LlmTimeout, RuntimeError, ValueError) as exc:
                 log.warning("LLM overview failed, report from templates: %s", exc)
                 note = REPORT_NOTES["failed"].get(lang, REPORT_NOTES["failed"]["en"])
         report = build_report(result, facts, lang, symptoms=adjustment, llm_text=llm_text).with_note(note)
