@@ -45,6 +45,7 @@ class Counters:
     classifications: int = 0
     rejects: collections.Counter = field(default_factory=collections.Counter)
     camera_down_reads: int = 0
+    failed_frames: int = 0  # frames that raised while being assessed or classified, skipped
     latency_buckets: list = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
     latency_sum_ms: float = 0.0
 
@@ -178,7 +179,11 @@ class Pipeline:
         idle_wait = 0.5
         while not stop.is_set():
             began = self.last_turn_at = time.monotonic()
-            step = self.step()
+            try:
+                step = self.step()
+            except Exception as exc:  # one bad frame (too small, a backend error) must not end screening
+                self._skip_failed_frame(exc)
+                step = Step(None)
             if on_step:
                 on_step(step)
             if max_frames is not None and self.counters.frames >= max_frames:
@@ -186,6 +191,17 @@ class Pipeline:
             wait = period - (time.monotonic() - began) if step.frame is not None else idle_wait
             if wait > 0:
                 stop.wait(wait)
+
+    def _skip_failed_frame(self, exc: Exception) -> None:
+        """Count and log a frame that failed; logged on failures 1, 2, 4, 8 … so a source that fails on every
+        frame stays visible in the journal without flooding it."""
+        self.counters.failed_frames += 1
+        count = self.counters.failed_frames
+        if count & (count - 1) == 0:
+            if isinstance(exc, EdgeError):
+                log.warning("frame skipped (%d so far): %s", count, exc)
+            else:
+                log.exception("frame skipped (%d so far) after an unexpected error", count)
 
     def health(self) -> dict:
         camera = None
@@ -200,6 +216,7 @@ class Pipeline:
             "frames": self.counters.frames,
             "classifications": self.counters.classifications,
             "rejects": dict(self.counters.rejects),
+            "failed_frames": self.counters.failed_frames,
         }
 
     def close(self) -> None:

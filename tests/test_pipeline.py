@@ -10,6 +10,7 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from conftest import run_edge
@@ -50,6 +51,24 @@ def test_unusable_frames_are_rejected_with_reasons_not_classified(imagenet_pack,
     pipeline.close()
     assert all(step.result is None and QualityIssue.BLUR in step.quality.issues for step in steps)
     assert pipeline.health()["rejects"]["blur"] == 3
+
+
+def test_a_frame_that_cannot_be_assessed_is_skipped_not_fatal(imagenet_pack, tmp_path, ham_images, caplog):
+    """A replay folder (or a camera) that delivers a frame too small to assess: the frame is counted and
+    skipped, the loop goes on with the next one, and the good frames are still classified."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in ham_images[:2]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    cv2.imwrite(str(folder / "tiny.png"), np.full((8, 8, 3), 128, np.uint8))
+    pipeline = Pipeline.from_settings(settings_for(imagenet_pack, f"file:{folder}"))
+    received = []
+    pipeline.subscribe(received.append)
+    pipeline.run(threading.Event(), max_frames=9)  # three passes over the folder
+    health = pipeline.health()
+    pipeline.close()
+    assert health["failed_frames"] == 3 and len(received) == 6
+    assert "frame skipped (1 so far)" in caplog.text and "too small" in caplog.text
 
 
 def test_missing_model_runs_degraded_and_says_why(tmp_path, replay_folder):
