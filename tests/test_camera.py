@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+import struct
 import sys
 import types
+import zlib
 from pathlib import Path
 
 import cv2
@@ -165,6 +167,46 @@ def test_folder_replay_skips_undecodable_file_with_warning(
         first = source.read()
     assert mean_abs_diff(first.image, pil_rgb(ham_paths[0])) < 2.0
     assert any(r.levelno == logging.WARNING and "0000_corrupt.jpg" in r.getMessage() for r in camera_log.records)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG that declares ``width`` x ``height`` (1-bit grey) and carries only its first rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width // 8 + 1) * 4)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def test_folder_replay_skips_an_image_too_large_to_decode(
+    ham_folder: Path, ham_paths: list[Path], camera_log: pytest.LogCaptureFixture
+) -> None:
+    """A PNG that declares 50,000 x 50,000 px in a few kB: refused from its header (OpenCV would raise, or
+    allocate gigabytes just under its own limit) and skipped like any unusable file."""
+    bomb = ham_folder / "0000_bomb.png"
+    bomb.write_bytes(png_declaring(50_000, 50_000))
+    with FileSource(ham_folder) as source:
+        frames = [source.read() for _ in range(len(ham_paths) + 2)]  # loops past the bomb again
+    assert all(f.image.shape == (150, 200, 3) for f in frames)
+    assert any("0000_bomb.png" in r.getMessage() for r in camera_log.records if r.levelno == logging.WARNING)
+
+
+def test_resilient_source_treats_any_read_error_as_the_camera_going_down(ham_folder: Path) -> None:
+    """An error the source did not foresee (here a cv2.error from a driver) reopens the camera, never escapes."""
+    clock = FakeClock()
+    failures = [cv2.error("driver hiccup")]
+
+    class Flaky(FileSource):
+        def read(self):
+            if failures:
+                raise failures.pop()
+            return super().read()
+
+    camera = ResilientSource(lambda: Flaky(ham_folder), clock=clock, sleep=clock.sleep)
+    with camera:
+        assert camera.read() is None and camera.state == "down" and "driver hiccup" in camera.last_error
+        frames = [camera.read() for _ in range(20)]
+        assert any(frame is not None for frame in frames) and camera.state == "ok"
 
 
 def test_folder_where_every_file_fails_is_unavailable(tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 from edge.camera.base import CameraSource
-from edge.errors import CameraUnavailable
+from edge.errors import CameraUnavailable, ImageError
+from edge.vision.decode import decode_image as decode_upload
 
 log = logging.getLogger("edge.camera")
 
@@ -45,16 +46,22 @@ def has_images(folder: Path) -> bool:
 
 
 def decode_image(path: Path) -> np.ndarray | None:
-    """BGR pixels of ``path``, or None if it is not a decodable image.
+    """BGR pixels of ``path``, or None if it is not a usable image.
 
-    Reads the bytes ourselves (``cv2.imread`` returns None for a missing file too), so a vanished file
-    raises ``CameraUnavailable`` while a corrupt one only returns None.
+    Decoded like an upload (``edge.vision.decode``: size limits checked from the header before any pixel is
+    allocated, EXIF orientation applied), so a huge or corrupt file dropped into a replay folder is skipped,
+    never a crash. A vanished file raises ``CameraUnavailable``.
     """
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise CameraUnavailable(f"replay file {path} is gone or unreadable: {exc.strerror or exc}") from exc
-    return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        rgb = decode_upload(data)
+    except ImageError as exc:
+        log.debug("replay: %s: %s", path, exc)
+        return None
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 class _Reader(Protocol):
@@ -114,7 +121,7 @@ class _ImageFolder:
             image = decode_image(path)
             if image is not None:
                 return image
-            log.warning("replay: skipping %s: not a decodable image", path)
+            log.warning("replay: skipping %s: not a usable image (corrupt, too large or too small)", path)
         raise CameraUnavailable(f"none of the {len(self._files)} images in {self.folder} could be decoded")
 
     def next_bgr(self) -> np.ndarray:

@@ -79,7 +79,7 @@ class ResilientSource:
             assert self._source is not None
             try:
                 frame = self._source.read()
-            except CameraUnavailable as exc:
+            except Exception as exc:  # a driver or decoder error (cv2.error, OSError) is the camera going down too
                 self._went_down(exc)
                 return None
             frame = dataclasses.replace(frame, index=self._delivered)
@@ -121,7 +121,7 @@ class ResilientSource:
             source = self._factory()
             self.spec = source.spec
             source.open()
-        except CameraUnavailable as exc:
+        except Exception as exc:  # whatever stops a camera from opening is retried with backoff, never fatal
             self._went_down(exc)
             return False
         self._source = source
@@ -137,15 +137,16 @@ class ResilientSource:
         self._backoff = self._backoff_initial
         self._had_failure = False
 
-    def _went_down(self, exc: CameraUnavailable) -> None:
+    def _went_down(self, exc: Exception) -> None:
         self._release()
         delay = self._backoff * random.uniform(1 - JITTER, 1 + JITTER)
         self._next_attempt = self._clock() + delay
         self._backoff = min(self._backoff * 2, self._backoff_max)
         self._had_failure = True
         self.state = STATE_DOWN
-        self.last_error = str(exc)
-        log.warning("camera down: %s: %s; reopening in %.1f s", self.spec, exc, delay)
+        self.last_error = str(exc) if isinstance(exc, CameraUnavailable) else f"{type(exc).__name__}: {exc}"
+        log.warning("camera down: %s: %s; reopening in %.1f s", self.spec, self.last_error, delay,
+                    exc_info=not isinstance(exc, CameraUnavailable))  # an unexpected error keeps its traceback
 
     def _release(self) -> None:
         source, self._source = self._source, None
