@@ -50,6 +50,12 @@ class CameraSettings(_Section):
     reopen_backoff_initial_s: float = Field(0.5, gt=0, le=60)
     reopen_backoff_max_s: float = Field(30.0, gt=0, le=3600)
 
+    @model_validator(mode="after")
+    def _backoff_order(self) -> CameraSettings:
+        if self.reopen_backoff_initial_s > self.reopen_backoff_max_s:
+            raise ValueError("reopen_backoff_initial_s must not exceed reopen_backoff_max_s")
+        return self
+
 
 class InferenceSettings(_Section):
     model_dir: Path = Field(default_factory=default_model_dir, description="Model pack folder (model.json).")

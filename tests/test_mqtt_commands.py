@@ -117,6 +117,8 @@ def test_set_config_rejects_invalid_values_with_the_key_path_and_keeps_everythin
     for args, reason in [({"mqtt": {"telemetry_interval_s": -1}}, "mqtt.telemetry_interval_s"),
                          ({"camera.nope": 1}, "camera.nope: unknown setting"),
                          ({"inference.backend": "tpu9000"}, "inference.backend"),
+                         # valid alone, but the camera could not start with it: refused before it is saved
+                         ({"camera.reopen_backoff_initial_s": 60}, "reopen_backoff_initial_s must not exceed"),
                          ({"mqtt.commands.admin_keys": []}, "local configuration"),
                          ({}, "non-empty")]:
         reply = device.send("set_config", args)
