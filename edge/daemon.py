@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 
 from edge import __version__
 from edge.config import Settings
 from edge.pipeline import Pipeline, ensure_state_dir
 from edge.screening import PipelineScreening
-from edge.service import SystemdService, local_url
+from edge.service import SystemdService, liveness, local_url, stall_limit_s
 
 log = logging.getLogger("edge")
+TRIAL_INFERENCE_LIMIT_S = 10.0  # a normal inference takes milliseconds, a saliency map about a second
 
 
 class Daemon:
@@ -98,6 +100,24 @@ class Daemon:
         if self._stop is not None:
             self._stop.set()
 
+    def _trial_health(self) -> tuple[bool, str]:
+        """Whether a pack on trial may be committed now, and why not: the loop turns, no inference is stuck,
+        systemd was told we are ready, and frames are not failing with nothing classified."""
+        pipeline = self.pipeline
+        now = time.monotonic()
+        state = liveness(pipeline, now, stall_limit_s(self.systemd.watchdog_s, self.settings.camera.fps))
+        if not state.alive:
+            return False, state.reason
+        busy_since = pipeline.inference_started_at
+        if busy_since is not None and now - busy_since > TRIAL_INFERENCE_LIMIT_S:
+            return False, f"an inference has been running for more than {TRIAL_INFERENCE_LIMIT_S:g} s"
+        if self.systemd.enabled and not self.systemd.ready:
+            return False, "not ready yet"
+        counters = pipeline.counters
+        if counters.failed_frames and not counters.classifications:
+            return False, f"{counters.failed_frames} frames failed and none was classified"
+        return True, state.reason
+
     def _kiosk_server(self):
         if not self.settings.kiosk.enabled:
             return None
@@ -117,7 +137,7 @@ class Daemon:
         # A freshly installed pack must prove itself: rolled back now if it cannot run here, committed
         # after a healthy while otherwise.
         watch_trial(self.models, self.settings.inference.model_dir, self.pipeline.classifier, stop=stop,
-                    restart=self._restart)
+                    restart=self._restart, healthy=self._trial_health)
         if stop.is_set():  # rolled back: exit with the restart code so systemd starts the known-good pack
             self.close()
             return

@@ -76,6 +76,7 @@ MAX_TRIAL_BOOTS = 3  # starts of a new pack without commit() before it is rolled
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024  # archive, and everything in it once extracted
 DEFAULT_TIMEOUT_S = 60.0  # whole download; the command thread waits for it (see edge.mqtt.actions.model_update)
 DEFAULT_HEALTHY_AFTER_S = 60.0
+TRIAL_POLL_S = 2.0  # how often a pack on trial is checked while it proves itself
 MAX_MEMBERS = 10_000
 MAX_SELFTEST_IMAGES = 50
 LOCK_WAIT_S = 30.0  # start-up, commit, rollback: the lock is held for at most one install
@@ -670,13 +671,15 @@ def installed_model_dir(settings) -> Path:
 
 
 def watch_trial(store: ModelStore, running: Path, classifier, *, stop: threading.Event,
-                restart: Callable[[], None],
+                restart: Callable[[], None], healthy: Callable[[], tuple[bool, str]] | None = None,
                 healthy_after_s: float = DEFAULT_HEALTHY_AFTER_S) -> threading.Thread | None:
     """Called once by the daemon after its classifier opened (None when it did not), before serving.
 
     Nothing to do unless ``running`` is the pack on trial. If the daemon could not open it, or a synthetic
     image does not give sane probabilities on the live backend, roll back and call ``restart`` now. Else
-    commit once the daemon has run ``healthy_after_s`` without ``stop`` being set; returns that thread."""
+    commit once ``healthy()`` (the daemon's own judgement: loop turning, no stuck inference, frames not
+    failing) has said so at every check for ``healthy_after_s`` in a row; returns that thread. A pack that
+    never gets there stays on trial, and the boot counter rolls it back after ``MAX_TRIAL_BOOTS`` starts."""
     trial = store._trial_or_none()
     current = store.current()
     if trial is None or current is None or current.name != trial.pack \
@@ -695,12 +698,26 @@ def watch_trial(store: ModelStore, running: Path, classifier, *, stop: threading
         restart()
         return None
 
+    check = healthy or (lambda: (True, "no health check"))
+    poll_s = min(TRIAL_POLL_S, healthy_after_s / 4)
+
     def commit_when_healthy() -> None:
-        if not stop.wait(healthy_after_s):
-            try:
-                store.commit(running)
-            except (OSError, EdgeError):
-                log.exception("could not commit model pack %s", trial.pack)
+        healthy_since, said = time.monotonic(), None
+        while not stop.wait(poll_s):
+            ok, why = check()
+            now = time.monotonic()
+            if not ok:
+                healthy_since = now
+                if why != said:
+                    log.warning("model pack %s stays on trial: %s", trial.pack, why)
+                said = why
+                continue
+            if now - healthy_since >= healthy_after_s:
+                try:
+                    store.commit(running)
+                except (OSError, EdgeError):
+                    log.exception("could not commit model pack %s", trial.pack)
+                return
 
     thread = threading.Thread(target=commit_when_healthy, name="model-trial", daemon=True)
     thread.start()

@@ -412,6 +412,45 @@ def test_watch_trial_commits_a_pack_that_runs_healthily(store, settings, keys, u
     assert store.trial() is None and store.current().resolve() == running and restarts == []
 
 
+def test_watch_trial_commits_only_after_a_healthy_stretch(store, settings, keys, updates):
+    """Unhealthy checks restart the clock; the pack is committed once the daemon has been healthy for the
+    whole window, and never while it is not."""
+    updates["1.0.0"].install(store, keys)
+    store.commit()
+    updates["2.0.0"].install(store, keys)
+    running = resolve_model_dir(settings)
+    classifier = Classifier.open(load_pack(running), "cpu", settings.inference)
+    verdicts = {"now": (False, "frames failing")}
+    stop = threading.Event()
+    thread = watch_trial(store, running, classifier, stop=stop, restart=lambda: None,
+                         healthy=lambda: verdicts["now"], healthy_after_s=0.4)
+    time.sleep(1.2)  # three windows' worth of unhealthy checks
+    assert store.trial() is not None and thread.is_alive()
+    verdicts["now"] = (True, "frames flowing")
+    started = time.monotonic()
+    thread.join(5)
+    classifier.close()
+    assert time.monotonic() - started >= 0.3  # a full healthy window, counted from the first healthy check
+    assert store.trial() is None and store.current().resolve() == running
+
+
+def test_watch_trial_leaves_a_never_healthy_pack_on_trial(store, settings, keys, updates):
+    updates["1.0.0"].install(store, keys)
+    store.commit()
+    updates["2.0.0"].install(store, keys)
+    running = resolve_model_dir(settings)
+    classifier = Classifier.open(load_pack(running), "cpu", settings.inference)
+    stop = threading.Event()
+    thread = watch_trial(store, running, classifier, stop=stop, restart=lambda: None,
+                         healthy=lambda: (False, "an inference has been running for more than 10 s"),
+                         healthy_after_s=0.2)
+    time.sleep(0.8)
+    stop.set()
+    thread.join(5)
+    classifier.close()
+    assert store.trial() is not None and store.trial().pack == running.name
+
+
 def test_watch_trial_rolls_back_a_pack_the_daemon_cannot_open(store, settings, keys, updates):
     first = updates["1.0.0"].install(store, keys)
     store.commit()

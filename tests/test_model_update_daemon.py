@@ -40,3 +40,36 @@ def test_pack_update_then_install_then_the_daemon_loads_it(tmp_path, imagenet_pa
     daemon.run(stop)
     assert daemon.exit_code == 0
     assert store.current().resolve() == installed.path.resolve()
+
+
+def test_a_pack_on_trial_is_judged_by_what_the_daemon_does(tmp_path, imagenet_pack, ham_images):
+    """The daemon's verdict for committing a pack on trial: frames that fail with none classified keep it on
+    trial (the boot counter decides); frames that are classified let it through."""
+    import cv2
+    import numpy as np
+
+    def daemon_on(folder):
+        settings = load_settings(None, {
+            "state_dir": str(tmp_path / "state"), "camera": {"source": f"file:{folder}", "fps": 100},
+            "inference": {"model_dir": str(imagenet_pack), "backend": "cpu"}, "pipeline": {"auto_classify": True},
+            "kiosk": {"enabled": False}, "assistant": {"enabled": False}})
+        return Daemon(settings)
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    cv2.imwrite(str(tiny / "a.png"), np.full((12, 12, 3), 128, np.uint8))  # decodes, too small to assess
+    daemon = daemon_on(tiny)
+    daemon.pipeline.run(threading.Event(), max_frames=3)
+    verdict = daemon._trial_health()
+    daemon.close()
+    assert verdict == (False, "3 frames failed and none was classified")
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in ham_images[:2]:
+        shutil.copy(path, good / path.name)
+    daemon = daemon_on(good)
+    daemon.pipeline.run(threading.Event(), max_frames=2)
+    ok, why = daemon._trial_health()
+    daemon.close()
+    assert ok, why
