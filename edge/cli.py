@@ -44,6 +44,18 @@ def _settings(args: argparse.Namespace):
     return load_settings(args.config, _overrides(args))
 
 
+def _device_settings(args: argparse.Namespace):
+    """The settings the daemon runs with, for tools that inspect it: the administrator's remote changes
+    (``set_config``) applied and, unless ``--model`` names a pack, the pack the daemon loads (an installed
+    model update, read without counting a trial boot)."""
+    from edge.mqtt.remote_config import with_overlay
+    from edge.updates import installed_model_dir
+
+    settings = with_overlay(_settings(args))
+    model_dir = Path(args.model) if getattr(args, "model", None) else installed_model_dir(settings)
+    return settings.model_copy(update={"inference": settings.inference.model_copy(update={"model_dir": model_dir})})
+
+
 def _setup_logging(level: str) -> None:
     from edge.service import configure_logging
 
@@ -57,7 +69,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from edge.vision.decode import read_image_file
     from edge.vision.quality import assess
 
-    settings = _settings(args)
+    settings = _device_settings(args)
     classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend, settings.inference)
     failures = 0
     for image_path in args.images:
@@ -117,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from edge.doctor import run_checks
 
-    settings = _settings(args)
+    settings = _device_settings(args)
     checks = run_checks(settings)
     for check in checks:
         print(check.line())

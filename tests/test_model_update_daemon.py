@@ -73,3 +73,26 @@ def test_a_pack_on_trial_is_judged_by_what_the_daemon_does(tmp_path, imagenet_pa
     ok, why = daemon._trial_health()
     daemon.close()
     assert ok, why
+
+
+def test_doctor_and_classify_inspect_the_pack_the_daemon_runs(tmp_path, imagenet_pack, ham_images):
+    """After a model update the daemon loads the installed pack, not inference.model_dir: `edge doctor` and
+    `edge classify` look at that same pack (and still honour an explicit --model)."""
+    key = tmp_path / "admin.key"
+    public = run_edge("admin", "keygen", str(key)).stdout.strip().splitlines()[-1]
+    built = run_edge("admin", "pack-update", str(imagenet_pack), "--key", str(key),
+                     "--out", str(tmp_path / "pack.tar.gz"))
+    args = json.loads(built.stdout)
+    state = tmp_path / "state"
+    settings = load_settings(None, {"state_dir": str(state)})
+    ModelStore.from_settings(settings).install(args["source"], args["sha256"], args["manifest_signature"],
+                                               load_admin_keys([public]))
+    doctor = run_edge("doctor", "--state-dir", str(state))
+    assert "imagenet-mobilenetv2-int8" in doctor.stdout, doctor.stdout
+    classified = run_edge("classify", "--json", "--state-dir", str(state), str(ham_images[0]))
+    assert json.loads(classified.stdout.splitlines()[0])["model"]["name"] == "imagenet-mobilenetv2-int8"
+    from edge.paths import default_model_dir
+
+    explicit = run_edge("classify", "--json", "--state-dir", str(state), "--model", str(default_model_dir()),
+                        str(ham_images[0]))
+    assert json.loads(explicit.stdout.splitlines()[0])["model"]["name"] == "ham10000-mobilenetv2-int8"
