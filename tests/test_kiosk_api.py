@@ -394,6 +394,16 @@ def test_new_patient_clears_everything(kiosk, client):
     assert kiosk.screening.stats()["held_images"] == 0  # the images themselves are gone, not only the ids
 
 
+def test_a_fresh_page_is_a_fresh_patient(kiosk, client):
+    """A reload (F5, or the kiosk browser restarting) must not hand the last person's session to the next."""
+    result = capture(client)
+    assert client.get(result["saliency_url"]).status_code == 200
+    assert client.get("/").status_code == 200
+    assert_json_error(client.get(result["saliency_url"]), 404)
+    assert_json_error(client.post(f"/api/symptoms/{result['id']}", json={"symptoms": []}), 404)
+    assert kiosk.screening.stats()["held_images"] == 0
+
+
 def test_idle_timeout_clears_the_session(kiosk, client):
     sessions = kiosk.sessions
     configured = sessions.idle_timeout_s

@@ -289,6 +289,19 @@ def test_an_unattended_result_clears_itself(page, server):
     wait(driver, lambda d: server.status(result["saliency_url"]) == 404)
 
 
+def test_the_history_panel_does_not_outlast_its_user(page, server):
+    """Health-worker mode: History left open on an unattended kiosk closes, and so it does on New patient."""
+    driver = page
+    capture_result(driver)
+    driver.find_element(By.ID, "history-open").click()
+    wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history-list li")) >= 1)
+    js(driver, "window.kiosk.state.idleTimeoutMs = 300; window.kiosk.state.lastActivity = 0")
+    wait(driver, lambda d: not js(d, "return document.getElementById('history-dialog').open"))
+    assert js(driver, "return document.querySelectorAll('#history-list li').length") == 0
+    assert visible(driver, "screen-preview")
+    js(driver, "window.kiosk.state.idleTimeoutMs = 180000; window.kiosk.state.lastActivity = Date.now()")
+
+
 def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
     driver = page
     viewport(driver, *SMALL)

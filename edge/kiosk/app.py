@@ -86,6 +86,9 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
     # -- pages and health ------------------------------------------------------------------------------
     @app.get("/")
     def index():
+        # A fresh page is a fresh patient: a reload (or a restarted kiosk browser) must not carry the last
+        # person's results, chat and red flags into the next person's session.
+        sessions.new_patient()
         lang = language()
         return render_template("index.html", lang=lang, catalogue=i18n.catalogue(lang), languages=i18n.LANGUAGES,
                                version=__version__, health_worker=kiosk.health_worker_mode,

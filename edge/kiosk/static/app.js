@@ -602,6 +602,14 @@
     $("report-frame").removeAttribute("src");
   }
 
+  /** The health worker's history (every earlier screening and its notes) never stays up for the next person. */
+  function closeHistory() {
+    for (const id of ["confirm-dialog", "history-dialog"]) {
+      if ($(id) && $(id).open) $(id).close();
+    }
+    if ($("history-list")) $("history-list").replaceChildren();
+  }
+
   // ---------------------------------------------------------------------------------------------- new patient
   function resetResultState() {
     state.symptomUrgency = null;
@@ -623,6 +631,7 @@
     state.result = null;
     resetResultState();
     resetReport();
+    closeHistory();
     ["result-name", "name-kicker", "urgency-text", "next-step", "confidence-text", "unsure-reason"].forEach((id) => {
       $(id).textContent = "";
     });
@@ -644,7 +653,10 @@
     const idle = Date.now() - state.lastActivity > state.idleTimeoutMs;
     if (!idle) return;
     if (state.screen === "result" && !state.chatBusy) newPatient();
-    else if (state.screen === "preview" && (state.retake || !$("preview-error").hidden)) clearPreviewMessages();
+    else if (state.screen === "preview") {
+      closeHistory();
+      if (state.retake || !$("preview-error").hidden) clearPreviewMessages();
+    }
     state.lastActivity = Date.now();
   }
 
