@@ -22,6 +22,7 @@ from edge.vision.decode import decode_image
 
 HELD_RESULTS = 16
 PREVIEW_JPEG_QUALITY = 80
+PREVIEW_STALE_S = 3.0  # a frame older than this is not a live preview
 
 
 class PipelineScreening:
@@ -34,8 +35,12 @@ class PipelineScreening:
 
     # -- camera -------------------------------------------------------------------------------------------
     def preview(self) -> Preview | None:
-        latest = self.pipeline.latest
-        if self.pipeline.camera is None or latest is None or latest.frame is None:
+        """The latest camera frame as JPEG, or None when there is no live picture: no camera, the camera is
+        down, or its last frame is older than ``PREVIEW_STALE_S`` (a frozen image must not say "ready")."""
+        latest, pipeline = self.pipeline.latest, self.pipeline
+        if pipeline.camera is None or latest is None or latest.frame is None or pipeline.camera.state != "ok":
+            return None
+        if pipeline.last_frame_at is None or time.monotonic() - pipeline.last_frame_at > PREVIEW_STALE_S:
             return None
         frame = latest.frame
         cached = self._preview_cache
@@ -52,7 +57,8 @@ class PipelineScreening:
         latest = self.pipeline.latest
         if self.pipeline.camera is None:
             raise CameraUnavailable("no camera on this device: upload a photo instead")
-        if latest is None or latest.frame is None or self.pipeline.camera.state != "ok":
+        stale = self.pipeline.last_frame_at is None or time.monotonic() - self.pipeline.last_frame_at > PREVIEW_STALE_S
+        if latest is None or latest.frame is None or self.pipeline.camera.state != "ok" or stale:
             raise CameraUnavailable("the camera is not delivering frames right now: try again or upload a photo")
         return self._classify(latest.frame)
 

@@ -24,7 +24,7 @@ from PIL import Image
 
 from edge.config import load_settings
 from edge.kiosk import i18n
-from edge.kiosk.app import create_app
+from edge.kiosk.app import _mjpeg, create_app
 from edge.pipeline import Pipeline
 from edge.screening import PipelineScreening
 from edge.store import History
@@ -560,3 +560,34 @@ def test_nothing_but_the_history_db_is_written(kiosk, client, ham_images):
     assert "history.sqlite" in written
     replay = state.parent / "replay"
     assert sorted(p.name for p in replay.iterdir()) == sorted(p.name for p in ham_images[:6])
+
+
+def test_a_camera_that_goes_down_ends_the_live_preview(tmp_path, imagenet_pack, ham_images):
+    """The preview must not keep showing a frozen "ready" frame, and an open MJPEG stream must end (freeing
+    its server thread) instead of waiting forever for a frame that never comes."""
+    kiosk = build_kiosk(tmp_path, imagenet_pack, ham_images)
+    try:
+        client = kiosk.app.test_client()
+        assert client.get("/api/preview").get_json()["camera"] is True
+        assert client.get("/api/stream.mjpg?frames=1").data.startswith(b"--")
+        parts = _mjpeg(kiosk.screening, fps=10, limit=None)  # the stream's body, run as a server thread would
+        assert next(parts).startswith(b"--")
+        shutil.rmtree(tmp_path / "replay")  # the camera goes away mid-stream
+        ended, errors = threading.Event(), []
+
+        def drain():
+            try:
+                for _ in parts:
+                    pass
+            except Exception as exc:  # reported below, not lost in the thread
+                errors.append(exc)
+            finally:
+                ended.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        assert ended.wait(15), "the stream kept a server thread after the camera went down"
+        assert errors == []
+        assert client.get("/api/preview").get_json() == {"camera": False}
+        assert_json_error(client.post("/api/capture"), 409)
+    finally:
+        kiosk.close()

@@ -25,6 +25,7 @@ from edge.kiosk.session import SessionKeeper
 log = logging.getLogger("edge.kiosk")
 HERE = Path(__file__).parent
 MJPEG_BOUNDARY = "frame"
+MJPEG_IDLE_S = 5.0  # no new frame for this long ends a stream
 
 
 class ApiError(EdgeError):
@@ -270,13 +271,15 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
 
 def _mjpeg(screening: Screening, fps: float, limit: int | None) -> Iterator[bytes]:
-    sent, last_index = 0, None
+    """Frames as they come; the stream ends when the live picture does (camera down, frozen), so a server
+    thread is never held by a stream that writes nothing: the page opens a new one when the camera is back."""
+    sent, last_index, last_new = 0, None, time.monotonic()
     while limit is None or sent < limit:
         preview = screening.preview()
-        if preview is None:
+        if preview is None or time.monotonic() - last_new > MJPEG_IDLE_S:
             return
         if preview.index != last_index:
-            last_index = preview.index
+            last_index, last_new = preview.index, time.monotonic()
             sent += 1
             yield (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(preview.jpeg)}\r\n"
                    f"X-Quality-Ok: {int(bool(preview.quality and preview.quality.ok))}\r\n\r\n").encode() \
