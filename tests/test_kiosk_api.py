@@ -394,6 +394,24 @@ def test_new_patient_clears_everything(kiosk, client):
     assert kiosk.screening.stats()["held_images"] == 0  # the images themselves are gone, not only the ids
 
 
+def test_a_person_still_reading_keeps_their_session(kiosk, client):
+    """The page's keep-alive (sent when someone scrolls or types on a result) holds off the idle timeout."""
+    sessions = kiosk.sessions
+    configured = sessions.idle_timeout_s
+    try:
+        result = capture(client)
+        sessions.idle_timeout_s = 0.5
+        for _ in range(6):  # 1.2 s in all, more than twice the timeout, touched every 0.2 s
+            time.sleep(0.2)
+            assert client.post("/api/session/touch").get_json() == {"active": True}
+        assert client.get(result["saliency_url"]).status_code == 200
+        time.sleep(0.6)  # now nobody is there
+        assert client.post("/api/session/touch").get_json() == {"active": False}
+        assert_json_error(client.get(result["saliency_url"]), 404)
+    finally:
+        sessions.idle_timeout_s = configured
+
+
 def test_a_fresh_page_is_a_fresh_patient(kiosk, client):
     """A reload (F5, or the kiosk browser restarting) must not hand the last person's session to the next."""
     result = capture(client)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -287,6 +288,27 @@ def test_an_unattended_result_clears_itself(page, server):
     wait(driver, lambda d: visible(d, "screen-preview"))
     assert js(driver, "return window.kiosk.state.result") is None and text(driver, "result-name") == ""
     wait(driver, lambda d: server.status(result["saliency_url"]) == 404)
+
+
+def test_reading_a_result_keeps_the_session_on_the_server(page, server, kiosk):
+    """Scrolling and keys on the result screen call no API of their own: the page's keep-alive must stop the
+    server expiring the session of someone who is still reading."""
+    driver = page
+    result = capture_result(driver)
+    sessions = kiosk.sessions
+    configured = sessions.idle_timeout_s
+    try:
+        sessions.idle_timeout_s = 1.0
+        js(driver, "window.kiosk.state.heartbeatMs = 200")
+        for _ in range(10):  # 2.5 s of reading: scroll events only
+            js(driver, "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))")
+            time.sleep(0.25)
+        assert server.status(result["saliency_url"]) == 200
+    finally:
+        sessions.idle_timeout_s = configured
+        js(driver, "window.kiosk.state.heartbeatMs = 30000")
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
 
 
 def test_the_history_panel_does_not_outlast_its_user(page, server):

@@ -180,6 +180,12 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         sessions.new_patient()
         return jsonify({"ok": True})
 
+    @app.post("/api/session/touch")
+    def keep_alive():
+        """The page saw the person act (scroll, key, touch) without calling the API: their session is in use.
+        Says whether it still holds results (false: it had already expired and was cleared)."""
+        return jsonify({"active": bool(sessions.touch().results)})
+
     # -- symptoms, chat, report ------------------------------------------------------------------------
     @app.post("/api/symptoms/<result_id>")
     def symptoms(result_id: str):

@@ -37,6 +37,8 @@
     busy: false,
     generation: 0, // bumped by New patient: answers to requests from before it are dropped
     lastActivity: Date.now(),
+    lastHeartbeat: 0,
+    heartbeatMs: 30000, // at most one keep-alive per this while a person reads a result
   };
 
   // ---------------------------------------------------------------------------------------------- strings
@@ -590,6 +592,7 @@
       return;
     }
     $("report-print").hidden = false;
+    if (doc) listenForActivity(doc); // reading the report (its own document) is activity too
   }
 
   function closeReport() {
@@ -646,6 +649,23 @@
     ($("capture").hidden ? $("upload") : $("capture")).focus();
     const res = await api("/api/session/new", { method: "POST" });
     if (!res.ok) showError($("preview-error"), res.status, res.data, "session");
+  }
+
+  const ACTIVITY_EVENTS = ["pointerdown", "keydown", "input", "wheel", "touchstart", "scroll"];
+
+  /** Someone is using the kiosk: the page's idle timer restarts and, on a result, so does the server's (a
+   * person reading and scrolling calls no API, and their session must not expire under them). */
+  function noteActivity() {
+    const now = Date.now();
+    state.lastActivity = now;
+    if (state.screen === "result" && state.result && now - state.lastHeartbeat > state.heartbeatMs) {
+      state.lastHeartbeat = now;
+      api("/api/session/touch", { method: "POST" });
+    }
+  }
+
+  function listenForActivity(target) {
+    for (const kind of ACTIVITY_EVENTS) target.addEventListener(kind, noteActivity, { passive: true, capture: true });
   }
 
   // An unattended result screen clears itself, like the server's session does.
@@ -785,9 +805,7 @@
       $("confirm-cancel").addEventListener("click", () => $("confirm-dialog").close());
       $("confirm-ok").addEventListener("click", purge);
     }
-    for (const kind of ["pointerdown", "keydown", "input", "wheel", "touchstart"]) {
-      document.addEventListener(kind, () => { state.lastActivity = Date.now(); }, { passive: true, capture: true });
-    }
+    listenForActivity(document);
     setInterval(checkIdle, 1000);
     window.addEventListener("pageshow", () => { if (state.screen === "preview") pollPreview(); });
   }
