@@ -258,6 +258,17 @@ def test_metrics_move_after_a_capture(client):
     assert 'edge_rejects_total{reason="not_skin"}' in after
 
 
+def test_metrics_keep_every_digit_of_large_counters():
+    """A kiosk at 10 frames/s passes a million frames in 28 hours: the counter must still move by one."""
+    from edge.kiosk.metrics import render
+
+    stats = {"frames": 1_234_567, "classifications": 1_000_001, "rejects": {}, "camera_down_reads": 0,
+             "latency_buckets": [0] * 8, "latency_sum_ms": 2_345_678.25, "held_images": 0}
+    text = render(stats, 1_300_000.5, None)
+    assert metric(text, "edge_frames_total") == 1_234_567 and "1234567" in text
+    assert "edge_classifications_total 1000001" in text and "e+" not in text
+
+
 def test_unknown_route_and_method_are_json(client):
     assert_json_error(client.get("/api/nothing-here"), 404)
     assert_json_error(client.get("/api/capture"), 405)

@@ -5,11 +5,18 @@ from __future__ import annotations
 from edge.pipeline import LATENCY_BUCKETS_MS
 
 
+def _number(value: float) -> str:
+    """Every digit: ``:g`` keeps six, so a counter past a million would stand still, then jump."""
+    if isinstance(value, bool) or float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 def _line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
     if labels:
         rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        return f"{name}{{{rendered}}} {value:g}"
-    return f"{name} {value:g}"
+        return f"{name}{{{rendered}}} {_number(value)}"
+    return f"{name} {_number(value)}"
 
 
 def _escape(value: str) -> str:
