@@ -298,14 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="score a model pack on a labelled set")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="which split of the pack's split.csv (default test), images from --images")
+    p.add_argument("--split", choices=["train", "val", "test"],
+                   help="which split of the pack's split.csv (default val; test only with --final-report)")
     p.add_argument("--images", type=Path, help="images folder (default: shared HAM10000 images)")
     p.add_argument("--csv", type=Path, help="instead of the pack's split: a CSV with image,label columns")
     p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
     p.add_argument("--no-tta", action="store_true",
                    help="only the plain view (skip the 4-flip and 8-view test-time augmentation)")
-    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--limit", type=int, help="only N images, a seeded sample in proportion to the labels")
     p.add_argument("--final-report", action="store_true",
                    help="score the pack's test split once and write evaluation_test.json and plots into the pack")
     p.add_argument("--force", action="store_true", help="with --final-report: overwrite an existing report")

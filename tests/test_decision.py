@@ -98,6 +98,11 @@ def test_auroc_matches_hand_computed_values_and_ties():
     assert np.isnan(auroc(np.array([1, 1]), np.array([0.2, 0.3])))
     fpr, tpr = roc_curve(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8]))
     assert fpr[-1] == tpr[-1] == 1.0 and np.trapezoid(tpr, fpr) == pytest.approx(0.75)
+    # tied scores are one threshold: the plotted area is the AUROC whatever the order of the tied rows
+    y, score = np.array([1, 0, 0, 1, 1, 0]), np.array([0.5, 0.5, 0.5, 0.5, 0.9, 0.1])
+    for order in (np.arange(6), np.arange(6)[::-1]):
+        fpr, tpr = roc_curve(y[order], score[order])
+        assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(y, score)) and len(fpr) == 4
 
 
 def test_balanced_accuracy_is_mean_recall_over_present_classes():

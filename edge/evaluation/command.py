@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
+
 from edge.errors import EdgeError
 from edge.evaluation.run import evaluate
 from edge.inference import load_pack
@@ -27,10 +29,29 @@ def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
             rows = [row for row in rows if row["split"] == args.split]
         pairs = [(images / row["image"], row["label"]) for row in rows]
     if args.limit:
-        pairs = pairs[: args.limit]
+        pairs = stratified_sample(pairs, args.limit)
     if not pairs:
         raise EdgeError("the labelled set is empty")
     return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def stratified_sample(pairs: list[tuple[Path, str]], limit: int, seed: int = 0) -> list[tuple[Path, str]]:
+    """``limit`` pairs drawn at random (seeded) in proportion to their labels, at least one of each label
+    while ``limit`` allows: a table sorted by label must not give a balanced accuracy over three classes."""
+    if limit >= len(pairs):
+        return list(pairs)
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, (_, label) in enumerate(pairs):
+        by_label.setdefault(label, []).append(i)
+    quotas = {label: max(1, round(limit * len(rows) / len(pairs))) for label, rows in by_label.items()}
+    while sum(quotas.values()) > limit:  # rounding up the small classes: take back from the largest
+        largest = max(quotas, key=lambda label: (quotas[label], label))
+        if quotas[largest] == 1:
+            break
+        quotas[largest] -= 1
+    chosen = [i for label, rows in by_label.items() for i in rng.permutation(rows)[: quotas[label]]]
+    return [pairs[i] for i in sorted(chosen)[:limit]]
 
 
 FINAL_REPORT = "evaluation_test.json"
@@ -40,6 +61,10 @@ def run_evaluation(args, settings) -> dict:
     pack = load_pack(settings.inference.model_dir)
     if args.final_report:
         return final_report(args, settings, pack)
+    args.split = args.split or "val"
+    if args.split == "test" and not (args.csv or args.folder):
+        raise EdgeError("the test split is scored once per pack, with --final-report (its numbers are in "
+                        f"{FINAL_REPORT} in the pack); compare models on --split val")
     paths, labels = labelled_set(args, settings, pack)
     report = evaluate(pack, paths, labels, view_options=(1,) if args.no_tta else TEST_TIME_VIEW_COUNTS,
                       threads=settings.inference.cpu.threads)
@@ -55,8 +80,9 @@ def final_report(args, settings, pack) -> dict:
     target = pack.root / FINAL_REPORT
     if target.exists() and not args.force:
         raise EdgeError(f"{target} exists: the test split is reported once (use --force to overwrite)")
-    if args.split != "test" or args.csv or args.folder or args.limit:
+    if args.split not in (None, "test") or args.csv or args.folder or args.limit:
         raise EdgeError("--final-report scores the whole test split of the pack's split.csv, nothing else")
+    args.split = "test"
     paths, labels = labelled_set(args, settings, pack)
     raw: dict = {}
     report = evaluate(pack, paths, labels, threads=settings.inference.cpu.threads, raw=raw)

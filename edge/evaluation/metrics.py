@@ -44,8 +44,12 @@ def roc_curve(positive: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     """(false positive rate, true positive rate) at every threshold, for plotting."""
     order = np.argsort(-score, kind="mergesort")
     hits = positive.astype(bool)[order]
-    tpr = np.concatenate(([0.0], np.cumsum(hits) / max(hits.sum(), 1)))
-    fpr = np.concatenate(([0.0], np.cumsum(~hits) / max((~hits).sum(), 1)))
+    # One point per distinct threshold: tied scores (common with int8 outputs) move the curve diagonally
+    # together, so the plotted area is the AUROC whatever the order of the tied rows.
+    last_of_tie = np.flatnonzero(np.diff(score[order])) if len(score) else np.array([], dtype=int)
+    ends = np.concatenate((last_of_tie, [len(score) - 1])) if len(score) else last_of_tie
+    tpr = np.concatenate(([0.0], np.cumsum(hits)[ends] / max(hits.sum(), 1)))
+    fpr = np.concatenate(([0.0], np.cumsum(~hits)[ends] / max((~hits).sum(), 1)))
     return fpr, tpr
 
 

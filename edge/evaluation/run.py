@@ -21,6 +21,7 @@ from edge.inference import Classifier, ModelPack
 from edge.inference.classifier import tta_views
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
+from edge.types import Urgency
 from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.evaluate")
@@ -94,8 +95,13 @@ def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, views: int) -> dict:
         "out_of_distribution_rate": float(ood.mean()),
         "invoke_ms": round(outputs.invoke_ms, 3),
     }
+    fitted_for = spec.test_time_views
+    result["decision"] = (f"fitted for {views} views" if views == fitted_for else
+                          f"the shipped decision, fitted for {fitted_for} views, applied to {views}")
     if mel is not None:
-        referred = (decided == mel) | abstained  # an abstained case is also sent to a clinician
+        # Sent to a clinician promptly: an answer whose next step is urgent (melanoma, but also BCC), or unsure.
+        urgent = np.array([pack.urgency_of(label) == Urgency.URGENT for label in labels])
+        referred = urgent[decided] | abstained
         result["mel_referral_sensitivity"] = float(referred[y == mel].mean())
         result["mel_referral_specificity"] = float(1 - referred[y != mel].mean())
     return result
