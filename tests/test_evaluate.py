@@ -6,6 +6,7 @@ import collections
 import json
 
 import numpy as np
+import pytest
 from conftest import run_edge
 
 from edge.evaluation.command import stratified_sample
@@ -48,3 +49,31 @@ def test_evaluate_scores_val_by_default_and_refuses_the_test_split():
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["n_images"] == 28 and all(n >= 1 for n in report["class_counts"].values())
+
+
+def test_evaluation_decides_exactly_as_the_device(imagenet_pack, ham_images):
+    """The same images through `edge evaluate`'s path and through Classifier.classify give the same answers,
+    for a pack that outputs probabilities (ImageNet, softmax) and one that outputs logits (the skin model)."""
+    from edge.config import InferenceSettings
+    from edge.evaluation.run import collect_outputs, open_variant
+    from edge.inference import Classifier
+    from edge.types import Quality
+    from edge.vision.decode import read_image_file
+
+    images = [read_image_file(path) for path in ham_images[:6]]
+    for pack_dir in (imagenet_pack, default_model_dir()):
+        pack = load_pack(pack_dir)
+        views = pack.manifest.decision.test_time_views
+        device = Classifier.open(pack, "cpu", InferenceSettings())
+        expected = [device.classify(image, Quality()) for image in images]
+        device.close()
+        classifier = open_variant(pack, "int8")
+        outputs = collect_outputs(classifier, images, views)
+        classifier.close()
+        labels = list(pack.manifest.labels)
+        y = np.array([labels.index(r.label) for r in expected])
+        report = score(outputs, y, pack, views)
+        assert report["operating_point"]["accuracy"] == 1.0, pack.manifest.name  # every answer the device's
+        probabilities = outputs.probabilities(views, pack.manifest.decision.temperature)
+        for row, result in zip(probabilities, expected):
+            assert row[labels.index(result.label)] == pytest.approx(result.probabilities[result.label], abs=1e-5)

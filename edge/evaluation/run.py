@@ -18,8 +18,8 @@ from edge.config import InferenceSettings
 from edge.errors import EdgeError
 from edge.evaluation.metrics import summarise
 from edge.inference import Classifier, ModelPack
-from edge.inference.classifier import tta_views
-from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch, softmax
+from edge.inference.classifier import postprocess, tta_views
+from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
 from edge.types import Urgency
 from edge.vision.decode import read_image_file
@@ -34,17 +34,24 @@ VIEW_NAMES = {1: "plain", 4: "flips", 8: "dihedral"}  # test-time views -> the r
 class Outputs:
     """Raw model outputs for a set: logits (n, k) per test-time view, and the mean invoke time."""
 
-    logits_per_view: np.ndarray  # (views, n, k), in ``test_time_views`` order
+    logits_per_view: np.ndarray  # (views, n, k), in ``test_time_views`` order: logits, or probabilities
     invoke_ms: float
+    activation: str = "none"  # the pack's output activation: "none" means the model outputs logits
 
     def logits(self, views: int) -> np.ndarray:
+        """The view-averaged raw outputs (logits when ``activation`` is "none")."""
         if views > len(self.logits_per_view):
             raise ValueError(f"{views} views asked for, {len(self.logits_per_view)} collected")
         return self.logits_per_view[:views].mean(axis=0)
 
     def probabilities(self, views: int, temperature: float) -> np.ndarray:
-        """As the device computes them: softmax of the view-averaged logits over the temperature."""
-        return softmax(self.logits(views), temperature)
+        """As the device computes them (``classifier.postprocess``)."""
+        return postprocess(self.logits(views), self.activation, temperature)[1]
+
+    def decision_logits(self, views: int) -> np.ndarray | None:
+        """What the device hands ``decide`` as logits: None for a model that outputs probabilities (so no
+        out-of-distribution check on them)."""
+        return postprocess(self.logits(views), self.activation, 1.0)[0]
 
 
 def open_variant(pack: ModelPack, variant: str, threads: int = 2) -> Classifier:
@@ -67,7 +74,7 @@ def collect_outputs(classifier: Classifier, images: list[np.ndarray], views: int
             started = time.perf_counter()
             rows[f, i] = classifier.backend.invoke(view)
             invoke_total += time.perf_counter() - started
-    return Outputs(rows, invoke_total / (len(images) * views) * 1e3)
+    return Outputs(rows, invoke_total / (len(images) * views) * 1e3, classifier.pack.manifest.output.activation)
 
 
 def load_images(paths: list[Path]) -> list[np.ndarray]:
@@ -77,10 +84,9 @@ def load_images(paths: list[Path]) -> list[np.ndarray]:
 def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, views: int) -> dict:
     labels = list(pack.manifest.labels)
     spec = pack.manifest.decision
-    logits = outputs.logits(views)
     p = outputs.probabilities(views, spec.temperature)
     uncalibrated = outputs.probabilities(views, 1.0)
-    decisions = decide_batch(p, logits, spec, pack.manifest.labels)
+    decisions = decide_batch(p, outputs.decision_logits(views), spec, pack.manifest.labels)
     decided = np.array([d.index for d in decisions])
     abstained = np.array([d.abstained for d in decisions])
     ood = np.array([d.reason == OUT_OF_DISTRIBUTION for d in decisions])

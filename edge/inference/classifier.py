@@ -79,6 +79,17 @@ def tta_views(tensor: np.ndarray, count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(view) for view in views]
 
 
+def postprocess(raw: np.ndarray, activation: str, temperature: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """View-averaged model outputs -> (logits, or None when the model outputs probabilities; calibrated
+    probabilities), for one row ``(k,)`` or many ``(n, k)``: the device and ``edge evaluate`` both use this."""
+    if activation == "none":
+        return raw, softmax(raw, temperature)
+    total = raw.sum(axis=-1, keepdims=True)
+    # Quantised softmax outputs do not sum to exactly 1; renormalise so reported probabilities do.
+    uniform = np.full_like(raw, 1.0 / raw.shape[-1])
+    return None, np.where(total > 0, raw / np.where(total > 0, total, 1.0), uniform)
+
+
 class Classifier:
     def __init__(self, pack: ModelPack, backend: Backend, probes: list[Probe], backend_settings) -> None:
         self.pack = pack
@@ -174,11 +185,7 @@ class Classifier:
 
     def _postprocess(self, raw: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """(logits or None, calibrated probabilities)."""
-        if self.pack.manifest.output.activation == "none":
-            return raw, softmax(raw, self.pack.manifest.decision.temperature)
-        total = float(raw.sum())
-        # Quantised softmax outputs do not sum to exactly 1; renormalise so reported probabilities do.
-        return None, raw / total if total > 0 else np.full_like(raw, 1.0 / raw.size)
+        return postprocess(raw, self.pack.manifest.output.activation, self.pack.manifest.decision.temperature)
 
     def classify(self, image: np.ndarray, quality: Quality) -> Result:
         scores = self.scores(image)
