@@ -392,6 +392,21 @@ def test_picamera2_not_installed_explains_how_to_install(monkeypatch: pytest.Mon
         Picamera2Source().open()
 
 
+def test_picamera2_that_fails_to_import_is_unavailable_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A venv numpy that Debian's picamera2 was not built for raises ValueError on import, not ImportError:
+    it must mean "this camera is unavailable" (auto-detection goes on), never a crashed daemon."""
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        'raise ValueError("numpy.dtype size changed, may indicate binary incompatibility")\n')
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CameraUnavailable, match="does not import.*numpy"):
+        Picamera2Source().open()
+
+
 def test_picamera2_without_csi_camera_is_unavailable(fake_picamera2: type[FakePicamera2]) -> None:
     fake_picamera2.cameras = []
     with pytest.raises(CameraUnavailable, match="no CSI camera"):

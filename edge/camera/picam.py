@@ -36,6 +36,11 @@ def import_picamera2() -> ModuleType:
         return importlib.import_module("picamera2")
     except ImportError as exc:
         raise CameraUnavailable(NOT_INSTALLED) from exc
+    except Exception as exc:  # e.g. "numpy.dtype size changed": a venv numpy that Debian's picamera2 cannot use
+        raise CameraUnavailable(
+            f"picamera2 is installed but does not import ({type(exc).__name__}: {exc}); if numpy is mentioned, "
+            "the venv's numpy differs from Debian's: reinstall with ./setup.sh, which keeps numpy 1.x on a Pi"
+        ) from exc
 
 
 def list_csi_cameras(module: ModuleType) -> list[dict[str, Any]]:
