@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mqtt_broker import make_result
 
-from edge.config import load_settings
+from edge.config import MqttCommandSettings, load_settings
 from edge.errors import ConfigError, EdgeError
 from edge.mqtt import actions, admin, remote_config
-from edge.mqtt.commands import MAX_COMMAND_BYTES, CommandRejected, CommandVerifier, NotForThisDevice
+from edge.mqtt.commands import MAX_CLOCK_SKEW_S, MAX_COMMAND_BYTES, CommandRejected, CommandVerifier, NotForThisDevice
 from edge.mqtt.connection import Backoff
 from edge.mqtt.device import device_id
 from edge.mqtt.nonces import NonceStore
@@ -286,6 +286,25 @@ def test_a_crash_while_checking_a_command_becomes_a_rejection(caplog):
                             fleet=False)
     assert reply == {"ok": False, "error": "malformed: the device could not check this command", "device_id": DEVICE}
     assert "could not be checked" in caplog.text
+
+
+def test_raising_the_clock_skew_never_revives_a_used_command(tmp_path, admin_key):
+    """set_config can raise clock_skew_s on a running device: a command whose nonce was used must stay refused
+    for as long as any allowed skew could still let it through."""
+    now = [1_000_000.0]
+    nonces = NonceStore(tmp_path / "nonces.sqlite")
+    verifier = CommandVerifier(DEVICE, {key_id(admin_key.public_key()): admin_key.public_key()}, nonces,
+                               clock_skew_s=300, max_lifetime_s=3600, clock=lambda: now[0])
+    signed = raw(sign_envelope(envelope(issued=int(now[0]), ttl=60), admin_key))
+    assert verifier.verify(signed).command == "status"
+    verifier.clock_skew_s = 3600  # what apply_live does after set_config mqtt.commands.clock_skew_s
+    now[0] += 361  # past expires_at + the old skew: the old code had forgotten the nonce by now
+    verifier.nonces.claim("x" * 16, forget_after=now[0] + 60, now=now[0])  # any claim prunes forgotten rows
+    with pytest.raises(CommandRejected, match="replayed"):
+        verifier.verify(signed)
+    nonces.close()
+    field = MqttCommandSettings.model_fields["clock_skew_s"]
+    assert MAX_CLOCK_SKEW_S == next(rule.le for rule in field.metadata if getattr(rule, "le", None) is not None)
 
 
 def test_nonces_persist_and_are_pruned_after_expiry(tmp_path):

@@ -27,6 +27,10 @@ from edge.mqtt.nonces import NonceStore
 from edge.mqtt.signing import SignatureError, verify_envelope
 
 MAX_COMMAND_BYTES = 64 * 1024
+# The largest mqtt.commands.clock_skew_s the settings accept. A nonce is kept until its command has expired
+# by this much: an administrator may raise the skew while the device runs, and an old command must not become
+# valid again after its nonce was forgotten.
+MAX_CLOCK_SKEW_S = 86400.0
 FLEET = "fleet"
 COMMANDS = ("status", "get_config", "set_config", "model_update", "restart", "purge_local_data", "set_log_level")
 NONCE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -83,7 +87,7 @@ class CommandVerifier:
         self._check_window(envelope, nonce, name)
         if name not in COMMANDS:
             raise CommandRejected(f"unknown command {name!r}: one of {', '.join(COMMANDS)}", nonce, name)
-        forget_after = envelope["expires_at"] + self.clock_skew_s
+        forget_after = envelope["expires_at"] + max(self.clock_skew_s, MAX_CLOCK_SKEW_S)
         if not self.nonces.claim(nonce, forget_after, self.clock()):
             raise CommandRejected("replayed: this nonce was already used", nonce, name)
         return Command(name, envelope["args"], envelope["target"], nonce, envelope["issued_at"],
