@@ -25,13 +25,13 @@ from edge.types import Urgency
 class Device:
     """An MQTT service with an admin key, and records of what its hooks were asked to do."""
 
-    def __init__(self, tmp_path, broker, admin_key: Ed25519PrivateKey, health=None) -> None:
+    def __init__(self, tmp_path, broker, admin_key: Ed25519PrivateKey, health=None, purge=None) -> None:
         self.purges: list[float] = []
         self.restarts: list[float] = []
         self.settings = device_settings(tmp_path / "state", broker, password="hunter2-secret",
                                         commands={"admin_keys": [public_key_b64(admin_key.public_key())]})
         self.service = MqttService(self.settings, health=health or (lambda: {"frames": 3, "uptime_s": 2.0}),
-                                   purge=lambda: self.purges.append(time.time()) or {"history": 2},
+                                   purge=purge or (lambda: self.purges.append(time.time()) or {"history": 2}),
                                    restart=lambda: self.restarts.append(time.time()))
         self.service.start()
         wait_until(lambda: self.service.state == "connected", what="device connected")
@@ -173,6 +173,31 @@ def test_a_slow_command_does_not_hold_up_results_or_the_connection(tmp_path, bro
     finally:
         release.set()
         listener.close()
+        device.service.stop()
+
+
+def test_a_restart_happens_even_if_the_broker_is_gone_when_its_reply_is_ready(tmp_path, broker, admin_key):
+    """The restart waits for its reply to be acknowledged, but never for a broker that went away meanwhile."""
+    purging, release = threading.Event(), threading.Event()
+
+    def slow_purge():
+        purging.set()
+        release.wait(20)
+        return {"history": 0}
+
+    device = Device(tmp_path, broker, admin_key, purge=slow_purge)
+    client = Listener(broker, device.service.topics.cmd_reply)
+    try:
+        for command in ("purge_local_data", "restart"):  # the restart waits in line behind the slow purge
+            client.client.publish(device.service.topics.cmd, encoded(sign_envelope(envelope(device, command),
+                                                                                   device.key)), qos=1)
+        assert purging.wait(10)
+        client.close()
+        broker.stop()
+        release.set()
+        wait_until(lambda: device.restarts, timeout=15, what="the restart with no broker to take its reply")
+    finally:
+        release.set()
         device.service.stop()
 
 

@@ -140,6 +140,22 @@ def test_results_wait_until_their_minute_has_ended_and_keep_their_order(broker, 
     listener.close()
 
 
+def test_a_held_result_goes_out_when_the_clock_is_set_back(broker, service_factory):
+    """NTP stepping the clock back an hour while a result waits for its minute to end must not hold it (and
+    everything behind it) for that hour."""
+    listener = Listener(broker, "edge/+/results")
+    offset = [0.0]
+    service = service_factory(broker, clock=lambda: time.time() + offset[0],
+                              results={"hold_until_minute_end": True})
+    held = service.publish_result(make_result(timestamp=time.time()))
+    time.sleep(0.3)
+    assert listener.json_on("/results") == [] and service.outbox.depth() == 1
+    offset[0] = -3600.0
+    listener.wait_for(lambda: listener.json_on("/results"), timeout=5, what="the held result after the step back")
+    assert [p["event_id"] for p in listener.json_on("/results")] == [held]
+    listener.close()
+
+
 def test_status_is_retained_online_then_offline_on_a_clean_stop(broker, service_factory):
     service = service_factory(broker)
     wait_until(lambda: service.state == "connected", what="connection")

@@ -151,6 +151,43 @@ def test_outbox_keeps_order_and_survives_reopen(tmp_path):
     assert journal == "wal"
 
 
+def test_outbox_depth_stays_exact_when_a_purge_lands_inside_an_acknowledgement(tmp_path):
+    """remove() (the MQTT thread) has committed its deletes and not yet counted them when clear() (a purge
+    command) runs: the depth must end at the number of rows, not below zero."""
+    import threading
+
+    outbox = Outbox(tmp_path / "o.sqlite", cap=100)
+    for i in range(5):
+        outbox.enqueue(f"e{i}", b"{}", Urgency.ROUTINE)
+    committed, resume = threading.Event(), threading.Event()
+
+    class PauseAfterCommit:  # the sender connection, paused right after remove()'s COMMIT
+        def __init__(self, connection):
+            self.connection = connection
+
+        def execute(self, sql, *args):
+            result = self.connection.execute(sql, *args)
+            if sql == "COMMIT":
+                committed.set()
+                resume.wait(5)
+            return result
+
+    real = outbox._sender
+    outbox._sender = PauseAfterCommit(real)
+    remover = threading.Thread(target=outbox.remove, args=([row.seq for row in outbox.pending(0, 10)],))
+    remover.start()
+    assert committed.wait(5)
+    purger = threading.Thread(target=outbox.clear)
+    purger.start()
+    purger.join(0.3)  # the purge runs now if nothing stops it
+    resume.set()
+    remover.join(5)
+    purger.join(5)
+    outbox._sender = real
+    assert outbox.depth() == len(outbox.event_ids()) == 0
+    outbox.close()
+
+
 def test_outbox_cap_drops_oldest_routine_first_never_urgent(tmp_path):
     outbox = Outbox(tmp_path / "o.sqlite", cap=4)
     for event_id, urgency in [("u1", Urgency.URGENT), ("r1", Urgency.ROUTINE), ("s1", Urgency.SOON),

@@ -120,11 +120,12 @@ class Outbox:
         """The broker acknowledged these rows: forget them. A row dropped meanwhile is simply not there."""
         if not seqs:
             return
-        with self._sender_lock:
+        # The depth lock is held across the delete: a purge (clear) in between would otherwise zero the depth
+        # and this subtraction take it below zero.
+        with self._lock, self._sender_lock:
             self._sender.execute("BEGIN IMMEDIATE")
             deleted = sum(self._sender.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount for seq in seqs)
             self._sender.execute("COMMIT")
-        with self._lock:
             self._depth -= deleted
         self.delivered += deleted
 

@@ -92,6 +92,7 @@ class MqttService:
         self._frame_rate = FrameRate()
         self._client: mqtt.Client | None = None
         self._session_up = False
+        self._up_since: float | None = None  # when the current connection came up, until it has lasted
         self._inflight: dict[int, int] = {}  # mid -> outbox seq
         self._acked: list[int] = []  # seqs acknowledged in this turn, deleted together
         self._last_sent_seq = 0
@@ -105,6 +106,7 @@ class MqttService:
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
         self._command_thread: threading.Thread | None = None
         self._restart_mid: int | None = None
+        self._unacked_replies: dict[int, dict[str, Any]] = {}  # mid -> reply, on the current connection
         self._restart_deadline: float | None = None
         self.state = "stopped"
         self.last_error: str | None = None
@@ -161,6 +163,7 @@ class MqttService:
                 self._acked, self._session_up = [], False
                 self._note_failure(f"internal error: {exc}")
                 self._wait_before_reconnect()
+            self._restart_if_due()  # also while the broker is away: a restart never waits for it
         self._shutdown()
 
     def _turn(self) -> None:
@@ -178,11 +181,13 @@ class MqttService:
         if self._acked:
             self.outbox.remove(self._acked)
             self._acked = []
+        if self._up_since is not None and time.monotonic() - self._up_since >= self._config.keepalive_s:
+            self._backoff.reset()
+            self._up_since = None
         if self._session_up:
             self._send_replies()
             self._pump()
             self._telemetry_if_due()
-        self._restart_if_due()
 
     def _connect(self) -> bool:
         config = self._config
@@ -227,6 +232,10 @@ class MqttService:
         """Forget this connection's client; close its socket if paho has not (never a DISCONNECT)."""
         client, self._client = self._client, None
         self._inflight.clear()
+        self._up_since, self._restart_mid = None, None  # message ids belong to the client that is going
+        for reply in self._unacked_replies.values():
+            self._replies.put((reply, False))
+        self._unacked_replies.clear()
         sock = client.socket() if client is not None else None
         if sock is not None:
             try:
@@ -242,7 +251,9 @@ class MqttService:
         self.connects += 1
         log.info("connected to %s:%d after %d retries; %d results queued", self._config.host, self._config.port,
                  self._backoff.attempts, self.outbox.depth())
-        self._backoff.reset()
+        # The backoff is reset once this connection has lasted a keepalive, not now: a broker that accepts
+        # and then drops us (a clone with our client id, a denied subscribe) must not be retried every second.
+        self._up_since = time.monotonic()
         self._inflight.clear()
         self._last_sent_seq = 0  # resend everything still in the outbox, oldest first
         self._wake.set()
@@ -255,7 +266,7 @@ class MqttService:
         self._next_telemetry = 0.0
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._session_up = False
+        self._session_up, self._up_since = False, None
         if not self._stop.is_set():
             self.state = "disconnected"
 
@@ -264,7 +275,7 @@ class MqttService:
         if seq is not None:
             self._acked.append(seq)
             self._wake.set()
-        if mid == self._restart_mid:
+        if self._unacked_replies.pop(mid, None) is not None and mid == self._restart_mid:
             self._restart_deadline = time.monotonic()
 
     def _pump(self) -> None:
@@ -272,7 +283,8 @@ class MqttService:
         ended) holds back every row after it, so order is kept."""
         room = self._config.max_inflight - len(self._inflight)
         now = self._clock()
-        held_due = self._held_until is not None and now >= self._held_until
+        # Due once its time has come, or at once if the clock was set back (the row's time is then far ahead).
+        held_due = self._held_until is not None and not (now < self._held_until <= now + MAX_HOLD_S)
         if room <= 0 or not (self._wake.is_set() or held_due):
             return
         self._wake.clear()  # cleared before reading: an enqueue after this sets it again
@@ -320,8 +332,9 @@ class MqttService:
             except queue.Empty:
                 return
             info = self._client.publish(self.topics.cmd_reply, json.dumps(reply), qos=1)
-            if restart:  # restart once this reply is acknowledged, or after REPLY_FLUSH_S
-                self._restart_mid, self._restart_deadline = info.mid, time.monotonic() + REPLY_FLUSH_S
+            self._unacked_replies[info.mid] = reply  # sent again on the next connection if this one dies first
+            if restart:  # restart as soon as this reply is acknowledged (the deadline was set when it was queued)
+                self._restart_mid = info.mid
 
     # -- the command thread ---------------------------------------------------------------------------------
     def _serve_commands(self) -> None:
@@ -338,6 +351,8 @@ class MqttService:
                 log.exception("command handling failed")
                 continue
             restart, self._restart_requested = self._restart_requested, False
+            if restart:  # at the latest this long after the command ran, acknowledged or not, broker or not
+                self._restart_deadline = time.monotonic() + REPLY_FLUSH_S
             if reply is not None:
                 self._replies.put((reply, restart))
 
