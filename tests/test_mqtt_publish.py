@@ -203,6 +203,25 @@ def test_telemetry_arrives_on_its_interval_with_the_health_fields(broker, servic
     listener.close(), late.close()
 
 
+def test_telemetry_keeps_to_minute_ends_while_results_are_held(broker, service_factory):
+    """Its counters would otherwise time a screening to within one telemetry interval, far finer than the
+    held result's own minute: telemetry goes out at minute ends, at most once a minute, its time rounded."""
+    listener = Listener(broker, "edge/+/telemetry")
+    started = time.monotonic()
+    minute_end = (int(time.time()) // 60 + 10) * 60  # a whole minute, ten minutes from now
+    service_factory(broker, clock=lambda: minute_end - 1.5 + (time.monotonic() - started),
+                    telemetry_interval_s=0.3, results={"hold_until_minute_end": True})
+    time.sleep(1.0)
+    assert listener.on("/telemetry") == []  # not before the minute ends, although connected
+    listener.wait_for(lambda: listener.on("/telemetry"), timeout=5, what="telemetry at the minute end")
+    arrived = time.monotonic() - started
+    telemetry = listener.json_on("/telemetry")[0]
+    assert telemetry["time"].endswith(":00Z") and arrived >= 1.4
+    time.sleep(2.0)
+    assert len(listener.on("/telemetry")) == 1  # the 0.3 s interval does not apply while results are held
+    listener.close()
+
+
 def test_home_assistant_discovery_is_retained_and_follows_availability(broker, service_factory):
     service = service_factory(broker, home_assistant=True)
     wait_until(lambda: service.state == "connected", what="connection")

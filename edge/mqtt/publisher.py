@@ -48,6 +48,7 @@ REPLY_FLUSH_S = 5.0  # how long a restart waits for its reply to be acknowledged
 OFFLINE_FLUSH_S = 2.0
 ONLINE, OFFLINE = "online", "offline"
 MAX_HOLD_S = 60.0
+MINUTE_S = 60.0
 COMMAND_BACKLOG = 32  # commands received and not yet carried out; more are dropped with a warning
 
 
@@ -100,7 +101,7 @@ class MqttService:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_telemetry = 0.0
+        self._next_telemetry: float | None = None  # None: the first message is due (at once, or at a minute end)
         self._restart_requested = False  # set and read by the command thread only
         self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
@@ -263,7 +264,7 @@ class MqttService:
         if self._config.home_assistant:
             for topic, config in discovery_messages(self._config.discovery_prefix, self.device_id, self.topics):
                 client.publish(topic, json.dumps(config), qos=1, retain=True)
-        self._next_telemetry = 0.0
+        self._next_telemetry = None
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._session_up, self._up_since = False, None
@@ -305,15 +306,28 @@ class MqttService:
 
     def _telemetry_if_due(self) -> None:
         now = time.monotonic()
+        if self._next_telemetry is None:
+            self._next_telemetry = now + self._telemetry_delay(0.0)
         if now < self._next_telemetry:
             return
-        self._next_telemetry = now + self.settings.mqtt.telemetry_interval_s
+        self._next_telemetry = now + self._telemetry_delay(self.settings.mqtt.telemetry_interval_s)
         self._client.publish(self.topics.telemetry, json.dumps(self._telemetry()), qos=0, retain=True)
+
+    def _telemetry_delay(self, interval_s: float) -> float:
+        """Seconds to the next telemetry message. While results are held to the end of their minute, telemetry
+        goes out only at minute ends and at most once a minute: its counters (classifications, queue depth)
+        would otherwise time a screening more finely than the result's own rounded time."""
+        if not self.settings.mqtt.results.hold_until_minute_end:
+            return interval_s
+        wall = self._clock()
+        target = wall + max(interval_s, MINUTE_S)
+        return max(0.0, target - target % MINUTE_S - wall) if interval_s else MINUTE_S - wall % MINUTE_S
 
     def _telemetry(self) -> dict[str, Any]:
         health = self._health() or {}
         return telemetry_payload(health, fps=self._frame_rate.update(int(health.get("frames", 0))),
-                                 queue_depth=self.outbox.depth(), dropped=self.outbox.dropped, now=self._clock())
+                                 queue_depth=self.outbox.depth(), dropped=self.outbox.dropped, now=self._clock(),
+                                 minute_resolution=self.settings.mqtt.results.hold_until_minute_end)
 
     def _on_message(self, client, userdata, message) -> None:
         """Hand a command to the command thread: paho's loop must keep running (keepalive pings, results)
@@ -388,7 +402,7 @@ class MqttService:
         if "log_level" in changed:
             actions.set_process_log_level(settings.log_level)
         if "mqtt.telemetry_interval_s" in changed:
-            self._next_telemetry = 0.0  # publish now, then on the new interval
+            self._next_telemetry = None  # publish now (or at the next minute end), then on the new interval
         if self.verifier is not None:
             self.verifier.clock_skew_s = settings.mqtt.commands.clock_skew_s
             self.verifier.max_lifetime_s = settings.mqtt.commands.max_lifetime_s

@@ -67,12 +67,15 @@ class FrameRate:
 
 
 def telemetry_payload(health: dict[str, Any], *, fps: float, queue_depth: int, dropped: int,
-                      now: float | None = None) -> dict[str, Any]:
-    """``health`` is ``Pipeline.health()``; only named fields are copied from it."""
+                      now: float | None = None, minute_resolution: bool = False) -> dict[str, Any]:
+    """``health`` is ``Pipeline.health()``; only named fields are copied from it. With ``minute_resolution``
+    the time is rounded down to the minute, like the results' own."""
     inference = health.get("inference") or {}
     model = inference.get("model") or {}
     camera = health.get("camera") or {}
     moment = dt.datetime.fromtimestamp(time.time() if now is None else now, tz=dt.timezone.utc)
+    if minute_resolution:
+        moment = moment.replace(second=0, microsecond=0)
     return {
         "time": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "software_version": __version__,
