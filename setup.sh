@@ -58,12 +58,15 @@ if [ "$dev" = 1 ]; then
   # The tests drive the real kiosk in a real headless browser, and MQTT against a real broker.
   apt_packages+=(chromium chromium-driver mosquitto)
 fi
+# Every install builds llama-cpp-python (the kiosk's assistant) from source: llama.cpp is C and C++, and
+# Debian's gcc package has no C++ compiler.
+command -v gcc >/dev/null || apt_packages+=(gcc)
+command -v g++ >/dev/null || apt_packages+=(g++)
 if [ "$dev" = 1 ] || [ "$platform" != generic ]; then
   # The `systemd` extra (dev, pi, jetson): systemd-python compiles against libsystemd; the tests run
   # systemd-analyze from Debian's systemd package.
   apt_packages+=(libsystemd-dev pkg-config)
   [ "$dev" = 1 ] && apt_packages+=(systemd)
-  command -v gcc >/dev/null || apt_packages+=(gcc)
   "$python" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
     2>/dev/null || apt_packages+=(python3-dev)
 fi
