@@ -222,8 +222,22 @@ while IFS= read -r -d '' src; do
   install_file "$src" "/$rel" 0644
 done < <(find "$here/firmware_config/etc" -type f -print0 | sort -z)
 
+# The kiosk unit runs the browser by its path. Debian and Raspberry Pi OS install /usr/bin/chromium (some
+# older images only chromium-browser); on Ubuntu both names are snap launchers that cage cannot run as a service.
+browser=/usr/bin/chromium
+if [ "$live" = 1 ] && [ "$kiosk" = 1 ]; then
+  browser=$(command -v chromium || command -v chromium-browser || true)
+  [ -n "$browser" ] || die "--kiosk: no chromium or chromium-browser binary after installing the package"
+  case "$(readlink -f "$browser")" in
+    /snap/*|*/snap) die "--kiosk: $browser is a snap launcher, which cannot run under cage as a system service; install a deb build of chromium" ;;
+  esac
+  grep -qs "snap" "$browser" && [ "$(head -c 2 "$browser")" = "#!" ] \
+    && die "--kiosk: $browser only starts the chromium snap, which cannot run under cage as a system service; install a deb build of chromium"
+fi
 for unit in "$here"/systemd/*.service; do
-  install_file "$(render "$unit")" "/etc/systemd/system/$(basename "$unit")" 0644
+  rendered=$(render "$unit")
+  [ "$browser" = /usr/bin/chromium ] || sed -i "s# /usr/bin/chromium # $browser #" "$rendered"
+  install_file "$rendered" "/etc/systemd/system/$(basename "$unit")" 0644
 done
 if [ "$platform" = jetson ]; then
   install_file "$here/firmware_config/jetson/edge.service.d/jetson.conf" /etc/systemd/system/edge.service.d/jetson.conf 0644

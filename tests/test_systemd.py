@@ -167,6 +167,11 @@ def test_edge_unit_is_a_hardened_notify_service_that_restarts_on_exit_75():
     assert unit["Restart"] == ["on-failure"] and "75" in unit["RestartForceExitStatus"]
     assert "75" not in " ".join(unit.get("SuccessExitStatus", []))
     assert int(unit["WatchdogSec"][0]) > 0 and unit["StartLimitBurst"] and unit["StartLimitIntervalSec"]
+    # every start counts toward the limit: a bad pack's starts before its rollback, plus an update's and an
+    # administrator's restarts, must not reach it, or the rolled-back device would stay down
+    from edge.updates import MAX_TRIAL_BOOTS
+
+    assert int(unit["StartLimitBurst"][0]) > 2 * (MAX_TRIAL_BOOTS + 1)
     assert unit["User"] == ["edge"] and unit["StateDirectory"] == ["edge"] and unit["ConfigurationDirectory"] == ["edge"]
     assert "EDGE_CONFIG=/etc/edge/config.toml" in unit["Environment"]
     assert unit["ProtectSystem"] == ["strict"] and unit["ProtectHome"] == ["yes"] and unit["PrivateTmp"] == ["yes"]
@@ -177,6 +182,8 @@ def test_edge_unit_is_a_hardened_notify_service_that_restarts_on_exit_75():
     kiosk = unit_settings(UNITS / "edge-kiosk.service")
     assert kiosk["After"][0] == "edge.service" and kiosk["Restart"] == ["always"]
     assert "http://127.0.0.1:8080/" in kiosk["ExecStart"][0] and "--kiosk" in kiosk["ExecStart"][0]
+    waits = [int(re.search(r"timeout (\d+)", pre).group(1)) for pre in kiosk["ExecStartPre"] if "timeout" in pre]
+    assert waits and int(kiosk["TimeoutStartSec"][0]) > max(waits)  # the wait for the daemon is not cut short
 
 
 # --- sd_notify ------------------------------------------------------------------------------------------
