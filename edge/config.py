@@ -204,6 +204,13 @@ class Settings(BaseSettings):
     assistant: AssistantSettings = Field(default_factory=AssistantSettings)
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
 
+    @model_validator(mode="after")
+    def _state_paths(self) -> Settings:
+        """Paths that default to a place under ``state_dir`` (written as '' in the settings file)."""
+        if not self.inference.jetson.trt_cache_dir:
+            self.inference.jetson.trt_cache_dir = str(self.state_dir / "trt-cache")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,

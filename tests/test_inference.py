@@ -103,9 +103,51 @@ def test_backend_failing_during_inference_falls_back_to_cpu(imagenet_pack, grace
     assert "falling back to cpu" in caplog.text
 
 
+def test_an_accelerator_failing_with_no_usable_cpu_model_says_so(tmp_path, imagenet_pack, grace_hopper, monkeypatch):
+    """On an accelerator device the CPU file is only opened at fallback time: if it is damaged, the error says
+    both things, health says so, and the accelerator is kept (to be tried again), not closed and reused."""
+    pack = tmp_path / "pack"
+    shutil.copytree(imagenet_pack, pack)
+    monkeypatch.setitem(registry._REGISTRY, "coral", FlakyTpu)
+    monkeypatch.setattr(FlakyTpu, "invocations", 0)
+    classifier = open_classifier(pack, "coral")
+    assert classifier.classify(grace_hopper, Quality()).label == "military uniform"
+    with open(pack / "model.tflite", "ab") as handle:
+        handle.write(b"\0")  # the SD card damages the file after start
+    classifier.pack._verified.pop("cpu")  # a real Coral runs its _edgetpu file: the cpu one was never checked
+    monkeypatch.setattr(FlakyTpu, "invocations", 2)  # the accelerator fails from now on
+    for _ in range(2):
+        with pytest.raises(ModelError, match="coral failed while running.*cpu fallback cannot load"):
+            classifier.classify(grace_hopper, Quality())
+    assert classifier.backend_name == "coral"
+    assert "cpu fallback cannot load" in classifier.health()["fallback_reason"]
+    classifier.close()
+    closed = CpuBackend(load_pack(imagenet_pack), CpuSettings(threads=1))
+    closed.close()
+    with pytest.raises(BackendFailed, match="closed"):  # a closed model fails as a backend, not AttributeError
+        closed.invoke(np.zeros((1, 224, 224, 3), np.uint8))
+
+
 def test_jetson_backend_without_gpu_provider_reports_what_exists(imagenet_pack):
     with pytest.raises(BackendUnavailable, match=r"wanted \['TensorrtExecutionProvider'.*offers \["):
         registry.backend_class("jetson")(load_pack(imagenet_pack), InferenceSettings().jetson)
+
+
+def test_tensorrt_gets_its_engine_cache_under_the_state_dir(tmp_path):
+    """Without the cache every start rebuilds the TensorRT engine (minutes on a Jetson)."""
+    from edge.config import load_settings
+    from edge.inference.jetson import provider_options
+
+    settings = load_settings(None, {"state_dir": str(tmp_path / "state")})
+    jetson = settings.inference.jetson
+    assert jetson.trt_cache_dir == str(tmp_path / "state" / "trt-cache")
+    options = provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider"], jetson)
+    assert options == [("TensorrtExecutionProvider", {"trt_engine_cache_enable": True,
+                                                      "trt_engine_cache_path": jetson.trt_cache_dir}),
+                       "CUDAExecutionProvider"]
+    assert (tmp_path / "state" / "trt-cache").is_dir()
+    chosen = load_settings(None, {"state_dir": str(tmp_path), "inference": {"jetson": {"trt_cache_dir": "/x"}}})
+    assert chosen.inference.jetson.trt_cache_dir == "/x"
 
 
 def test_jetson_code_path_runs_a_real_onnx_model(colour_pack):

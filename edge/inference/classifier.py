@@ -152,11 +152,20 @@ class Classifier:
             )
 
     def _fall_back_to_cpu(self, reason: str) -> None:
+        """Switch to the CPU backend. Its model file is opened before the failed backend is let go: on an
+        accelerator device the CPU file was never loaded, and if it cannot be (a damaged SD card) the
+        accelerator stays, to be tried again, and the error says both things."""
         failed = self._backend
         log.error("backend %s failed, falling back to cpu: %s", failed.name, reason)
+        try:
+            cpu = backend_class("cpu")(self.pack, self._backend_settings.cpu)
+        except (BackendUnavailable, ModelError) as exc:
+            self.fallback_reason = f"{failed.name} failed while running: {reason}; the cpu fallback cannot load: {exc}"
+            log.error("no cpu fallback: %s", exc)
+            raise ModelError(f"classification failed: {self.fallback_reason}") from None
         self.fallback_reason = f"{failed.name} failed while running: {reason}"
         failed.close()
-        self._use(backend_class("cpu")(self.pack, self._backend_settings.cpu))
+        self._use(cpu)
         self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
 
     def scores(self, image: np.ndarray) -> Scores:

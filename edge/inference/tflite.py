@@ -55,6 +55,8 @@ class TFLiteModel:
         self._input_index, self._output_index = inputs[0]["index"], outputs[0]["index"]
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
+        if self._interpreter is None:
+            raise BackendFailed("TFLite invoke failed: the model was closed")
         try:
             self._interpreter.set_tensor(self._input_index, tensor)
             self._interpreter.invoke()
