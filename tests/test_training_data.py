@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-
 from conftest import SHARED
-from edge.training.data import read_csv_dataset, read_folder_dataset, read_split, split_by_group, write_split
+
+from edge.training.data import Sample, read_csv_dataset, read_folder_dataset, read_split, split_by_group, write_split
 
 HAM = SHARED / "data" / "ham10000"
 
@@ -48,6 +50,36 @@ def test_folder_dataset_for_other_packs(tmp_path, ham_images):
     samples = read_folder_dataset(tmp_path)
     assert sorted({s.label for s in samples}) == ["clear", "mild"] and len(samples) == 6
     assert len({s.group for s in samples}) == 6
+    # the same file name under two labels: split.csv keeps them apart and gives the real paths back
+    (tmp_path / "mild" / "clear-same.jpg").write_bytes(ham_images[0].read_bytes())
+    (tmp_path / "clear" / "clear-same.jpg").write_bytes(ham_images[0].read_bytes())
+    split = split_by_group(read_folder_dataset(tmp_path), val=0.3, test=0.3, seed=1)
+    write_split(split, tmp_path / "split.csv")
+    for part in ("train", "val", "test"):
+        back = read_split(tmp_path / "split.csv", tmp_path, part)
+        assert back == split[part] and all(sample.path.is_file() for sample in back)
+
+
+def test_a_small_label_still_gets_val_and_test_groups(caplog):
+    """40 'clear', 3 'moderate', 2 'severe': rounding 15 % would put every moderate in train, unmeasured."""
+    samples = [Sample(Path(f"{label}/{i}.jpg"), label, f"{label}-{i}")
+               for label, n in (("clear", 40), ("moderate", 3), ("severe", 2)) for i in range(n)]
+    split = split_by_group(samples, val=0.15, test=0.15, seed=0)
+    for part in ("val", "test"):
+        assert "moderate" in {s.label for s in split[part]}
+    assert [s.label for s in split["train"]].count("moderate") == 1
+    assert {s.label for s in split["val"] + split["test"]} == {"clear", "moderate"}
+    assert "'severe' has only 2 group(s)" in caplog.text
+
+
+def test_a_training_limit_samples_every_label():
+    """`edge train --limit N` on a table sorted by label must not train on its first label or two."""
+    from edge.evaluation.command import stratified_sample
+
+    samples = [Sample(Path(f"{label}{i}.jpg"), label, f"{label}{i}") for label, n in
+               (("akiec", 300), ("bcc", 500), ("mel", 1000), ("nv", 6000)) for i in range(n)]
+    chosen = stratified_sample(samples, 200, label=lambda sample: sample.label)
+    assert len(chosen) == 200 and {s.label for s in chosen} == {"akiec", "bcc", "mel", "nv"}
 
 
 def test_missing_images_are_reported(tmp_path):

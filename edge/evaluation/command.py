@@ -35,15 +35,16 @@ def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
     return [p for p, _ in pairs], [label for _, label in pairs]
 
 
-def stratified_sample(pairs: list[tuple[Path, str]], limit: int, seed: int = 0) -> list[tuple[Path, str]]:
-    """``limit`` pairs drawn at random (seeded) in proportion to their labels, at least one of each label
-    while ``limit`` allows: a table sorted by label must not give a balanced accuracy over three classes."""
+def stratified_sample(pairs: list, limit: int, seed: int = 0, label=lambda pair: pair[1]) -> list:
+    """``limit`` items drawn at random (seeded) in proportion to their labels (``label(item)``; by default
+    ``(path, label)`` pairs), at least one of each label while ``limit`` allows, in their original order: a
+    table sorted by label must not give a balanced accuracy, or a training run, over three classes."""
     if limit >= len(pairs):
         return list(pairs)
     rng = np.random.default_rng(seed)
     by_label: dict[str, list[int]] = {}
-    for i, (_, label) in enumerate(pairs):
-        by_label.setdefault(label, []).append(i)
+    for i, item in enumerate(pairs):
+        by_label.setdefault(label(item), []).append(i)
     quotas = {label: max(1, round(limit * len(rows) / len(pairs))) for label, rows in by_label.items()}
     while sum(quotas.values()) > limit:  # rounding up the small classes: take back from the largest
         largest = max(quotas, key=lambda label: (quotas[label], label))

@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from edge.errors import EdgeError
+from edge.evaluation.command import stratified_sample
 from edge.training.data import hold_out_fold, read_csv_dataset, read_folder_dataset, split_by_group, write_split
 from edge.training.train import TrainConfig
 
@@ -21,7 +22,7 @@ def add_arguments(parser) -> None:
     data.add_argument("--image-column", default="image_id")
     data.add_argument("--label-column", default="dx")
     data.add_argument("--group-column", default="lesion_id", help="images of one group never straddle splits")
-    data.add_argument("--limit", type=int, help="use only this many images (smoke tests)")
+    data.add_argument("--limit", type=int, help="use only this many images, a seeded sample of every label (smoke tests)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="model pack folder to write (default: inference.model_dir)")
     run.add_argument("--work", type=Path, help="checkpoints (default: state_dir/train/<pack name>)")
@@ -51,8 +52,8 @@ def run_training(args, settings) -> int:
         samples = read_csv_dataset(args.csv or ham / "HAM10000_metadata.csv", args.images or ham / "images",
                                    image_column=args.image_column, label_column=args.label_column,
                                    group_column=args.group_column or None)
-    if args.limit:
-        samples = samples[: args.limit]
+    if args.limit:  # a smoke test: a seeded sample of every label, not the first rows of a sorted table
+        samples = stratified_sample(samples, args.limit, label=lambda sample: sample.label)
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                             if f.type in ("int", "float")}, batchnorm=args.batchnorm,
                          color_constancy=args.color_constancy)

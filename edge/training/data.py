@@ -9,6 +9,8 @@ near-duplicates. Groups are split per label (stratified) with a fixed seed. No T
 from __future__ import annotations
 
 import csv
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import numpy as np
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
+log = logging.getLogger("edge.train")
 UNUSED = "unused"  # training images a run leaves out (``hold_out_fold``): in split.csv, never trained on
 
 
@@ -69,6 +72,12 @@ def split_by_group(samples: list[Sample], *, val: float = 0.15, test: float = 0.
     assignment: dict[str, str] = {}
     for groups in _shuffled_groups_per_label(samples, np.random.default_rng(seed)):
         n_test, n_val = round(len(groups) * test), round(len(groups) * val)
+        if len(groups) >= 3:  # a small label still gets one group in val and test, or it would go unmeasured
+            n_test, n_val = max(n_test, int(test > 0)), max(n_val, int(val > 0))
+        elif val > 0 or test > 0:
+            label = next(s.label for s in samples if s.group == groups[0])
+            log.warning("label %r has only %d group(s): all in train, so val and test cannot measure it",
+                        label, len(groups))
         for index, group in enumerate(groups):
             assignment[group] = "test" if index < n_test else "val" if index < n_test + n_val else "train"
     split: dict[str, list[Sample]] = {name: [] for name in SPLITS}
@@ -91,12 +100,17 @@ def hold_out_fold(split: dict[str, list[Sample]], folds: int, fold: int, seed: i
 
 
 def write_split(split: dict[str, list[Sample]], path: Path) -> None:
+    """One row per image. ``image`` is its path relative to the folder all the images share: the file name
+    for HAM10000 (one images folder), ``<label>/<file>`` for a folder dataset, where the same file name can
+    appear under several labels. ``read_split`` with that folder gives the paths back."""
+    samples = [sample for name in (*SPLITS, UNUSED) for sample in split.get(name, [])]
+    root = Path(os.path.commonpath([str(s.path.parent) for s in samples])) if samples else Path()
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "label", "group", "split"])
         for name in (*SPLITS, UNUSED):
             for sample in split.get(name, []):
-                writer.writerow([sample.path.name, sample.label, sample.group, name])
+                writer.writerow([sample.path.relative_to(root).as_posix(), sample.label, sample.group, name])
 
 
 def read_split(path: Path, images_dir: Path, which: str) -> list[Sample]:

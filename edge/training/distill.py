@@ -43,9 +43,16 @@ def _trained_on(pack_root: Path) -> set[str]:
         return {row["image"] for row in csv.DictReader(handle) if row["split"] == "train"}
 
 
+def _split_keys(path: Path) -> set[str]:
+    """How ``split.csv`` may name this image: its file name (HAM10000's one folder) or ``<label>/<file>`` (a
+    folder dataset, where a file name alone can belong to two labels)."""
+    return {path.name, f"{path.parent.name}/{path.name}"}
+
+
 def check_teacher_split(pack_root: Path, held_out: list[Sample], trained_on: set[str] | None = None) -> None:
     """Refuse a teacher that trained on any held-out image (``trained_on``: its train images, if already read)."""
-    leaked = (_trained_on(pack_root) if trained_on is None else trained_on) & {s.path.name for s in held_out}
+    held = set().union(*(_split_keys(s.path) for s in held_out)) if held_out else set()
+    leaked = (_trained_on(pack_root) if trained_on is None else trained_on) & held
     if leaked:
         raise EdgeError(f"teacher {pack_root} trained on {len(leaked)} images this run holds out for val/test "
                          f"(e.g. {min(leaked)}): its predictions would leak their labels")
@@ -77,9 +84,10 @@ def teacher_probabilities(teacher_dirs: list[Path], samples: list[Sample], label
         packs.append(pack)
     images = load_images([s.path for s in samples])
     names = [s.path.name for s in samples]
+    keys = [_split_keys(s.path) for s in samples]
     y = np.array([labels.index(s.label) for s in samples])
     if out_of_fold:
-        use = np.array([[name not in seen for name in names] for seen in trained])  # (teachers, images)
+        use = np.array([[not (key & seen) for key in keys] for seen in trained])  # (teachers, images)
         if not use.any(axis=0).all():
             missing = names[int(np.argmin(use.any(axis=0)))]
             raise EdgeError(f"out-of-fold distillation: every teacher trained on {missing} (and maybe others); "

@@ -33,6 +33,7 @@ stopped. Seeds are fixed; thread scheduling on CPU can still change the last dig
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -43,6 +44,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.errors import EdgeError
 from edge.evaluation.metrics import balanced_accuracy
 from edge.training.data import Sample, class_counts
 from edge.vision.color import DEFAULT_POWER, ILLUMINANT_FLOOR, shades_of_gray
@@ -308,6 +310,31 @@ def recalibrate_batchnorm(keras, backbone, images: np.ndarray, batch_size: int =
 
 # --- the run ------------------------------------------------------------------------------------------------
 
+RUN_FILE = "run.json"
+
+
+def run_fingerprint(config: TrainConfig, labels: list[str], split: dict[str, list[Sample]]) -> str:
+    """What makes two runs the same run: settings, labels and the exact split (image paths per part)."""
+    parts = {name: sorted(str(s.path) for s in samples) for name, samples in split.items()}
+    blob = json.dumps({"config": asdict(config), "labels": list(labels), "split": parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_same_run(work_dir: Path, config: TrainConfig, labels: list[str], split: dict[str, list[Sample]]) -> None:
+    """A work folder resumes only the run that made it: another run (other data, labels or settings, e.g. a
+    --limit smoke test, or another pack under the default --work) must not pick up its weights."""
+    fingerprint = run_fingerprint(config, labels, split)
+    record = work_dir / RUN_FILE
+    if (work_dir / "state.json").exists():
+        if not record.exists():
+            log.warning("%s has no %s (made before runs were recorded): resuming without checking it is "
+                        "the same run", work_dir, RUN_FILE)
+        elif json.loads(record.read_text()).get("fingerprint") != fingerprint:
+            raise EdgeError(f"{work_dir} holds another training run (different data, labels or settings): "
+                            "pass a new --work folder, or delete this one to start over")
+    record.write_text(json.dumps({"fingerprint": fingerprint, "labels": list(labels)}, indent=2))
+
+
 @dataclass
 class RunState:
     phase: str = "warmup"
@@ -324,8 +351,9 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
     ``teacher_p`` (n_train, k): teacher packs' probabilities, blended into the targets by ``config.distill``."""
     from edge.training.distill import training_targets
 
-    keras, tf = setup_tensorflow(config.seed)
     work_dir.mkdir(parents=True, exist_ok=True)
+    check_same_run(work_dir, config, labels, split)
+    keras, tf = setup_tensorflow(config.seed)
     (work_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2))
     label_index = {label: i for i, label in enumerate(labels)}
     train_y = np.array([label_index[s.label] for s in split["train"]], dtype=np.int32)
@@ -368,6 +396,11 @@ def train(config: TrainConfig, split: dict[str, list[Sample]], labels: list[str]
                 log.info("resuming %s at epoch %d/%d", phase, state.epoch + 1, epochs)
             else:
                 log.info("%s: all %d epochs were done; finishing the run", phase, epochs)
+        elif state.phase == phase and resumable and phase != phases[0][0]:
+            # Stopped between phases: the earlier phase's last weights are where this one starts (its
+            # optimizer is a new one anyway). Without this, fine-tuning would start from an untrained head.
+            model.load_weights(resume_weights)
+            log.info("resuming: %s starts from the finished %s", phase, phases[0][0])
         elif state.phase != phase:
             state.phase, state.epoch = phase, 0
         for epoch in range(state.epoch, epochs):
