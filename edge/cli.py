@@ -158,6 +158,21 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 # --- model ----------------------------------------------------------------------------------------------
 
+def _check_pack_runs(pack) -> None:
+    """Open the pack's CPU model the way the device will: its outputs must match the labels and its input the
+    manifest's size. A pack that cannot run is taken back out (its model.json and copied files) and refused."""
+    from edge.config import InferenceSettings
+    from edge.inference import Classifier
+
+    try:
+        Classifier.open(pack, "cpu", InferenceSettings(cpu={"threads": 1})).close()
+    except (EdgeError, ValueError) as exc:
+        for entry in pack.manifest.files.values():
+            (pack.root / entry.path).unlink(missing_ok=True)
+        (pack.root / "model.json").unlink(missing_ok=True)
+        raise EdgeError(f"the pack would not run, so it was not written: {exc}") from None
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     from edge.inference.manifest import InputSpec, OutputSpec, add_variant, load_pack, read_labels, write_pack
 
@@ -190,12 +205,19 @@ def cmd_model(args: argparse.Namespace) -> int:
         files["coral"] = Path(args.edgetpu)
     if args.onnx:
         files["jetson"] = Path(args.onnx)
-    pack = write_pack(
-        Path(args.out), model_files=files, labels=read_labels(Path(args.labels)), name=args.name,
-        version=args.version, licence=args.licence,
-        input_spec=InputSpec(width=args.size, height=args.size, mean=(args.mean,) * 3, std=(args.std,) * 3),
-        output=OutputSpec(activation=args.activation),
-    )
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise EdgeError(f"no such model file: {', '.join(missing)}")
+    try:
+        pack = write_pack(
+            Path(args.out), model_files=files, labels=read_labels(Path(args.labels)), name=args.name,
+            version=args.version, licence=args.licence,
+            input_spec=InputSpec(width=args.size, height=args.size, mean=(args.mean,) * 3, std=(args.std,) * 3),
+            output=OutputSpec(activation=args.activation),
+        )
+    except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+        raise EdgeError(f"cannot write the pack: {exc}") from None
+    _check_pack_runs(pack)
     print(f"wrote {pack.root / 'model.json'}: {pack.manifest.name} {pack.manifest.version}, "
           f"{len(pack.manifest.labels)} labels, variants {sorted(pack.manifest.files)}")
     return EXIT_OK

@@ -111,3 +111,25 @@ def test_calibrate_refits_the_decision_on_val_as_a_new_version(tmp_path):
         assert calibration["operating_point"][label]["weight"] == weight > 1.0
         assert calibration["operating_point"][label]["val_sensitivity"] >= 0.85
         assert label in labels
+
+
+def test_edge_model_pack_refuses_a_model_that_does_not_match(tmp_path):
+    """Three labels for a seven-output model, or the wrong input size: refused at packing time, and nothing
+    is left behind (not at the first classification, as a traceback)."""
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    model = PACK / "model.tflite"
+    wrong_labels = run_edge("model", "pack", "--tflite", str(model), "--labels", str(labels), "--size", "160",
+                            "--name", "x", "--version", "1", "--licence", "test", str(tmp_path / "a"))
+    assert wrong_labels.returncode != 0 and "7 outputs but the manifest lists 3 labels" in wrong_labels.stderr
+    assert not (tmp_path / "a" / "model.json").exists() and not (tmp_path / "a" / "model.tflite").exists()
+    labels.write_text("\n".join(load_pack(PACK).manifest.labels) + "\n")
+    wrong_size = run_edge("model", "pack", "--tflite", str(model), "--labels", str(labels), "--size", "224",
+                          "--name", "x", "--version", "1", "--licence", "test", str(tmp_path / "b"))
+    assert wrong_size.returncode != 0 and "224x224 does not match the model's 160x160" in wrong_size.stderr
+    missing = run_edge("model", "pack", "--tflite", str(tmp_path / "none.tflite"), "--labels", str(labels),
+                       "--name", "x", "--version", "1", "--licence", "test", str(tmp_path / "c"))
+    assert missing.returncode != 0 and "no such model file" in missing.stderr and "Traceback" not in missing.stderr
+    right = run_edge("model", "pack", "--tflite", str(model), "--labels", str(labels), "--size", "160",
+                     "--name", "x", "--version", "1", "--licence", "test", str(tmp_path / "d"))
+    assert right.returncode == 0, right.stderr
