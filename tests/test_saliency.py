@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from conftest import PRETRAINED, run_edge
 from edge.config import InferenceSettings
@@ -30,6 +31,23 @@ def test_saliency_on_the_int8_model(imagenet_pack):
     saliency = classifier.saliency(read_image_file(PRETRAINED / "grace_hopper.bmp"))
     assert classifier.pack.manifest.labels[saliency.target] == "military uniform"
     assert 0.0 <= saliency.heatmap.min() and saliency.heatmap.max() == 1.0
+
+
+def test_saliency_explains_the_view_the_model_classified(tmp_path, imagenet_pack):
+    """With a central crop (crop_fraction < 1) the occluded views must not be cropped a second time: the
+    saliency's own unoccluded score is the classification's probability."""
+    from edge.inference.manifest import InputSpec, read_labels, write_pack
+
+    pack = write_pack(tmp_path / "pack", model_files={"cpu": imagenet_pack / "model.tflite"},
+                      labels=read_labels(PRETRAINED / "imagenet_labels.txt"), name="cropped", version="1",
+                      licence="test", input_spec=InputSpec(width=224, height=224, crop_fraction=0.6))
+    classifier = Classifier.open(pack, "cpu", InferenceSettings())
+    image = read_image_file(PRETRAINED / "grace_hopper.bmp")
+    result = classifier.classify(image, Quality())
+    saliency = classifier.saliency(image)
+    assert classifier.pack.manifest.labels[saliency.target] == result.label
+    assert saliency.base_probability == pytest.approx(result.probabilities[result.label], abs=1e-6)
+    classifier.close()
 
 
 def test_classify_cli_writes_saliency_overlays(imagenet_pack, tmp_path):

@@ -168,10 +168,11 @@ class Classifier:
         self._use(cpu)
         self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
 
-    def scores(self, image: np.ndarray) -> Scores:
-        """Preprocess, invoke and postprocess one RGB image (with the test-time views the pack asks for)."""
+    def scores(self, image: np.ndarray, *, cropped: bool = False) -> Scores:
+        """Preprocess, invoke and postprocess one RGB image (with the test-time views the pack asks for).
+        ``cropped``: ``image`` is already the model-sized view (``Preprocessor.crop_resize``)."""
         start = time.perf_counter()
-        tensor = self._preprocess(image)
+        tensor = self._preprocess.from_view(image) if cropped else self._preprocess(image)
         tensors = tta_views(tensor, self.pack.manifest.decision.test_time_views)
         after_pre = time.perf_counter()
         try:
@@ -180,7 +181,7 @@ class Classifier:
             if self._backend.name == "cpu":
                 raise
             self._fall_back_to_cpu(str(exc))
-            return self.scores(image)
+            return self.scores(image, cropped=cropped)
         after_invoke = time.perf_counter()
         logits, probabilities = self._postprocess(raw)
         end = time.perf_counter()
@@ -220,7 +221,7 @@ class Classifier:
         from edge.vision.saliency import occlusion_saliency
 
         view = self._preprocess.crop_resize(image)
-        return occlusion_saliency(view, lambda v: self.scores(v).probabilities, target)
+        return occlusion_saliency(view, lambda v: self.scores(v, cropped=True).probabilities, target)
 
     def health(self) -> dict:
         return {

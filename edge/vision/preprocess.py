@@ -61,7 +61,11 @@ class Preprocessor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         require_rgb_uint8(image)
-        resized = self.crop_resize(image)
+        return self.from_view(self.crop_resize(image))
+
+    def from_view(self, resized: np.ndarray) -> np.ndarray:
+        """The tensor for a view already cropped and resized to the model's size (``crop_resize``): what
+        saliency scores, so an occluded view is not cropped a second time."""
         lut = self._lut
         if self.spec.color_constancy == "shades_of_gray":
             correction = correction_table(resized, self.spec.color_constancy_power)
