@@ -5,6 +5,7 @@ Real (tiny) training with TensorFlow, the optional `train` extra: skipped where 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,15 +45,23 @@ def test_a_run_stopped_between_warmup_and_finetuning_resumes_from_the_warmup(tmp
     first.wait(60)
     assert any("warmup epoch 1/1" in line for line in seen), "".join(seen[-20:])
     assert '"epoch": 0' in (work / "state.json").read_text()  # killed between the two phases
-    assert not (out / "model.json").exists()
+    assert not out.exists()  # nothing half-written: the pack is built aside and moved in at the end
 
+    # Training into an existing pack keeps what training does not make (fact sheets, model card) and moves
+    # the old test report aside: it describes the old model.
+    (out / "facts").mkdir(parents=True)
+    (out / "facts" / "x.en.md").write_text("kept\n")
+    (out / "model.json").write_text(json.dumps({"version": "0.9"}))
+    (out / "evaluation_test.json").write_text("{}")
     second = subprocess.run(edge_train(work, out), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
                             timeout=900, check=False)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
     assert "resuming: finetune starts from the finished warmup" in log
     assert "warmup epoch" not in log and "finetune epoch 2/2" in log
-    assert (out / "model.json").exists()
+    assert json.loads((out / "model.json").read_text())["version"] != "0.9"
+    assert (out / "facts" / "x.en.md").read_text() == "kept\n" and not (out / "evaluation_test.json").exists()
+    assert (out / "evaluation_test.0.9.json").exists() and not list(tmp_path.glob(".pack.building*"))
 
     # the same folder does not resume a different run (here: other settings)
     other = subprocess.run(edge_train(work, tmp_path / "other", "--dropout", "0.5"), cwd=PROJECT_ROOT, env=env,

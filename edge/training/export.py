@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -230,16 +231,44 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
                   output=OutputSpec(activation="none"),
                   description="MobileNetV2 fine-tuned on HAM10000 dermoscopy; a screening aid, not a diagnosis.")
     out = Path(out)
-    pack = write_pack(out, **common)
+    # Built in a folder of its own and moved into place at the end: an interrupted run never leaves a pack
+    # that verifies but has no fitted decision (no melanoma weighting, no abstention).
+    staging = out.parent / f".{out.name}.building"
+    if staging.exists():
+        shutil.rmtree(staging)
+    pack = write_pack(staging, **common)
     log.info("fitting temperature, operating point and abstention on val (%d images)", len(split["val"]))
     decision, calibration = fit_decision(pack, split["val"])
-    pack = write_pack(out, decision=decision, **common)
-    write_split(split, out / "split.csv")
-    (out / "training.json").write_text(json.dumps({"config": asdict(config), "history": history,
-                                                   "calibration": calibration,
-                                                   "split_sizes": {k: len(v) for k, v in split.items()}}, indent=2))
+    pack = write_pack(staging, decision=decision, **common)
+    write_split(split, staging / "split.csv")
+    (staging / "training.json").write_text(json.dumps({"config": asdict(config), "history": history,
+                                                       "calibration": calibration,
+                                                       "split_sizes": {k: len(v) for k, v in split.items()}},
+                                                      indent=2))
     from edge.training.report import write_training_curves
 
-    write_training_curves(out, history)
+    write_training_curves(staging, history)
+    install_built_pack(staging, out)
     log.info("model pack written to %s", out)
     return out
+
+
+def install_built_pack(staging: Path, out: Path) -> None:
+    """Move a finished pack from ``staging`` to ``out``. A new folder is one rename. Into an existing pack
+    (say the shipped one, with its model card and fact sheets, which training does not make), each file is
+    replaced on its own and ``model.json`` last, so the folder never pairs a new decision with an old model;
+    the old pack's test report, which no longer describes it, is moved aside as ``recalibrate_pack`` does."""
+    if not out.exists():
+        staging.rename(out)
+        return
+    from edge.evaluation.command import FINAL_REPORT
+
+    old_manifest = out / "model.json"
+    old_version = json.loads(old_manifest.read_text()).get("version", "previous") if old_manifest.exists() \
+        else "previous"
+    report = out / FINAL_REPORT
+    if report.exists():
+        report.replace(out / f"evaluation_test.{old_version}.json")
+    for path in sorted(staging.iterdir(), key=lambda p: p.name == "model.json"):  # model.json last
+        os.replace(path, out / path.name)
+    staging.rmdir()
