@@ -398,12 +398,17 @@ def test_an_unreadable_pending_marker_does_not_break_start_up(store, settings, k
     assert store.trial().boots == 1 and store.trial().pack == installed.path.name  # still on trial, counted
 
 
-def test_watch_trial_commits_a_pack_that_runs_healthily(store, settings, keys, updates):
+def running_a_pack_on_trial(store, settings, keys, updates):
+    """1.0.0 committed, 2.0.0 installed on trial and started: (its folder, its classifier)."""
     updates["1.0.0"].install(store, keys)
     store.commit()
     updates["2.0.0"].install(store, keys)
     running = resolve_model_dir(settings)
-    classifier = Classifier.open(load_pack(running), "cpu", settings.inference)
+    return running, Classifier.open(load_pack(running), "cpu", settings.inference)
+
+
+def test_watch_trial_commits_a_pack_that_runs_healthily(store, settings, keys, updates):
+    running, classifier = running_a_pack_on_trial(store, settings, keys, updates)
     stop, restarts = threading.Event(), []
     thread = watch_trial(store, running, classifier, stop=stop, restart=lambda: restarts.append(1),
                          healthy_after_s=0.2)
@@ -415,11 +420,7 @@ def test_watch_trial_commits_a_pack_that_runs_healthily(store, settings, keys, u
 def test_watch_trial_commits_only_after_a_healthy_stretch(store, settings, keys, updates):
     """Unhealthy checks restart the clock; the pack is committed once the daemon has been healthy for the
     whole window, and never while it is not."""
-    updates["1.0.0"].install(store, keys)
-    store.commit()
-    updates["2.0.0"].install(store, keys)
-    running = resolve_model_dir(settings)
-    classifier = Classifier.open(load_pack(running), "cpu", settings.inference)
+    running, classifier = running_a_pack_on_trial(store, settings, keys, updates)
     verdicts = {"now": (False, "frames failing")}
     stop = threading.Event()
     thread = watch_trial(store, running, classifier, stop=stop, restart=lambda: None,
@@ -435,11 +436,7 @@ def test_watch_trial_commits_only_after_a_healthy_stretch(store, settings, keys,
 
 
 def test_watch_trial_leaves_a_never_healthy_pack_on_trial(store, settings, keys, updates):
-    updates["1.0.0"].install(store, keys)
-    store.commit()
-    updates["2.0.0"].install(store, keys)
-    running = resolve_model_dir(settings)
-    classifier = Classifier.open(load_pack(running), "cpu", settings.inference)
+    running, classifier = running_a_pack_on_trial(store, settings, keys, updates)
     stop = threading.Event()
     thread = watch_trial(store, running, classifier, stop=stop, restart=lambda: None,
                          healthy=lambda: (False, "an inference has been running for more than 10 s"),
