@@ -151,8 +151,10 @@ def cmd_config(args: argparse.Namespace) -> int:
     elif args.config_command == "check":
         load_settings(Path(args.file))
         print(f"{args.file}: ok")
-    else:
-        print(tomli_w.dumps(settings_as_toml_dict(_settings(args))), end="")
+    else:  # what the daemon runs with: the file, the environment and an administrator's changes over MQTT
+        from edge.mqtt.remote_config import with_overlay
+
+        print(tomli_w.dumps(settings_as_toml_dict(with_overlay(_settings(args)))), end="")
     return EXIT_OK
 
 
