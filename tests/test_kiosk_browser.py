@@ -559,6 +559,19 @@ def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factor
         shot(browser, "skin-report-1280x800")
         browser.find_element(By.ID, "report-close").click()
 
+        # two symptoms ticked in quick succession, then the report again: the earlier report is never shown
+        # while the new one is written, and the new one has the tier both symptoms together call for
+        for symptom in ("bleeding", "recent_change"):
+            browser.find_element(By.CSS_SELECTOR, f'#symptoms input[value="{symptom}"]').click()
+        browser.find_element(By.ID, "report-open").click()
+        assert not visible(browser, "report-frame") and visible(browser, "report-loading")
+        wait(browser, lambda d: visible(d, "report-frame"), timeout=90)
+        browser.switch_to.frame(browser.find_element(By.ID, "report-frame"))
+        body = browser.find_element(By.TAG_NAME, "body").text
+        browser.switch_to.default_content()
+        assert "urgent referral" in body, body[:500]
+        browser.find_element(By.ID, "report-close").click()
+
         browser.find_element(By.ID, "new-patient").click()
         wait(browser, lambda d: visible(d, "screen-preview"))
         assert not browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")

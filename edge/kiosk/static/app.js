@@ -381,7 +381,16 @@
     return [...document.querySelectorAll('#symptoms input[name="symptom"]')].filter((c) => c.checked).map((c) => c.value);
   }
 
-  async function postSymptoms() {
+  // One symptoms request at a time, each sending what is ticked when it goes: the server's last write is then
+  // always the newest set (two quick ticks must not leave the older set stored, and the report lower).
+  let symptomChain = Promise.resolve();
+
+  function postSymptoms() {
+    symptomChain = symptomChain.then(sendSymptoms, sendSymptoms);
+    return symptomChain;
+  }
+
+  async function sendSymptoms() {
     if (!state.result) return;
     const seq = ++symptomSeq;
     const generation = state.generation;
@@ -557,20 +566,27 @@
   }
 
   // ---------------------------------------------------------------------------------------------- report
-  function openReport() {
+  async function openReport() {
     if (!state.result) return;
     const frame = $("report-frame");
     $("report-error").hidden = true;
     $("report-print").hidden = true;
     $("report-dialog").classList.remove("is-error");
-    frame.hidden = false;
-    frame.src = withLang(`/api/report/${encodeURIComponent(state.result.id)}?format=html`);
+    // The frame keeps its last report until the new one arrives (the model may take seconds to write it):
+    // hidden meanwhile, so an earlier, perhaps lower-urgency version is never read as the current one.
+    frame.hidden = true;
+    $("report-loading").hidden = false;
     $("report-dialog").showModal();
+    const result = state.result;
+    if (tickedSymptoms().length) await postSymptoms(); // the report is built from what the server has stored
+    if (state.result !== result || !$("report-dialog").open) return;
+    frame.src = withLang(`/api/report/${encodeURIComponent(result.id)}?format=html`);
   }
 
   function reportLoaded() {
     const frame = $("report-frame");
     if (!frame.getAttribute("src")) return;
+    $("report-loading").hidden = true;
     let doc = null;
     try {
       doc = frame.contentDocument;
@@ -591,6 +607,7 @@
       showError($("report-error"), expired ? 404 : 409, data, "report", expired ? "error.expired" : "report.unavailable");
       return;
     }
+    frame.hidden = false;
     $("report-print").hidden = false;
     if (doc) listenForActivity(doc); // reading the report (its own document) is activity too
   }
@@ -603,6 +620,7 @@
   function resetReport() {
     closeReport();
     $("report-frame").removeAttribute("src");
+    $("report-loading").hidden = true;
   }
 
   /** The health worker's history (every earlier screening and its notes) never stays up for the next person. */
