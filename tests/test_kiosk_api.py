@@ -620,3 +620,27 @@ def test_a_camera_that_goes_down_ends_the_live_preview(tmp_path, imagenet_pack, 
         assert_json_error(client.post("/api/capture"), 409)
     finally:
         kiosk.close()
+
+
+def test_the_report_page_is_sent_with_a_script_free_policy(tmp_path, ham_images):
+    """Template reports (no language model here): the HTML and markdown come with a CSP that allows no script
+    and no fetches, nosniff, and no-store."""
+    from edge.assistant.service import build_assistant
+    from edge.inference import load_pack
+    from edge.paths import default_model_dir
+
+    settings = load_settings(None, {"assistant": {"model_path": str(tmp_path / "none.gguf")}})
+    assistant = build_assistant(settings, load_pack(default_model_dir()))
+    kiosk = build_kiosk(tmp_path, default_model_dir(), ham_images, assistant=assistant)
+    try:
+        client = kiosk.app.test_client()
+        result = upload(client, ham_images[0].read_bytes()).get_json()
+        for fmt in ("html", "md"):
+            response = client.get(f"/api/report/{result['id']}?format={fmt}")
+            assert response.status_code == 200, response.get_data(as_text=True)
+            assert "default-src 'none'" in response.headers["Content-Security-Policy"]
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
+            assert response.headers["Cache-Control"] == "no-store"
+    finally:
+        kiosk.close()
+        assistant.close()

@@ -235,7 +235,11 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         session = sessions.touch()
         built, note = assistant.report(result, language(), symptoms=session.symptoms.get(result_id, frozenset()),
                                        red_flag_text=" ".join(session.red_flag_messages))
-        headers = {"X-Report-Source": built.source, "Cache-Control": "no-store"}
+        # The report page carries its own CSP <meta>; the headers say it again for whatever reads the response
+        # (no script, no fetches, shown only inside this kiosk) and stop content sniffing.
+        headers = {"X-Report-Source": built.source, "Cache-Control": "no-store",
+                   "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+                   "X-Content-Type-Options": "nosniff"}
         if fmt == "md":
             return Response(built.markdown(), mimetype="text/markdown; charset=utf-8", headers=headers)
         if fmt == "html":
