@@ -608,7 +608,7 @@ def test_a_camera_that_goes_down_ends_the_live_preview(tmp_path, imagenet_pack, 
             try:
                 for _ in parts:
                     pass
-            except Exception as exc:  # reported below, not lost in the thread
+            except Exception as exc:  # noqa: BLE001 - reported below, not lost in the thread
                 errors.append(exc)
             finally:
                 ended.set()
