@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from edge.assistant.guard import DISCLAIMER, screen_answer
@@ -97,13 +99,16 @@ def test_close_stops_the_answer_in_progress_and_frees_the_model():
 
     pytest.importorskip("llama_cpp")
     owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
-    pieces, ended = [], threading.Event()
+    pieces, ended, outcome = [], threading.Event(), []
 
     def read():
         try:
             for piece in owner.stream([{"role": "user", "content": "Count from one to five hundred in words."}],
                                       max_tokens=400, temperature=0.0, timeout_s=30):
                 pieces.append(piece)
+            outcome.append("finished")
+        except LlmUnavailable:  # cut off by the shutdown: said so, not passed off as a whole answer
+            outcome.append("cut off")
         finally:
             ended.set()
 
@@ -117,7 +122,7 @@ def test_close_stops_the_answer_in_progress_and_frees_the_model():
     owner.close()
     assert ended.wait(5) and time.monotonic() - started < 5
     reader.join(5)
-    assert len(pieces) < 400
+    assert len(pieces) < 400 and outcome == ["cut off"]
     assert owner._llm is None and not owner._worker.is_alive()
     with pytest.raises(LlmUnavailable):
         next(owner.stream([{"role": "user", "content": "Hello"}], max_tokens=5, temperature=0.0, timeout_s=5))
@@ -153,3 +158,65 @@ def test_a_history_too_long_for_the_context_is_dropped_not_fatal(assistant, capl
     assert kinds[-1] == "done" and events[-1].data["source"] in ("llm", "guard")
     assert "notice" not in kinds  # no fall-back to the fact sheet: the model answered
     assert DISCLAIMER["en"] in final_text(events)
+
+
+def test_an_abandoned_answer_frees_the_model_for_the_next_person():
+    """The browser left mid-answer: the stream stops within a check interval and the worker takes the next
+    request at once, instead of writing the whole answer for nobody."""
+    import time
+
+    from edge.assistant.llm import ABANDON_CHECK_S, LlmOwner, default_gguf
+
+    pytest.importorskip("llama_cpp")
+    owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
+    try:
+        gone = {"now": False}
+        pieces = []
+        started = time.monotonic()
+        for piece in owner.stream([{"role": "user", "content": "Count from one to five hundred in words."}],
+                                  max_tokens=400, temperature=0.0, timeout_s=30, abandoned=lambda: gone["now"]):
+            pieces.append(piece)
+            if len(pieces) == 3:
+                gone["now"] = True  # the client disconnects here
+        assert 3 <= len(pieces) < 100 and time.monotonic() - started < 10
+        began = time.monotonic()
+        next_answer = list(owner.stream([{"role": "user", "content": "Say hello."}], max_tokens=5,
+                                        temperature=0.0, timeout_s=30))
+        assert next_answer and time.monotonic() - began < 5 + ABANDON_CHECK_S
+    finally:
+        owner.close()
+
+
+def test_close_refuses_queued_answers_instead_of_ending_them_silently():
+    """Answers cut off or still waiting when the assistant shuts down get an error (the caller falls back to
+    the fact sheet), not an empty or partial 'done' that would look like a finished answer."""
+    import threading
+
+    from edge.assistant.llm import LlmOwner, LlmUnavailable, default_gguf
+
+    pytest.importorskip("llama_cpp")
+    owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
+    outcomes, pieces = {}, []
+
+    def ask(name, content, sink):
+        try:
+            for piece in owner.stream([{"role": "user", "content": content}], max_tokens=400, temperature=0.0,
+                                      timeout_s=30):
+                sink.append(piece)
+            outcomes[name] = "finished"
+        except LlmUnavailable:
+            outcomes[name] = "refused"
+
+    first = threading.Thread(target=ask, args=("first", "Count from one to five hundred in words.", pieces))
+    first.start()
+    deadline = time.monotonic() + 30
+    while len(pieces) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(pieces) >= 3, "the model produced no tokens"
+    queued = threading.Thread(target=ask, args=("queued", "Say hello.", []))
+    queued.start()
+    time.sleep(0.1)  # waiting behind the first answer
+    owner.close()
+    first.join(10)
+    queued.join(10)
+    assert outcomes == {"first": "refused", "queued": "refused"}

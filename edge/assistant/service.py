@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from edge.assistant.facts import load_facts
 from edge.assistant.guard import DISCLAIMER, screen_answer
@@ -98,7 +98,9 @@ class Assistant:
             self.llm.prefill(self._messages("", result, lang, [])[:-1] + [{"role": "user", "content": ""}])
 
     def answer(self, message: str, result: Result | None, lang: str, *, history: list[dict],
-               symptoms: frozenset[str]) -> Iterator[ChatEvent]:
+               symptoms: frozenset[str], abandoned: Callable[[], bool] | None = None) -> Iterator[ChatEvent]:
+        """The events of one answer. ``abandoned`` says whether the person has gone (the kiosk passes the
+        server's client-disconnected check): the model then stops, free for the next patient."""
         flags = check_red_flags(message)
         if flags is not None:
             yield ChatEvent("redflag", {"text": urgent_message(lang, flags), "urgency": Urgency.URGENT.value,
@@ -112,14 +114,16 @@ class Assistant:
         if self.llm is None:
             yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled")
             return
-        yield from self._llm_answer(message, result, lang, history)
+        yield from self._llm_answer(message, result, lang, history, abandoned)
 
-    def _llm_answer(self, message: str, result: Result, lang: str, history: list[dict]) -> Iterator[ChatEvent]:
+    def _llm_answer(self, message: str, result: Result, lang: str, history: list[dict],
+                    abandoned: Callable[[], bool] | None = None) -> Iterator[ChatEvent]:
         messages = self._messages(message, result, lang, history)
         pending, emitted = "", []
         try:
             for piece in self.llm.stream(messages, max_tokens=self.settings.max_tokens,
-                                         temperature=self.settings.temperature, timeout_s=self.settings.timeout_s):
+                                         temperature=self.settings.temperature, timeout_s=self.settings.timeout_s,
+                                         abandoned=abandoned):
                 pending += piece
                 *complete, pending = SENTENCE_END.split(pending)
                 for sentence in complete:
@@ -133,7 +137,7 @@ class Assistant:
         except ValueError as exc:  # llama.cpp: the prompt does not fit the context (long history, many tokens)
             if history and not emitted:
                 log.warning("LLM prompt too long (%s): answering without the earlier turns", exc)
-                yield from self._llm_answer(message, result, lang, [])
+                yield from self._llm_answer(message, result, lang, [], abandoned)
                 return
             log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
             yield from self._fact_sheet_answer(result, lang, str(exc))
@@ -195,7 +199,8 @@ class Assistant:
         except (FileNotFoundError, ValueError) as exc:
             raise FactsUnavailable(f"no fact sheet for '{label}' in this model pack: {exc}") from None
 
-    def report(self, result: Result, lang: str, *, symptoms: frozenset[str], red_flag_text: str = ""):
+    def report(self, result: Result, lang: str, *, symptoms: frozenset[str], red_flag_text: str = "",
+               abandoned: Callable[[], bool] | None = None):
         """(report, note): the LLM writes the overview when it can; templates otherwise, and the note says so."""
         facts = self.facts(result.label, lang)
         flags = check_red_flags(red_flag_text) if red_flag_text else None
@@ -205,19 +210,20 @@ class Assistant:
             note = REPORT_NOTES["unavailable"].get(lang, REPORT_NOTES["unavailable"]["en"])
         elif self.settings.llm_in_reports:
             try:
-                llm_text = {"condition_overview": self._overview(result, lang)}
+                llm_text = {"condition_overview": self._overview(result, lang, abandoned)}
             except (LlmTimeout, RuntimeError, ValueError) as exc:
                 log.warning("LLM overview failed, report from templates: %s", exc)
                 note = REPORT_NOTES["failed"].get(lang, REPORT_NOTES["failed"]["en"])
         report = build_report(result, facts, lang, symptoms=adjustment, llm_text=llm_text).with_note(note)
         return report, note
 
-    def _overview(self, result: Result, lang: str) -> str:
+    def _overview(self, result: Result, lang: str, abandoned: Callable[[], bool] | None = None) -> str:
         question = ("In two or three short sentences, explain to the person what this screening result means "
                     "and what they should do next.")
         messages = self._messages(question, result, lang, [])
         return "".join(self.llm.stream(messages, max_tokens=self.settings.max_tokens,
-                                       temperature=self.settings.temperature, timeout_s=self.settings.timeout_s))
+                                       temperature=self.settings.temperature, timeout_s=self.settings.timeout_s,
+                                       abandoned=abandoned))
 
     # -- health ----------------------------------------------------------------------------------------
     def health(self) -> dict:

@@ -219,7 +219,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             raise ApiError(409, "the assistant is not enabled on this device")
         session = sessions.touch()
         events = assistant.answer(message, result, lang, history=list(session.chat),
-                                  symptoms=session.symptoms.get(result.id, frozenset()) if result else frozenset())
+                                  symptoms=session.symptoms.get(result.id, frozenset()) if result else frozenset(),
+                                  abandoned=request.environ.get("waitress.client_disconnected"))
         session.chat.append({"role": "user", "content": message})
         return Response(stream_with_context(_sse(events, session, message)), mimetype="text/event-stream",
                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -234,7 +235,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             raise ApiError(409, "reports need the assistant package")
         session = sessions.touch()
         built, note = assistant.report(result, language(), symptoms=session.symptoms.get(result_id, frozenset()),
-                                       red_flag_text=" ".join(session.red_flag_messages))
+                                       red_flag_text=" ".join(session.red_flag_messages),
+                                       abandoned=request.environ.get("waitress.client_disconnected"))
         # The report page carries its own CSP <meta>; the headers say it again for whatever reads the response
         # (no script, no fetches, shown only inside this kiosk) and stop content sniffing.
         headers = {"X-Report-Source": built.source, "Cache-Control": "no-store",

@@ -31,8 +31,10 @@ class KioskServer:
         from waitress import create_server
 
         # poll() rather than select(): no EBADF from a descriptor that closes between two loop turns
+        # channel_request_lookahead: waitress keeps reading a connection while its request runs, so a browser
+        # that leaves mid-answer is noticed (environ["waitress.client_disconnected"]) and the model stopped.
         self._server = create_server(app, host=host, port=port, threads=threads, channel_timeout=channel_timeout,
-                                     asyncore_use_poll=True)
+                                     asyncore_use_poll=True, channel_request_lookahead=1)
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._closed = False
