@@ -50,6 +50,19 @@ class CameraSettings(_Section):
     reopen_backoff_initial_s: float = Field(0.5, gt=0, le=60)
     reopen_backoff_max_s: float = Field(30.0, gt=0, le=3600)
 
+    @field_validator("source")
+    @classmethod
+    def _source_form(cls, value: str) -> str:
+        """The spec's form, checked here so a typo is a config error at start, not a camera that is "down"
+        forever (whether the device exists is the camera's business, retried with backoff)."""
+        spec = value.strip()
+        kind, _, target = spec.partition(":")
+        if spec in ("auto", "none", "picamera2") or (kind in ("gst", "file") and target.strip()) \
+                or (kind == "opencv" and (target.isdigit() or target.startswith("/"))):
+            return spec
+        raise ValueError(f"unknown camera source {value!r}: expected auto, none, picamera2, opencv:INDEX, "
+                         "opencv:/dev/videoN, gst:PIPELINE or file:PATH")
+
     @model_validator(mode="after")
     def _backoff_order(self) -> CameraSettings:
         if self.reopen_backoff_initial_s > self.reopen_backoff_max_s:

@@ -21,6 +21,10 @@ class CameraUnavailable(EdgeError):
     """A camera source cannot be opened or has stopped delivering frames."""
 
 
+class SourceFinished(CameraUnavailable):
+    """A replay that does not loop has delivered its last frame: reopening would only start it again."""
+
+
 class ModelError(EdgeError):
     """A model pack is missing, malformed, or fails its checksum."""
 

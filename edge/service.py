@@ -160,6 +160,8 @@ def liveness(pipeline: "Pipeline", now: float, stall_s: float) -> Liveness:
         return Liveness(False, f"an inference has been running for more than {INFERENCE_STUCK_S:g} s")
     if pipeline.camera is None:
         return Liveness(True, "no camera: the loop is alive")
+    if pipeline.camera.state == "finished":  # a replay without looping ended: no frames are expected
+        return Liveness(True, "the camera source has finished: the loop is alive")
     if pipeline.last_frame_at is None:
         return Liveness(True, "the camera has not delivered a frame since start: the loop is alive")
     if now - pipeline.last_frame_at > stall_s:

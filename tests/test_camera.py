@@ -564,3 +564,41 @@ def test_resilient_source_recovers_from_picamera2_timeout(fake_picamera2: type[F
         frames = [camera.read() for _ in range(20)]
         assert any(f is not None for f in frames) and camera.state == "ok"
     assert all(instance.closed for instance in fake_picamera2.instances)
+
+
+def test_a_replay_without_loop_ends_for_good_under_the_resilient_source(tmp_path: Path) -> None:
+    """loop=false means the video plays once: the daemon's camera says "finished" and never restarts it."""
+    video = tmp_path / "clip.avi"
+    write_video(video, "MJPG", VIDEO_COLOURS)
+    clock = FakeClock()
+    camera = ResilientSource(lambda: FileSource(video, loop=False), clock=clock, sleep=clock.sleep)
+    with camera:
+        frames = [camera.read() for _ in range(len(VIDEO_COLOURS) + 40)]
+        assert sum(frame is not None for frame in frames) == len(VIDEO_COLOURS)
+        assert camera.state == "finished" and "looping is off" in camera.last_error
+        assert camera.reopen_attempts == 0
+
+
+def test_a_camera_that_opens_but_never_delivers_is_retried_ever_more_slowly(ham_folder: Path) -> None:
+    """Opening is not working: the backoff grows until a frame arrives, then resets."""
+    clock = FakeClock()
+    delivering = [False]
+
+    class Mute(FileSource):
+        def read(self):
+            if not delivering[0]:
+                raise CameraUnavailable("opened, but no frame within the timeout")
+            return super().read()
+
+    camera = ResilientSource(lambda: Mute(ham_folder), clock=clock, sleep=clock.sleep, backoff_initial=0.5,
+                             backoff_max=30)
+    with camera:
+        for _ in range(400):
+            camera.read()
+        waits = [s for s in clock.sleeps if s > 0]
+        assert camera.reopen_attempts >= 5 and camera._backoff == 30  # doubled to the ceiling, not reset
+        delivering[0] = True
+        while camera.read() is None:
+            pass
+        assert camera.state == "ok" and camera.reopen_attempts == 0 and camera._backoff == 0.5
+    assert waits

@@ -67,6 +67,31 @@ def test_bad_value_names_key_and_reason(tmp_path):
     assert "inference.backend" in message and "'tpu'" in message
 
 
+@pytest.mark.parametrize("source, ok", [
+    ("auto", True), ("none", True), ("picamera2", True), ("opencv:0", True), ("opencv:/dev/video2", True),
+    ("gst:videotestsrc ! appsink", True), ("file:/tmp/x", True),
+    ("webcam", False), ("opencv:video0", False), ("opencv:", False), ("gst:", False), ("file:", False),
+])
+def test_camera_source_form_is_checked_at_load(source, ok):
+    """A typo is a config error when the daemon starts, not a camera that stays "down" forever; the form
+    accepted is exactly the one the camera code can build (whether the device exists is another matter)."""
+    from edge.camera import open_source
+    from edge.errors import CameraUnavailable
+
+    if ok:
+        assert load_settings(None, {"camera": {"source": source}}).camera.source == source
+    else:
+        with pytest.raises(ConfigError, match="unknown camera source"):
+            load_settings(None, {"camera": {"source": source}})
+    if source not in ("auto", "none"):  # auto probes hardware; none is a deliberate "no camera"
+        try:
+            open_source(source)
+            built = True
+        except CameraUnavailable:
+            built = False
+        assert built == ok, source
+
+
 def test_bad_env_value(monkeypatch):
     monkeypatch.setenv("EDGE_INFERENCE__CPU__THREADS", "many")
     with pytest.raises(ConfigError, match=r"inference\.cpu\.threads"):

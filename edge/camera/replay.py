@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from edge.camera.base import CameraSource
-from edge.errors import CameraUnavailable, ImageError
+from edge.errors import CameraUnavailable, ImageError, SourceFinished
 from edge.vision.decode import decode_image as decode_upload
 
 log = logging.getLogger("edge.camera")
@@ -106,7 +106,7 @@ class _ImageFolder:
     def _next_path(self) -> Path:
         if self._position >= len(self._files):
             if not self.loop:
-                raise CameraUnavailable(
+                raise SourceFinished(
                     f"replay of {self.folder} finished after {len(self._files)} images (looping is off)"
                 )
             self._files = self._list()
@@ -154,7 +154,7 @@ class _VideoFile:
         if ok:
             return frame
         if not self.loop:
-            raise CameraUnavailable(f"video {self.path} ended (looping is off)")
+            raise SourceFinished(f"video {self.path} ended (looping is off)")
         # Reopening is more dependable than seeking to frame 0, which some codecs/containers ignore.
         self._capture.release()
         self._capture = self._open()

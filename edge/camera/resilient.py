@@ -17,7 +17,7 @@ from collections.abc import Callable
 from types import TracebackType
 
 from edge.camera.base import CameraSource
-from edge.errors import CameraUnavailable
+from edge.errors import CameraUnavailable, SourceFinished
 from edge.types import Frame
 
 log = logging.getLogger("edge.camera")
@@ -27,6 +27,7 @@ JITTER = 0.1  # +-10% so a fleet of devices does not retry a shared resource in 
 
 STATE_OK = "ok"
 STATE_DOWN = "down"
+STATE_FINISHED = "finished"  # a replay without looping reached its end: never reopened
 
 
 class ResilientSource:
@@ -79,9 +80,15 @@ class ResilientSource:
             assert self._source is not None
             try:
                 frame = self._source.read()
-            except Exception as exc:  # a driver or decoder error (cv2.error, OSError) is the camera going down too
+            except SourceFinished as exc:  # a replay without looping: done for good, not down
+                self._finished(exc)
+                return None
+            # a driver or decoder error (cv2.error, OSError) is the camera going down too
+            except Exception as exc:  # noqa: BLE001
                 self._went_down(exc)
                 return None
+            if self._had_failure:
+                self._recovered()
             frame = dataclasses.replace(frame, index=self._delivered)
             self._delivered += 1
             return frame
@@ -121,7 +128,8 @@ class ResilientSource:
             source = self._factory()
             self.spec = source.spec
             source.open()
-        except Exception as exc:  # whatever stops a camera from opening is retried with backoff, never fatal
+        # whatever stops a camera from opening is retried with backoff, never fatal
+        except Exception as exc:  # noqa: BLE001
             self._went_down(exc)
             return False
         self._source = source
@@ -129,13 +137,23 @@ class ResilientSource:
         return True
 
     def _came_up(self) -> None:
-        if self._had_failure:
-            log.info("camera back: %s after %d reopen attempts", self.spec, self.reopen_attempts)
+        """Opened. The backoff is reset only once a frame arrives (``_recovered``): a device that opens but
+        never delivers must not be reopened every half second forever."""
         self.state = STATE_OK
         self.last_error = None
+
+    def _recovered(self) -> None:
+        log.info("camera back: %s after %d reopen attempts", self.spec, self.reopen_attempts)
         self.reopen_attempts = 0
         self._backoff = self._backoff_initial
         self._had_failure = False
+
+    def _finished(self, exc: SourceFinished) -> None:
+        self._release()
+        self._next_attempt = float("inf")
+        self.state = STATE_FINISHED
+        self.last_error = str(exc)
+        log.warning("camera source finished: %s; uploads are still accepted", exc)
 
     def _went_down(self, exc: Exception) -> None:
         self._release()
