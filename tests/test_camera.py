@@ -83,6 +83,7 @@ class FakePicamera2:
     cameras: list[dict] = [{"Model": "imx708", "Num": 0}]
     instances: list[FakePicamera2] = []
     fail_capture = False
+    native_format: str | None = None
 
     def __init__(self, camera_num: int = 0) -> None:
         self.camera_num = camera_num
@@ -104,6 +105,11 @@ class FakePicamera2:
     def configure(self, config: dict) -> None:
         assert config["main"]["format"] == "RGB888"
         self.config = config
+        if FakePicamera2.native_format:  # a USB camera: libcamera substitutes its own format
+            self.config = {**config, "main": {**config["main"], "format": FakePicamera2.native_format}}
+
+    def camera_configuration(self) -> dict:
+        return self.config
 
     def start(self) -> None:
         assert self.config is not None, "configure() must come before start()"
@@ -390,6 +396,17 @@ def test_picamera2_not_installed_explains_how_to_install(monkeypatch: pytest.Mon
     monkeypatch.setitem(sys.modules, "picamera2", None)
     with pytest.raises(CameraUnavailable, match="python3-picamera2.*--system-site-packages"):
         Picamera2Source().open()
+
+
+def test_a_usb_camera_listed_by_libcamera_is_not_taken_for_a_csi_one(
+    fake_picamera2: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libcamera also lists USB cameras and gives them MJPEG/YUYV instead of RGB888: read as BGR the
+    colours would be swapped. The source refuses such a camera (so auto-detection moves on to OpenCV)."""
+    monkeypatch.setattr(FakePicamera2, "native_format", "MJPEG")
+    with pytest.raises(CameraUnavailable, match="delivers MJPEG, not RGB888.*opencv"):
+        Picamera2Source().open()
+    assert FakePicamera2.instances[-1].closed and not FakePicamera2.instances[-1].started
 
 
 def test_picamera2_that_fails_to_import_is_unavailable_not_fatal(

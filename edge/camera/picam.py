@@ -77,12 +77,22 @@ class Picamera2Source(CameraSource):
                 controls={"FrameRate": float(self.fps)},
             )
             self._camera.configure(config)
-            self._camera.start()
+            granted = self._camera.camera_configuration()["main"]["format"]
+            if granted == "RGB888":
+                self._camera.start()
         except Exception as exc:  # picamera2 raises RuntimeError/IndexError/OSError depending on the failure
+            self._close()
             raise CameraUnavailable(
                 f"picamera2 could not start CSI camera {self.camera_num}: {exc} "
                 "(is another process, e.g. a running rpicam-* command, using the camera?)"
             ) from exc
+        if granted != "RGB888":
+            # libcamera also lists USB cameras, and gives them their own format (MJPEG, YUYV) instead of the
+            # RGB888 asked for: read that way the colours would be wrong or the frames unusable.
+            self._close()
+            raise CameraUnavailable(
+                f"camera {self.camera_num} delivers {granted}, not RGB888: it is probably a USB camera that "
+                "libcamera also lists; use it through OpenCV (camera.source = \"opencv:/dev/videoN\")")
 
     def _read_bgr(self) -> np.ndarray:
         try:
