@@ -111,16 +111,17 @@ class OpenCVSource(CameraSource):
         if not capture.isOpened():
             capture.release()
             raise CameraUnavailable(f"camera {self.spec} did not open: {device_hint(device)}")
+        # MJPG first: most USB cameras give only 5-10 fps above 640x480 in their default YUYV.
+        capture.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*"MJPG"))
         capture.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         capture.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         capture.set(cv2.CAP_PROP_FPS, self.fps)
-        log.info(
-            "camera %s negotiated %dx%d @ %.1f fps",
-            self.spec,
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)),
-            capture.get(cv2.CAP_PROP_FPS),
-        )
+        size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        differs = size != (self.width, self.height) or (fps > 0 and fps < self.fps - 0.5)
+        (log.warning if differs else log.info)(
+            "camera %s negotiated %dx%d @ %.1f fps%s", self.spec, *size, fps,
+            f" (asked for {self.width}x{self.height} @ {self.fps:g}: the camera does not offer it)" if differs else "")
         return capture
 
     def _read_bgr(self) -> np.ndarray:
