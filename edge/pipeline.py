@@ -181,7 +181,8 @@ class Pipeline:
             began = self.last_turn_at = time.monotonic()
             try:
                 step = self.step()
-            except Exception as exc:  # one bad frame (too small, a backend error) must not end screening
+            # one bad frame (too small, a backend error) must not end screening
+            except Exception as exc:  # noqa: BLE001
                 self._skip_failed_frame(exc)
                 step = Step(None)
             if on_step:
