@@ -220,3 +220,19 @@ def test_close_refuses_queued_answers_instead_of_ending_them_silently():
     first.join(10)
     queued.join(10)
     assert outcomes == {"first": "refused", "queued": "refused"}
+
+
+def test_a_reopened_report_reuses_its_overview(assistant):
+    """Opening the report again (after ticking a symptom) does not run the model again for the same text;
+    the symptom still changes the report's tier."""
+    overviews: dict = {}
+    result = a_result()
+    first, _ = assistant.report(result, "en", symptoms=frozenset(), overviews=overviews)
+    tokens = assistant.llm.tokens_total
+    second, _ = assistant.report(result, "en", symptoms=frozenset({"bleeding", "recent_change"}),
+                                 overviews=overviews)
+    assert assistant.llm.tokens_total == tokens  # no new generation
+    if first.source == "llm":
+        assert list(overviews) == [(result.id, "en")]
+        assert overviews[(result.id, "en")] in second.markdown()
+    assert second.urgency == Urgency.URGENT and first.urgency == Urgency.ROUTINE

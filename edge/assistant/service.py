@@ -200,8 +200,12 @@ class Assistant:
             raise FactsUnavailable(f"no fact sheet for '{label}' in this model pack: {exc}") from None
 
     def report(self, result: Result, lang: str, *, symptoms: frozenset[str], red_flag_text: str = "",
-               abandoned: Callable[[], bool] | None = None):
-        """(report, note): the LLM writes the overview when it can; templates otherwise, and the note says so."""
+               abandoned: Callable[[], bool] | None = None, overviews: dict | None = None):
+        """(report, note): the LLM writes the overview when it can; templates otherwise, and the note says so.
+
+        ``overviews``: the patient session's store of overviews already written, by (result id, language):
+        reopening a report (after ticking a symptom, say) reuses the text instead of running the model again.
+        The overview depends only on the result and the language; symptoms change the template parts."""
         facts = self.facts(result.label, lang)
         flags = check_red_flags(red_flag_text) if red_flag_text else None
         adjustment = adjust_urgency(result.urgency, symptoms, lang, red_flags=flags) if (symptoms or flags) else None
@@ -210,7 +214,13 @@ class Assistant:
             note = REPORT_NOTES["unavailable"].get(lang, REPORT_NOTES["unavailable"]["en"])
         elif self.settings.llm_in_reports:
             try:
-                llm_text = {"condition_overview": self._overview(result, lang, abandoned)}
+                key = (result.id, lang)
+                cached = overviews.get(key) if overviews is not None else None
+                text = cached if cached is not None else self._overview(result, lang, abandoned)
+                finished = not (abandoned is not None and abandoned())  # a cut-off text is not kept
+                if overviews is not None and cached is None and text.strip() and finished:
+                    overviews[key] = text
+                llm_text = {"condition_overview": text}
             except (LlmTimeout, RuntimeError, ValueError) as exc:
                 log.warning("LLM overview failed, report from templates: %s", exc)
                 note = REPORT_NOTES["failed"].get(lang, REPORT_NOTES["failed"]["en"])

@@ -236,7 +236,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         session = sessions.touch()
         built, note = assistant.report(result, language(), symptoms=session.symptoms.get(result_id, frozenset()),
                                        red_flag_text=" ".join(session.red_flag_messages),
-                                       abandoned=request.environ.get("waitress.client_disconnected"))
+                                       abandoned=request.environ.get("waitress.client_disconnected"),
+                                       overviews=session.overviews)
         # The report page carries its own CSP <meta>; the headers say it again for whatever reads the response
         # (no script, no fetches, shown only inside this kiosk) and stop content sniffing.
         headers = {"X-Report-Source": built.source, "Cache-Control": "no-store",

@@ -21,6 +21,7 @@ class PatientSession:
     symptoms: dict[str, frozenset[str]] = field(default_factory=dict)
     chat: list[dict] = field(default_factory=list)
     red_flag_messages: list[str] = field(default_factory=list)
+    overviews: dict[tuple[str, str], str] = field(default_factory=dict)  # (result id, language) -> LLM text
     started: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
 
