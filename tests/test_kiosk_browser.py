@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import flask
 import pytest
 from conftest import PRETRAINED
 from test_kiosk_api import build_kiosk, no_edge_environment
@@ -519,7 +521,15 @@ def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factor
         kiosk = build_kiosk(tmp_path_factory.mktemp("kiosk-llm"), default_model_dir(), ham_images)
     assistant = build_assistant(kiosk.settings, load_pack(default_model_dir()))
     assert assistant.llm is not None, assistant.llm_error
-    server = Server(create_app(kiosk.screening, kiosk.settings, assistant=assistant, history=kiosk.history))
+    app = create_app(kiosk.screening, kiosk.settings, assistant=assistant, history=kiosk.history)
+    slow_reports = threading.Event()  # set: each report takes a second longer, like a model on a slow device
+
+    @app.before_request
+    def _slow_report():
+        if slow_reports.is_set() and flask.request.path.startswith("/api/report/"):
+            time.sleep(1.0)
+
+    server = Server(app)
     try:
         viewport(browser, *BIG)
         browser.get(server.url + "/")
@@ -557,14 +567,22 @@ def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factor
         for title in ("Condition Overview", "Confidence Meaning", "Recommended Actions", "Disclaimers"):
             assert title.lower() in body.lower(), title
         shot(browser, "skin-report-1280x800")
+        js(browser, "document.getElementById('report-frame').contentDocument.body.dataset.first = 'yes'")
         browser.find_element(By.ID, "report-close").click()
 
         # two symptoms ticked in quick succession, then the report again: the earlier report is never shown
         # while the new one is written, and the new one has the tier both symptoms together call for
         for symptom in ("bleeding", "recent_change"):
             browser.find_element(By.CSS_SELECTOR, f'#symptoms input[value="{symptom}"]').click()
+        slow_reports.set()
         browser.find_element(By.ID, "report-open").click()
-        assert not visible(browser, "report-frame") and visible(browser, "report-loading")
+        # right after the click the frame is either hidden behind "Preparing the report" or already shows the
+        # new report (a reopened report reuses its overview, so it can be that fast): never the earlier one
+        shown = js(browser, """const f = document.getElementById('report-frame');
+            const body = f.contentDocument && f.contentDocument.body;
+            return f.hidden ? (document.getElementById('report-loading').hidden ? 'nothing' : 'loading')
+                            : (body && body.dataset.first === 'yes' ? 'old report' : 'new report');""")
+        assert shown in ("loading", "new report"), shown
         wait(browser, lambda d: visible(d, "report-frame"), timeout=90)
         browser.switch_to.frame(browser.find_element(By.ID, "report-frame"))
         body = browser.find_element(By.TAG_NAME, "body").text
