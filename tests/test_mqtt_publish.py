@@ -157,8 +157,11 @@ def test_a_held_result_goes_out_when_the_clock_is_set_back(broker, service_facto
 
 
 def test_status_is_retained_online_then_offline_on_a_clean_stop(broker, service_factory):
+    watcher = Listener(broker, "edge/+/status")
     service = service_factory(broker)
-    wait_until(lambda: service.state == "connected", what="connection")
+    # "connected" is set before the status is published: wait until the broker has it, then subscribe anew
+    watcher.wait_for(lambda: watcher.on("/status"), what="the online status")
+    watcher.close()
     late = Listener(broker, "edge/+/status")  # subscribes after the fact: sees the retained message
     late.wait_for(lambda: late.on("/status"), what="retained status")
     assert late.on("/status")[0].payload == b"online" and late.on("/status")[0].retain
