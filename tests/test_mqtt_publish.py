@@ -120,12 +120,19 @@ def test_published_results_are_exactly_the_allow_list_and_follow_the_schema(brok
     listener.close()
 
 
+def mid_minute_clock():
+    """Wall-clock time that runs at the real rate but starts 30 s into a minute: a test that waits a little
+    must not see a minute end that the real clock happened to reach meanwhile."""
+    started, base = time.monotonic(), (int(time.time()) // 60) * 60 + 30.0
+    return lambda: base + (time.monotonic() - started)
+
+
 def test_results_wait_until_their_minute_has_ended_and_keep_their_order(broker, service_factory):
     listener = Listener(broker, "edge/+/results")
     offset = [0.0]
-    service = service_factory(broker, clock=lambda: time.time() + offset[0],
-                              results={"hold_until_minute_end": True})
-    now = time.time()
+    clock = mid_minute_clock()  # the test's half second of waiting never crosses a real minute's end
+    service = service_factory(broker, clock=lambda: clock() + offset[0], results={"hold_until_minute_end": True})
+    now = clock()
     past = service.publish_result(make_result(timestamp=now - 120))  # its minute is over: sent at once
     listener.wait_for(lambda: listener.json_on("/results"), what="the result from two minutes ago")
     current = service.publish_result(make_result(timestamp=now))  # held until its minute ends
@@ -145,9 +152,9 @@ def test_a_held_result_goes_out_when_the_clock_is_set_back(broker, service_facto
     everything behind it) for that hour."""
     listener = Listener(broker, "edge/+/results")
     offset = [0.0]
-    service = service_factory(broker, clock=lambda: time.time() + offset[0],
-                              results={"hold_until_minute_end": True})
-    held = service.publish_result(make_result(timestamp=time.time()))
+    clock = mid_minute_clock()
+    service = service_factory(broker, clock=lambda: clock() + offset[0], results={"hold_until_minute_end": True})
+    held = service.publish_result(make_result(timestamp=clock()))
     time.sleep(0.3)
     assert listener.json_on("/results") == [] and service.outbox.depth() == 1
     offset[0] = -3600.0
