@@ -644,3 +644,12 @@ def test_the_report_page_is_sent_with_a_script_free_policy(tmp_path, ham_images)
     finally:
         kiosk.close()
         assistant.close()
+
+
+def test_redflag_message_in_each_language(client):
+    from edge.assistant.redflags import urgent_message
+
+    for lang in ("en", "es", "fr"):
+        body = client.get(f"/api/redflag-message?flags=bleeding,nail_streak,nonsense&lang={lang}").get_json()
+        assert body == {"text": urgent_message(lang, ["bleeding", "nail_streak"])}
+    assert client.get("/api/redflag-message").get_json()["text"] == urgent_message("en", [])

@@ -497,6 +497,13 @@ def test_assistant_chat_streams_and_red_flags_raise_the_badge(browser, kiosk):
         assert len(browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")) == 4
         wait(browser, saliency_loaded)
         shot(browser, "chat-redflag-1280x800")
+        # the banner follows a language switch (its fixed text, not the chat log)
+        from edge.assistant.redflags import urgent_message
+
+        browser.find_element(By.CSS_SELECTOR, '[data-lang-choice="es"]').click()
+        wait(browser, lambda d: text(d, "redflag-text") == urgent_message("es", ["bleeding"]).strip())
+        browser.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
+        wait(browser, lambda d: text(d, "redflag-text") == urgent_message("en", ["bleeding"]).strip())
 
         browser.find_element(By.ID, "new-patient").click()
         wait(browser, lambda d: visible(d, "screen-preview"))

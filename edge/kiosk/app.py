@@ -101,6 +101,15 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             raise ApiError(404, f"unknown language {lang!r}: {', '.join(i18n.LANGUAGES)}")
         return jsonify(i18n.catalogue(lang))
 
+    @app.get("/api/redflag-message")
+    def redflag_message():
+        """The fixed urgent message for red-flag ids (``?flags=bleeding,rapid_change``) in the page's language:
+        the banner follows a language switch. Unknown ids are left out of the message."""
+        from edge.assistant.redflags import urgent_message
+
+        flags = [f for f in request.args.get("flags", "").split(",") if f][:16]
+        return jsonify({"text": urgent_message(language(), flags)})
+
     @app.get("/health")
     def health():
         body = screening.health()

@@ -699,6 +699,15 @@
   }
 
   // ---------------------------------------------------------------------------------------------- language
+  /** The urgent banner's fixed message, again in the page's (new) language. */
+  async function refreshRedflag(flag) {
+    const flags = (flag.flags || []).map(encodeURIComponent).join(",");
+    const res = await api(`/api/redflag-message?flags=${flags}`);
+    if (!res.ok || !res.data || state.redflag !== flag) return;
+    flag.text = res.data.text;
+    renderUrgency();
+  }
+
   async function setLanguage(lang) {
     if (lang === state.lang) return;
     const res = await api(`/api/i18n/${encodeURIComponent(lang)}`);
@@ -713,6 +722,7 @@
     }
     if (state.screen === "preview") pollPreview();
     if (state.result && tickedSymptoms().length) postSymptoms(); // the reasons come back in the new language
+    if (state.redflag) refreshRedflag(state.redflag);
     if (state.healthWorker && $("history-dialog").open) loadHistory();
   }
 
