@@ -190,7 +190,6 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
     A held-out test report of the old decision no longer describes the pack, so it is moved aside
     (``evaluation_test.<old version>.json``) and the new one must be made with ``edge evaluate --final-report``.
     """
-    from edge.evaluation.command import FINAL_REPORT
     from edge.inference.manifest import load_pack, update_manifest
     from edge.training.data import read_split
 
@@ -210,9 +209,7 @@ def recalibrate_pack(pack_dir: Path, images_dir: Path, version: str) -> dict:
         training.setdefault("earlier_calibrations", []).append({"version": old_version, **training["calibration"]})
         training["calibration"] = calibration
         training_path.write_text(json.dumps(training, indent=2))
-    report = pack.root / FINAL_REPORT
-    if report.exists():
-        report.replace(report.with_name(f"evaluation_test.{old_version}.json"))
+    move_test_report_aside(pack.root, old_version)
     return calibration
 
 
@@ -253,6 +250,16 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
     return out
 
 
+def move_test_report_aside(root: Path, old_version: str) -> None:
+    """The pack's held-out test report describes the model or decision it had: once either changes, the report
+    is kept as ``evaluation_test.<old version>.json`` and a new one must come from ``--final-report``."""
+    from edge.evaluation.command import FINAL_REPORT
+
+    report = root / FINAL_REPORT
+    if report.exists():
+        report.replace(root / f"evaluation_test.{old_version}.json")
+
+
 def install_built_pack(staging: Path, out: Path) -> None:
     """Move a finished pack from ``staging`` to ``out``. A new folder is one rename. Into an existing pack
     (say the shipped one, with its model card and fact sheets, which training does not make), each file is
@@ -261,14 +268,10 @@ def install_built_pack(staging: Path, out: Path) -> None:
     if not out.exists():
         staging.rename(out)
         return
-    from edge.evaluation.command import FINAL_REPORT
-
     old_manifest = out / "model.json"
     old_version = json.loads(old_manifest.read_text()).get("version", "previous") if old_manifest.exists() \
         else "previous"
-    report = out / FINAL_REPORT
-    if report.exists():
-        report.replace(out / f"evaluation_test.{old_version}.json")
+    move_test_report_aside(out, old_version)
     for path in sorted(staging.iterdir(), key=lambda p: p.name == "model.json"):  # model.json last
         os.replace(path, out / path.name)
     staging.rmdir()
