@@ -34,13 +34,20 @@ class PipelineScreening:
         self._lock = threading.Lock()
 
     # -- camera -------------------------------------------------------------------------------------------
-    def preview(self) -> Preview | None:
-        """The latest camera frame as JPEG, or None when there is no live picture: no camera, the camera is
-        down, or its last frame is older than ``PREVIEW_STALE_S`` (a frozen image must not say "ready")."""
+    def _live(self):
+        """The pipeline's latest step if it is a live picture; None when there is no camera, the camera is down,
+        or its last frame is older than ``PREVIEW_STALE_S`` (a frozen image must not say "ready")."""
         latest, pipeline = self.pipeline.latest, self.pipeline
         if pipeline.camera is None or latest is None or latest.frame is None or pipeline.camera.state != "ok":
             return None
         if pipeline.last_frame_at is None or time.monotonic() - pipeline.last_frame_at > PREVIEW_STALE_S:
+            return None
+        return latest
+
+    def preview(self) -> Preview | None:
+        """The latest camera frame as JPEG, or None when there is no live picture (``_live``)."""
+        latest = self._live()
+        if latest is None:
             return None
         frame = latest.frame
         cached = self._preview_cache
@@ -54,11 +61,10 @@ class PipelineScreening:
         return Preview(cached[1], latest.quality, frame.index, frame.timestamp)
 
     def capture(self) -> Result:
-        latest = self.pipeline.latest
         if self.pipeline.camera is None:
             raise CameraUnavailable("no camera on this device: upload a photo instead")
-        stale = self.pipeline.last_frame_at is None or time.monotonic() - self.pipeline.last_frame_at > PREVIEW_STALE_S
-        if latest is None or latest.frame is None or self.pipeline.camera.state != "ok" or stale:
+        latest = self._live()
+        if latest is None:
             raise CameraUnavailable("the camera is not delivering frames right now: try again or upload a photo")
         return self._classify(latest.frame)
 

@@ -134,15 +134,12 @@ class Assistant:
                         return
                     emitted.append(sentence)
                     yield ChatEvent("token", {"text": sentence + " "})
-        except ValueError as exc:  # llama.cpp: the prompt does not fit the context (long history, many tokens)
-            if history and not emitted:
+        except (LlmTimeout, RuntimeError, ValueError) as exc:
+            # ValueError is llama.cpp's "the prompt does not fit the context": the earlier turns go first
+            if isinstance(exc, ValueError) and history and not emitted:
                 log.warning("LLM prompt too long (%s): answering without the earlier turns", exc)
                 yield from self._llm_answer(message, result, lang, [], abandoned)
                 return
-            log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
-            yield from self._fact_sheet_answer(result, lang, str(exc))
-            return
-        except (LlmTimeout, RuntimeError) as exc:
             log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
             yield from self._fact_sheet_answer(result, lang, str(exc))
             return
