@@ -3,12 +3,13 @@ signed commands on ``cmd`` with replies on ``cmd/reply``, optional Home Assistan
 
 One thread owns the paho client and does everything network-side; other threads only touch the outbox
 (``publish_result``) and two events. Commands are checked and carried out on a second thread, one at a time,
-so that a long one (a model download) never stops the keepalive; their replies go back through queues. Each connection gets a fresh client, so paho never resends messages
-of its own from a dead connection: the outbox is the single source of truth. On every (re)connect the
-outbox is resent from its oldest row, in order; a row leaves the outbox only on its PUBACK, so a result
-is delivered at least once and duplicates carry the same ``event_id``. By default a result is sent only
-once the minute it happened in has ended (``mqtt.results.hold_until_minute_end``), so the arrival time
-of a message says no more about when a person was screened than its rounded ``time`` does.
+so that a long one (a model download) never stops the keepalive; their replies go back through queues. Each
+connection gets a fresh client, so paho never resends messages of its own from a dead connection: the outbox
+is the single source of truth. On every (re)connect the outbox is resent from its oldest row, in order; a row
+leaves the outbox only on its PUBACK, so a result is delivered at least once and duplicates carry the same
+``event_id``. By default a result is sent only once the minute it happened in has ended
+(``mqtt.results.hold_until_minute_end``), so the arrival time of a message says no more about when a person
+was screened than its rounded ``time`` does.
 """
 
 from __future__ import annotations

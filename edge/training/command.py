@@ -22,7 +22,8 @@ def add_arguments(parser) -> None:
     data.add_argument("--image-column", default="image_id")
     data.add_argument("--label-column", default="dx")
     data.add_argument("--group-column", default="lesion_id", help="images of one group never straddle splits")
-    data.add_argument("--limit", type=int, help="use only this many images, a seeded sample of every label (smoke tests)")
+    data.add_argument("--limit", type=int,
+                      help="use only this many images, a seeded sample of every label (smoke tests)")
     run = parser.add_argument_group("run")
     run.add_argument("--out", type=Path, help="model pack folder to write (default: inference.model_dir)")
     run.add_argument("--work", type=Path, help="checkpoints (default: state_dir/train/<pack name>)")
