@@ -48,6 +48,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tarfile
 import threading
 import time
@@ -84,6 +85,9 @@ INSTALL_LOCK_WAIT_S = 5.0  # a second install gives up rather than queue behind 
 SIGNATURE_PURPOSE = "edge model pack manifest v1"
 SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 BLOCK = 1 << 20
+CHUNK = 64 * 1024  # one network read: a slow server is checked against the deadline after each
+STALL_S = 10.0  # longest wait for any bytes at all; the whole download may overrun its deadline by this much
+TAR_OVERHEAD_PER_MEMBER = 2048  # header, a PAX header of ordinary size and padding, beyond the member's data
 
 
 class UpdateFailed(EdgeError):
@@ -735,7 +739,8 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def fetch(source: str, dest: Path, sha256: str, *, max_bytes: int, timeout_s: float) -> None:
-    """Copy ``source`` to ``dest`` (at most ``max_bytes``, within ``timeout_s``) and check its sha256."""
+    """Copy ``source`` to ``dest`` (at most ``max_bytes``, within ``timeout_s``, overrun by at most ``STALL_S``
+    when the source goes quiet) and check its sha256."""
     if not isinstance(source, str) or not source:
         raise UpdateFailed("no source given", "download")
     parts = urllib.parse.urlsplit(source)
@@ -745,20 +750,21 @@ def fetch(source: str, dest: Path, sha256: str, *, max_bytes: int, timeout_s: fl
         if parts.scheme in ("http", "https"):
             opener = urllib.request.build_opener(_HttpOnlyRedirects)
             stream = opener.open(urllib.request.Request(source, headers={"User-Agent": "edge-model-update"}),
-                                 timeout=min(timeout_s, 30.0))
+                                 timeout=min(timeout_s, STALL_S))
             length = stream.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 stream.close()
                 raise UpdateFailed(f"{shown} is {int(length)} bytes, above the {max_bytes}-byte limit", "download")
         elif parts.scheme == "file" and parts.netloc in ("", "localhost"):
-            stream = open(urllib.request.url2pathname(parts.path), "rb")
+            stream = _open_regular_file(urllib.request.url2pathname(parts.path), shown)
         elif parts.scheme == "" and source.startswith("/"):
-            stream = open(source, "rb")
+            stream = _open_regular_file(source, shown)
         else:
             raise UpdateFailed("source must be an absolute path, a file:// URL or an http(s):// URL", "download")
         with stream, open(dest, "wb") as out:
             digest, size = hashlib.sha256(), 0
-            while block := stream.read(BLOCK):
+            # read1: whatever has arrived, so a server that trickles bytes meets the deadline check too
+            while block := stream.read1(CHUNK):
                 size += len(block)
                 if size > max_bytes:
                     raise UpdateFailed(f"{shown} is larger than the {max_bytes}-byte limit", "download")
@@ -779,11 +785,38 @@ def fetch(source: str, dest: Path, sha256: str, *, max_bytes: int, timeout_s: fl
                            "corrupt or not the pack that was signed", "checksum")
 
 
+def _open_regular_file(path: str, shown: str):
+    """A local source, opened for reading only if it is a regular file: a FIFO or a device would block the
+    command thread with no deadline."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UpdateFailed(f"{shown} is not a regular file", "download")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _check_unpacked_size(archive: Path, max_bytes: int) -> None:
+    """Decompress once without keeping anything, so neither a gzip bomb nor a huge PAX header (which
+    ``tarfile`` reads into memory while listing members) gets past the size limit."""
+    limit = max_bytes + (MAX_MEMBERS + 2) * TAR_OVERHEAD_PER_MEMBER + tarfile.RECORDSIZE
+    total = 0
+    with gzip.open(archive, "rb") as stream:
+        while block := stream.read(BLOCK):
+            total += len(block)
+            if total > limit:
+                raise UpdateFailed(f"archive unpacks to more than {max_bytes} bytes", "archive")
+
+
 def extract(archive: Path, dest: Path, *, max_bytes: int) -> Path:
     """Unpack a .tar.gz into ``dest`` after checking every member: relative paths without ``..``, regular
     files and folders only (no links, devices or fifos), at most ``max_bytes`` in all, enough free disk.
     Python's ``data`` filter then enforces the same again while extracting."""
     try:
+        _check_unpacked_size(archive, max_bytes)
         with tarfile.open(archive, "r:gz") as tar:
             members, total = [], 0
             for member in tar:

@@ -30,7 +30,7 @@ from edge.mqtt.publisher import MqttService
 from edge.mqtt.signing import load_admin_keys, public_key_b64
 from edge.paths import PROJECT_ROOT, default_model_dir
 from edge.updates import (PENDING_FILE, ROLLBACK_FILE, ModelStore, UpdateFailed, add_selftest, build_update,
-                          check_pack, pack_archive, resolve_model_dir, sign_manifest, watch_trial)
+                          check_pack, extract, fetch, pack_archive, resolve_model_dir, sign_manifest, watch_trial)
 from mqtt_broker import broker, device_settings, wait_until  # noqa: F401
 
 HAM_PACK = default_model_dir()
@@ -336,6 +336,72 @@ def test_only_http_redirects_are_followed_and_http_sources_work(store, keys, upd
         assert store.current() == installed.path and installed.version == "2.0.0"
     finally:
         server.shutdown()
+
+
+def test_a_server_that_trickles_bytes_is_cut_off_at_the_download_deadline(tmp_path):
+    """One byte every 0.2 s never trips a per-read socket timeout; the deadline must still end the download,
+    or every later command (restart included) waits behind it."""
+    class Trickle(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            for _ in range(100):  # 20 s of trickle at most
+                try:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.2)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(UpdateFailed, match="longer than 1 s"):
+            fetch(f"http://127.0.0.1:{server.server_address[1]}/pack.tar.gz", tmp_path / "out", "ab" * 32,
+                  max_bytes=1 << 20, timeout_s=1.0)
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
+
+
+def test_a_local_source_that_is_not_a_regular_file_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pack.tar.gz"
+    os.mkfifo(fifo)
+    outcome: list = []
+
+    def run():
+        try:
+            fetch(str(fifo), tmp_path / "out", "ab" * 32, max_bytes=1 << 20, timeout_s=1.0)
+        except UpdateFailed as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(5)
+    if worker.is_alive():  # the old code blocks in open() until a writer appears: let it go, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(5)
+        pytest.fail("fetch blocked on a FIFO")
+    assert outcome and "not a regular file" in str(outcome[0])
+
+
+def test_a_huge_pax_header_counts_against_the_size_limit(tmp_path):
+    """tarfile reads a PAX header into memory while listing members; a small archive could make that
+    hundreds of MB before any member size was checked."""
+    archive = tmp_path / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("model.json")
+        info.size, info.pax_headers = 2, {"comment": "x" * (24 << 20)}
+        tar.addfile(info, io.BytesIO(b"{}"))
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UpdateFailed, match="unpacks to more than") as failure:
+        extract(archive, tmp_path / "out", max_bytes=1 << 20)
+    assert failure.value.step == "archive" and not (tmp_path / "out").exists()
 
 
 def test_pack_archive_is_reproducible_and_refuses_links(updates, tmp_path):

@@ -135,7 +135,8 @@ def purge_local_data(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
 
 def model_update(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     """Install a signed pack (``edge.updates``), reply, then restart into it. Runs on the command thread: a
-    slow download holds other commands back (for at most the download timeout), never the connection."""
+    slow download holds other commands back (for at most the download timeout, plus 10 s if the source goes
+    quiet), never the connection."""
     source, sha256, signature, key_id = _model_update_args(args)
     try:
         installed = runtime.install_model(source, sha256, signature, key_id)
