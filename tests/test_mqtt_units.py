@@ -244,6 +244,37 @@ def test_admin_keys_from_base64_or_pem(tmp_path, admin_key):
         load_public_key(base64.b64encode(b"short").decode())
 
 
+def _mixed_order(raw: bytes) -> bytes:
+    """A real public key plus the point of order 2, (0, -1): (x, y) becomes (-x, -y)."""
+    p = 2**255 - 19
+    y, sign = int.from_bytes(raw, "little") & ((1 << 255) - 1), raw[31] >> 7
+    return ((p - y) | ((1 - sign) << 255)).to_bytes(32, "little")
+
+
+# small order: all zero bytes (what a pasted placeholder decodes to), the identity, two points of order 8
+# (from libsodium's blocklist), and p - 1 (order 2); then a non-canonical y (= p, which is 0 again)
+WEAK_KEYS = [bytes(32), b"\x01" + bytes(31),
+             bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+             bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+             (2**255 - 20).to_bytes(32, "little"), (2**255 - 19).to_bytes(32, "little")]
+
+
+def test_weak_admin_keys_are_refused_because_they_accept_forged_signatures(tmp_path, admin_key):
+    """With the identity as an admin key, the signature identity || zeros verified for any command."""
+    real = admin_key.public_key().public_bytes_raw()
+    for raw in WEAK_KEYS + [_mixed_order(real)]:
+        with pytest.raises(ConfigError, match="weak Ed25519 key"):
+            load_public_key(base64.b64encode(raw).decode())
+    pem = tmp_path / "identity.pub.pem"
+    identity = serialization.load_der_public_key(  # SubjectPublicKeyInfo for Ed25519 + the 32 raw bytes
+        bytes.fromhex("302a300506032b6570032100") + WEAK_KEYS[1])
+    pem.write_bytes(identity.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(ConfigError, match="weak Ed25519 key"):
+        load_admin_keys([str(pem)])
+    for _ in range(20):  # keys from key generation are never weak
+        load_public_key(public_key_b64(Ed25519PrivateKey.generate().public_key()))
+
+
 def test_private_key_file_is_0600_and_never_overwritten(tmp_path):
     path = tmp_path / "keys" / "admin.key"
     public, kid = admin.keygen(path)

@@ -73,14 +73,77 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+# Edwards25519 (RFC 8032 section 5.1): only used to refuse weak public keys, never to sign or verify.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+_L = 2**252 + 27742317777372353535851937790883648493  # the prime order of the base point
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _point_add(a: tuple, b: tuple) -> tuple:
+    """Sum of two points in extended coordinates (X, Y, Z, T)."""
+    x1, y1, z1, t1 = a
+    x2, y2, z2, t2 = b
+    p, q = (y1 - x1) * (y2 - x2) % _P, (y1 + x1) * (y2 + x2) % _P
+    r, s = 2 * t1 * t2 * _D % _P, 2 * z1 * z2 % _P
+    e, f, g, h = q - p, s - r, s + r, q + p
+    return e * f % _P, g * h % _P, f * g % _P, e * h % _P
+
+
+def _scalar_mult(n: int, point: tuple) -> tuple:
+    result = (0, 1, 1, 0)
+    while n:
+        if n & 1:
+            result = _point_add(result, point)
+        point, n = _point_add(point, point), n >> 1
+    return result
+
+
+def is_weak_public_key(raw: bytes) -> bool:
+    """True for 32 bytes that are not a point of Ed25519's prime-order group: not a point at all, a
+    non-canonical encoding, or a point of small or mixed order. A key made by Ed25519 key generation is
+    never weak. A small-order key (all zero bytes, the identity ``AQAA…``) lets a forged signature made
+    without any private key verify, so such a key must never be trusted."""
+    if len(raw) != 32:
+        return True
+    y, sign = int.from_bytes(raw, "little") & ((1 << 255) - 1), raw[31] >> 7
+    if y >= _P:
+        return True
+    x2 = (y * y - 1) * pow(_D * y * y + 1, -1, _P) % _P
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if (x * x - x2) % _P or (x == 0 and sign):
+        return True
+    if x & 1 != sign:
+        x = _P - x
+    point = (x, y, 1, x * y % _P)
+    small = _scalar_mult(8, point)
+    if small[0] == 0 and small[1] == small[2]:  # [8]P is the identity: P has order 1, 2, 4 or 8
+        return True
+    full = _scalar_mult(_L, point)
+    return not (full[0] == 0 and full[1] == full[2])  # [L]P must be the identity
+
+
+def _checked(key: Ed25519PublicKey, shown: str) -> Ed25519PublicKey:
+    if is_weak_public_key(raw_public_bytes(key)):
+        raise ConfigError(f"mqtt.commands.admin_keys: {shown} is a weak Ed25519 key (a small-order or "
+                          "non-canonical point) that would accept forged signatures: use a key from "
+                          "`edge admin keygen`")
+    return key
+
+
 def load_public_key(spec: str) -> Ed25519PublicKey:
-    """An admin key from config: base64 of the 32 raw bytes, or the path of a PEM public key file."""
+    """An admin key from config: base64 of the 32 raw bytes, or the path of a PEM public key file. Keys
+    that would accept forged signatures (``is_weak_public_key``) are refused."""
     text = spec.strip()
     if len(text) == 44 and text.endswith("="):  # base64 of 32 bytes; may contain '/', so test this first
         try:
-            return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+            key = Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
         except (binascii.Error, ValueError):
             pass
+        else:
+            return _checked(key, f"{text[:12]}…")
     path = Path(text).expanduser()
     if not path.is_file():
         raise ConfigError(f"mqtt.commands.admin_keys: {text[:12]}… is neither the base64 of a 32-byte Ed25519 "
@@ -97,7 +160,7 @@ def _public_key_from_pem(path: Path) -> Ed25519PublicKey:
         raise ConfigError(f"mqtt.commands.admin_keys: {path} is not a PEM public key: {exc}") from None
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError(f"mqtt.commands.admin_keys: {path} is not an Ed25519 public key")
-    return key
+    return _checked(key, str(path))
 
 
 def load_admin_keys(specs: list[str]) -> dict[str, Ed25519PublicKey]:
