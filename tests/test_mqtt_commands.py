@@ -128,20 +128,38 @@ def test_set_config_rejects_invalid_values_with_the_key_path_and_keeps_everythin
 
 
 def test_a_rejected_set_config_never_echoes_a_password(device, caplog):
-    """The mqtt section fails as a whole here ("password or password_file"), and its value holds both the
-    device's password and the new one: the reply names the problem and quotes neither."""
+    """The mqtt section fails as a whole on the first change (reconnect order), and its value holds the
+    device's password: the reply names the problem and quotes no password. Credentials themselves cannot be
+    set remotely, and the refusal does not quote the value either."""
     listener = Listener(device.broker, device.service.topics.cmd_reply)
     try:
-        for args in ({"mqtt.password_file": "/etc/edge/mqtt-password"}, {"mqtt.password": 12345678}):
+        for args, reason in [({"mqtt.reconnect_min_s": 600, "mqtt.reconnect_max_s": 1}, "invalid setting: mqtt"),
+                             ({"mqtt.password": 12345678}, "mqtt.password: can only be changed"),
+                             ({"mqtt.password_file": "/etc/edge/mqtt-password"}, "local configuration")]:
             reply = device.send("set_config", args)
-            assert not reply["ok"] and "invalid setting: mqtt" in reply["error"], reply
-        listener.wait_for(lambda: len(listener.messages) == 2, what="both raw replies")
+            assert not reply["ok"] and reason in reply["error"], reply
+        listener.wait_for(lambda: len(listener.messages) == 3, what="the raw replies")
     finally:
         listener.close()
-    assert "password or password_file" in json.loads(listener.messages[0].payload)["error"]
+    assert "reconnect_min_s must not exceed" in json.loads(listener.messages[0].payload)["error"]
     for message in listener.messages:
         assert b"hunter2" not in message.payload and b"12345678" not in message.payload
     assert "hunter2" not in caplog.text and "12345678" not in caplog.text
+
+
+@pytest.mark.parametrize("args", [
+    {"mqtt.host": "attacker.example"}, {"mqtt": {"port": 1884}}, {"mqtt.password_file": "/etc/edge/tls/client.key"},
+    {"mqtt.tls.enabled": False}, {"mqtt.topic_prefix": "elsewhere"},
+    {"camera.source": "gst:videotestsrc ! tcpclientsink host=10.0.0.9"}, {"camera.replay_dir": "/"},
+    {"kiosk.host": "0.0.0.0"}, {"kiosk.health_worker_mode": True}, {"inference.model_dir": "/tmp"},
+    {"inference.coral.library": "/tmp/evil.so"}, {"assistant.model_path": "/tmp/x.gguf"}, {"shared_dir": "/"},
+    {"log_level": "DEBUG", "mqtt.commands.enabled": False}])
+def test_set_config_cannot_move_data_off_the_device_or_load_other_code(device, args):
+    """Broker, credentials, topics, camera source, paths and the kiosk's address are local decisions: a
+    signed command that changes them could send a password file, or patients' images, anywhere."""
+    reply = device.send("set_config", args)
+    assert not reply["ok"] and "can only be changed in the device's local configuration" in reply["error"], reply
+    assert not remote_config.overlay_path(device.settings.state_dir).exists()
 
 
 def test_a_slow_command_does_not_hold_up_results_or_the_connection(tmp_path, broker, admin_key):

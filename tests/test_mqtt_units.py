@@ -408,6 +408,24 @@ def test_remote_settings_validate_persist_and_load_over_the_base(tmp_path):
     assert redacted["mqtt"]["password"] == "<redacted>" and "s3cret" not in json.dumps(redacted)
 
 
+def test_get_config_hides_credentials_inside_urls(tmp_path):
+    settings = load_settings(None, {"state_dir": str(tmp_path), "camera": {
+        "source": "gst:rtspsrc location=rtsp://admin:Cam3raPw@10.0.0.9/stream ! decodebin ! appsink"}})
+    shown = remote_config.redacted(settings)["camera"]["source"]
+    assert "Cam3raPw" not in shown and "admin" not in shown and "rtsp://<redacted>@10.0.0.9/stream" in shown
+
+
+def test_an_overlay_key_that_may_not_be_set_remotely_is_ignored_at_start(tmp_path, caplog):
+    """An overlay written before the allow-list (or by hand) cannot point the device at another broker."""
+    base = load_settings(None, {"state_dir": str(tmp_path), "mqtt": {"host": "broker.clinic.lan"}})
+    remote_config.overlay_path(tmp_path).write_text(
+        'log_level = "DEBUG"\n[mqtt]\nhost = "attacker.example"\ntelemetry_interval_s = 5.0\n')
+    loaded = remote_config.with_overlay(base)
+    assert (loaded.mqtt.host, loaded.log_level, loaded.mqtt.telemetry_interval_s) == \
+        ("broker.clinic.lan", "DEBUG", 5.0)
+    assert "ignoring mqtt.host" in caplog.text
+
+
 def test_a_broken_overlay_is_ignored_not_fatal(tmp_path):
     base = load_settings(None, {"state_dir": str(tmp_path)})
     remote_config.overlay_path(tmp_path).write_text('[camera]\nfps = "fast"\n')

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,28 @@ from edge.errors import ConfigError
 
 log = logging.getLogger("edge.mqtt")
 OVERLAY_FILE = "remote-config.toml"
-# Keys a remote administrator may not change: where state lives, and who may administer the device.
-LOCAL_ONLY = ("state_dir", "mqtt.commands.admin_keys", "mqtt.commands.enabled")
+# What a remote administrator may change (a key, or a section with everything in it): tuning that cannot
+# send data anywhere new, change who administers the device, or load other code. Everything else is decided
+# on the device: the broker, its credentials and topics, the camera source (a GStreamer pipeline can write
+# anywhere), every file path, the kiosk's address, health-worker history, the admin keys.
+REMOTE_KEYS = (
+    "log_level",
+    "camera.width", "camera.height", "camera.fps", "camera.loop",
+    "camera.reopen_backoff_initial_s", "camera.reopen_backoff_max_s",
+    "quality", "limits", "pipeline.auto_classify",
+    "inference.backend", "inference.cpu.threads", "inference.coral.device", "inference.jetson.providers",
+    "kiosk.enabled", "kiosk.language", "kiosk.idle_timeout_s", "kiosk.preview_fps", "kiosk.max_chat_chars",
+    "assistant.enabled", "assistant.n_ctx", "assistant.threads", "assistant.max_tokens",
+    "assistant.temperature", "assistant.timeout_s", "assistant.llm_in_reports",
+    "mqtt.keepalive_s", "mqtt.reconnect_min_s", "mqtt.reconnect_max_s", "mqtt.telemetry_interval_s",
+    "mqtt.outbox_cap", "mqtt.max_inflight", "mqtt.home_assistant", "mqtt.discovery_prefix", "mqtt.results",
+    "mqtt.commands.clock_skew_s", "mqtt.commands.max_lifetime_s",
+)
 # Applied by the running daemon without a restart; everything else is persisted and applies after one.
 LIVE_KEYS = ("log_level", "mqtt.telemetry_interval_s", "mqtt.commands.clock_skew_s", "mqtt.commands.max_lifetime_s",
              "mqtt.results.include_age_band", "mqtt.results.include_body_site", "mqtt.results.hold_until_minute_end")
 REDACTED = "<redacted>"
+URL_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")  # rtsp://user:password@host
 
 
 def overlay_path(state_dir: Path) -> Path:
@@ -47,10 +64,31 @@ def read_overlay(state_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def remote_settable(path: str) -> bool:
+    return any(path == key or path.startswith(key + ".") for key in REMOTE_KEYS)
+
+
+def known_paths(model: type = Settings, parent: str = "") -> set[str]:
+    """Every setting's dotted path, and every section's."""
+    paths = set()
+    for name, field in model.model_fields.items():
+        path = parent + name
+        paths.add(path)
+        if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
+            paths |= known_paths(field.annotation, path + ".")
+    return paths
+
+
 def with_overlay(settings: Settings) -> Settings:
     """``settings`` with the persisted overlay applied. A bad overlay is logged and ignored: the device
-    must keep screening with its local configuration rather than refuse to start."""
+    must keep screening with its local configuration rather than refuse to start. Keys that may not be set
+    remotely (an overlay written by an older version) are dropped with an error in the log."""
     overlay = read_overlay(settings.state_dir)
+    refused = [path for path in leaf_paths(overlay) if not remote_settable(path)]
+    if refused:
+        log.error("remote settings %s: ignoring %s (only the local configuration can set them)",
+                  overlay_path(settings.state_dir), ", ".join(refused))
+        overlay = _without(overlay, refused)
     if not overlay:
         return settings
     try:
@@ -98,8 +136,11 @@ def check_update(values: Any) -> dict[str, Any]:
     if not isinstance(values, dict) or not values:
         raise ConfigError("set_config needs a non-empty object of settings, e.g. {\"log_level\": \"DEBUG\"}")
     nested = expand_dotted(values)
+    known = known_paths()
     for path in leaf_paths(nested):
-        if any(path == key or path.startswith(key + ".") or key.startswith(path + ".") for key in LOCAL_ONLY):
+        if path not in known:
+            raise ConfigError(f"{path}: unknown setting")
+        if not remote_settable(path):
             raise ConfigError(f"{path}: can only be changed in the device's local configuration")
         if _contains_none(_lookup(nested, path)):
             raise ConfigError(f"{path}: null is not a setting value")
@@ -122,7 +163,7 @@ def persist(state_dir: Path, update: dict[str, Any]) -> dict[str, Any]:
         handle.write(tomli_w.dumps(overlay).encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
-    os.chmod(partial, 0o600)  # it may hold a broker password
+    os.chmod(partial, 0o600)  # the administrator's settings are nobody else's business
     os.replace(partial, path)
     return overlay
 
@@ -145,7 +186,26 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, k) for k, v in value.items()}
     if is_secret_key(key) and value is not None:
         return REDACTED
+    if isinstance(value, str):  # e.g. a camera pipeline with rtsp://user:password@host in it
+        return URL_USERINFO.sub(rf"\1{REDACTED}@", value)
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
     return value
+
+
+def _without(values: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """A copy of nested ``values`` without the given leaf paths (and without sections left empty)."""
+    kept: dict[str, Any] = {}
+    for key, value in values.items():
+        inner = [path[len(key) + 1:] for path in paths if path.startswith(key + ".")]
+        if key in paths:
+            continue
+        if isinstance(value, dict) and inner:
+            value = _without(value, inner)
+            if not value:
+                continue
+        kept[key] = copy.deepcopy(value)
+    return kept
 
 
 def _flatten(values: dict[str, Any], parent: str = "") -> dict[str, Any]:
