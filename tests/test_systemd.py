@@ -184,6 +184,12 @@ def test_edge_unit_is_a_hardened_notify_service_that_restarts_on_exit_75():
     assert "http://127.0.0.1:8080/" in kiosk["ExecStart"][0] and "--kiosk" in kiosk["ExecStart"][0]
     waits = [int(re.search(r"timeout (\d+)", pre).group(1)) for pre in kiosk["ExecStartPre"] if "timeout" in pre]
     assert waits and int(kiosk["TimeoutStartSec"][0]) > max(waits)  # the wait for the daemon is not cut short
+    # cage needs the logind session's runtime dir, /run/user/<uid>: ProtectHome=yes or read-only hides it
+    assert kiosk.get("ProtectHome", ["no"]) == ["no"] and not any(
+        "/run/user" in path for path in kiosk.get("InaccessiblePaths", []) + kiosk.get("ReadOnlyPaths", []))
+    # setterm writes escape sequences to stdout (the journal here): they must be sent to the tty
+    setterm = [pre for pre in kiosk["ExecStartPre"] if "setterm" in pre]
+    assert setterm and all(">&0" in pre or ">/dev/tty1" in pre for pre in setterm)
 
 
 # --- sd_notify ------------------------------------------------------------------------------------------
