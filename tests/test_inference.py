@@ -162,6 +162,28 @@ def test_jetson_code_path_runs_a_real_onnx_model(colour_pack):
     assert classifier.classify(green, Quality()).label == "green"
 
 
+def test_jetson_backend_runs_its_first_inference_when_it_opens(tmp_path, imagenet_pack):
+    """TensorRT builds its engine on the first run (minutes on a Jetson): that must happen at start-up, so
+    a model that loads but cannot run is refused when the backend opens, not on a patient's capture."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(  # loads (the batch size is symbolic), fails when run: 224*224*3 values into 7
+        [helper.make_node("Reshape", ["input", "shape"], ["probs"])], "broken",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 224, 224, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 7])],
+        initializer=[numpy_helper.from_array(np.array([1, 7]), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "broken.onnx")
+    write_pack(tmp_path / "pack", model_files={"cpu": imagenet_pack / "model.tflite", "jetson": tmp_path / "broken.onnx"},
+               labels=[str(i) for i in range(7)], name="broken", version="1", licence="test",
+               input_spec=InputSpec(width=224, height=224))
+    with pytest.raises(BackendUnavailable, match="first inference failed"):
+        registry.backend_class("jetson")(load_pack(tmp_path / "pack"),
+                                         InferenceSettings(jetson={"providers": ["CPUExecutionProvider"]}).jetson)
+
+
 def test_sha256_mismatch_refuses_to_load(tmp_path, imagenet_pack):
     tampered = tmp_path / "pack"
     shutil.copytree(imagenet_pack, tampered)

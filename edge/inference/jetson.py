@@ -8,6 +8,7 @@ unavailable and says which providers it wanted and which exist.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,18 @@ class JetsonBackend(Backend):
         self._input_name = inp.name
         self.input_spec = TensorSpec(tuple(d if isinstance(d, int) else 1 for d in inp.shape), np.dtype(_ORT_TYPES[inp.type]))
         self.output_spec = TensorSpec(tuple(d if isinstance(d, int) else 1 for d in out.shape), np.dtype(_ORT_TYPES[out.type]))
+        self._warm_up(path.name)
+
+    def _warm_up(self, model_name: str) -> None:
+        """One inference now. With a dynamic batch size, TensorRT builds its engine on the first run, not
+        when the session is made: minutes on a Jetson. Done here, that happens at start-up (before READY,
+        within the unit's start timeout), not on a patient's capture, where the watchdog would kill it."""
+        started = time.monotonic()
+        try:
+            self.invoke(np.zeros(self.input_spec.shape, self.input_spec.dtype))
+        except BackendFailed as exc:
+            raise BackendUnavailable(f"ONNX Runtime loaded {model_name} but its first inference failed: {exc}") from None
+        log.info("jetson: first inference (builds or loads the TensorRT engine) took %.1f s", time.monotonic() - started)
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         try:
