@@ -622,6 +622,25 @@ def test_a_camera_that_goes_down_ends_the_live_preview(tmp_path, imagenet_pack, 
         kiosk.close()
 
 
+def test_a_camera_dropout_shorter_than_the_poll_does_not_freeze_the_live_preview():
+    """The page restarts the stream only when its poll (every 0.7 s) sees the camera gone: a stream that
+    ended on a 0.25 s dropout left the patient aiming at a frozen picture under "looks good"."""
+    from edge.kiosk.ports import Preview
+
+    class Flicker:  # frame 1, then no live picture for three polls, then frames 2 and 3
+        def __init__(self):
+            self.calls = 0
+
+        def preview(self):
+            self.calls += 1
+            index = 1 if self.calls <= 2 else None if self.calls <= 5 else self.calls - 4
+            return None if index is None else Preview(jpeg=b"jpeg%d" % index, quality=None, index=index,
+                                                      timestamp=time.monotonic())
+
+    parts = list(_mjpeg(Flicker(), fps=20, limit=3))
+    assert [part.split(b"\r\n\r\n", 1)[1][:5] for part in parts] == [b"jpeg1", b"jpeg2", b"jpeg3"]
+
+
 def test_the_report_page_is_sent_with_a_script_free_policy(tmp_path, ham_images):
     """Template reports (no language model here): the HTML and markdown come with a CSP that allows no script
     and no fetches, nosniff, and no-store."""

@@ -168,6 +168,10 @@ def assert_layout_fits(driver) -> None:
     assert abs(metrics["footerBottom"] - metrics["height"]) < 1, metrics  # the disclaimer is always on screen
 
 
+def urgency_of(driver) -> str:
+    return driver.find_element(By.ID, "urgency-badge").get_attribute("data-urgency")
+
+
 def fully_on_screen(driver, element_id: str) -> bool:
     return js(driver, """const r = document.getElementById(arguments[0]).getBoundingClientRect();
         const bar = document.querySelector('.action-bar').getBoundingClientRect();
@@ -292,6 +296,35 @@ def test_an_unattended_result_clears_itself(page, server):
     wait(driver, lambda d: server.status(result["saliency_url"]) == 404)
 
 
+def test_an_answer_that_stalls_does_not_keep_a_result_on_screen(page, server):
+    """A chat stream that stops mid-answer (a dropped link, a hung proxy) used to block the idle reset for
+    good: the previous patient's result and chat stayed for the next one."""
+    driver = page
+    capture_result(driver)
+    js(driver, "window.kiosk.state.chatBusy = true")  # what a stream that never ends leaves behind
+    js(driver, "window.kiosk.state.idleTimeoutMs = 300; window.kiosk.state.lastActivity = 0")
+    wait(driver, lambda d: visible(d, "screen-preview"))
+    assert js(driver, "return window.kiosk.state.result") is None
+    js(driver, "window.kiosk.state.idleTimeoutMs = 180000; window.kiosk.state.lastActivity = Date.now()")
+
+
+def test_a_report_that_cannot_be_reached_says_so_and_offers_no_print(page, server):
+    """With the daemon out of reach the frame holds the browser's own (English, cross-origin) error page:
+    it must not be shown with a working Print button."""
+    driver = page
+    capture_result(driver)
+    driver.set_network_conditions(offline=True, latency=0, download_throughput=0, upload_throughput=0)
+    try:
+        driver.find_element(By.ID, "report-open").click()
+        wait(driver, lambda d: visible(d, "report-error"))
+        assert not visible(driver, "report-frame") and not visible(driver, "report-print")
+    finally:
+        driver.delete_network_conditions()
+    driver.find_element(By.ID, "report-close").click()
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+
+
 def test_reading_a_result_keeps_the_session_on_the_server(page, server, kiosk):
     """Scrolling and keys on the result screen call no API of their own: the page's keep-alive must stop the
     server expiring the session of someone who is still reading."""
@@ -306,6 +339,30 @@ def test_reading_a_result_keeps_the_session_on_the_server(page, server, kiosk):
             js(driver, "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))")
             time.sleep(0.25)
         assert server.status(result["saliency_url"]) == 200
+    finally:
+        sessions.idle_timeout_s = configured
+        js(driver, "window.kiosk.state.heartbeatMs = 30000")
+    driver.find_element(By.ID, "new-patient").click()
+    wait(driver, lambda d: visible(d, "screen-preview"))
+
+
+def test_activity_between_keep_alives_is_still_reported(page, server, kiosk):
+    """Keep-alives go at most once per heartbeat; activity inside that window used to be dropped, so the
+    server could expire a session up to a heartbeat before the page's own idle timer."""
+    driver = page
+    result = capture_result(driver)
+    sessions = kiosk.sessions
+    configured = sessions.idle_timeout_s
+    scroll = "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))"
+    try:
+        sessions.idle_timeout_s = 2.0
+        js(driver, "window.kiosk.state.heartbeatMs = 1000; window.kiosk.state.lastHeartbeat = 0")
+        started = time.monotonic()
+        js(driver, scroll)  # sent at once
+        time.sleep(0.6)
+        js(driver, scroll)  # inside the heartbeat: must still reach the server, 1 s after the first
+        time.sleep(max(0.0, 2.4 - (time.monotonic() - started)))
+        assert server.status(result["saliency_url"]) == 200  # last keep-alive at 1.0 s, not 0 s
     finally:
         sessions.idle_timeout_s = configured
         js(driver, "window.kiosk.state.heartbeatMs = 30000")
@@ -350,6 +407,18 @@ def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
     assert not visible(driver, "retake")
     assert text(driver, "preview-error").startswith(i18n.text("en", "error.unreadable"))
     assert "not an image" in text(driver, "preview-error")
+    # the server's reason is English: a patient who chose Spanish gets the translated message alone, a
+    # health worker gets the reason too
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="es"]').click()
+    for health_worker in (False, True):
+        js(driver, f"window.kiosk.state.healthWorker = {str(health_worker).lower()};"
+                   "document.getElementById('preview-error').hidden = true")
+        upload_file(driver, not_an_image)
+        wait(driver, lambda d: visible(d, "preview-error"))
+        assert text(driver, "preview-error").startswith(i18n.text("es", "error.unreadable"))
+        assert ("not an image" in text(driver, "preview-error")) is health_worker
+    js(driver, "window.kiosk.state.healthWorker = document.body.dataset.healthWorker === 'true'")
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
 
     upload_file(driver, ham_images[4])
     wait(driver, on_result_screen)
@@ -361,6 +430,15 @@ def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
                       "return r.bottom <= innerHeight && r.top >= 0")
     assert_layout_fits(driver)
     shot(driver, "result-800x480")
+    for lang in ("fr", "es"):  # the longest translated name (three lines in French) must not push it down
+        driver.find_element(By.CSS_SELECTOR, f'[data-lang-choice="{lang}"]').click()
+        wait(driver, lambda d: text(d, "urgency-text") == i18n.text(lang, f"urgency.{urgency_of(d)}"))
+        longest = max((i18n.text(lang, f"label.{label}") for label in ("akiec", "bcc", "bkl", "df", "mel", "nv",
+                                                                        "vasc")), key=len)
+        js(driver, "document.getElementById('result-name').textContent = arguments[0]", longest)
+        assert fully_on_screen(driver, "urgency-badge"), lang
+        shot(driver, f"result-{lang}-longest-name-800x480")
+    driver.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
     js(driver, "document.querySelector('.result-scroll').scrollTop = 1e6")
     shot(driver, "result-scrolled-800x480")
     driver.find_element(By.ID, "new-patient").click()
@@ -504,6 +582,14 @@ def test_assistant_chat_streams_and_red_flags_raise_the_badge(browser, kiosk):
         wait(browser, lambda d: text(d, "redflag-text") == urgent_message("es", ["bleeding"]).strip())
         browser.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
         wait(browser, lambda d: text(d, "redflag-text") == urgent_message("en", ["bleeding"]).strip())
+        # a second warning adds to the first: the banner names both, in any language
+        chat.send_keys("I also found a new lump in my armpit", Keys.ENTER)
+        both = ["bleeding", "new_lump"]
+        wait(browser, lambda d: text(d, "redflag-text") == urgent_message("en", both).strip())
+        browser.find_element(By.CSS_SELECTOR, '[data-lang-choice="fr"]').click()
+        wait(browser, lambda d: text(d, "redflag-text") == urgent_message("fr", both).strip())
+        browser.find_element(By.CSS_SELECTOR, '[data-lang-choice="en"]').click()
+        wait(browser, lambda d: text(d, "redflag-text") == urgent_message("en", both).strip())
 
         browser.find_element(By.ID, "new-patient").click()
         wait(browser, lambda d: visible(d, "screen-preview"))

@@ -293,14 +293,16 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
 
 def _mjpeg(screening: Screening, fps: float, limit: int | None) -> Iterator[bytes]:
-    """Frames as they come; the stream ends when the live picture does (camera down, frozen), so a server
-    thread is never held by a stream that writes nothing: the page opens a new one when the camera is back."""
+    """Frames as they come; the stream ends when no new frame has come for ``MJPEG_IDLE_S`` (camera down,
+    frozen), so a server thread is never held by a stream that writes nothing. A dropout shorter than that
+    keeps the stream: the page's poll may never see it, and nothing would restart an ended stream then. A
+    longer one is seen by the poll, which closes the stream and opens a new one when the camera is back."""
     sent, last_index, last_new = 0, None, time.monotonic()
     while limit is None or sent < limit:
         preview = screening.preview()
-        if preview is None or time.monotonic() - last_new > MJPEG_IDLE_S:
+        if time.monotonic() - last_new > MJPEG_IDLE_S:
             return
-        if preview.index != last_index:
+        if preview is not None and preview.index != last_index:
             last_index, last_new = preview.index, time.monotonic()
             sent += 1
             yield (f"--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(preview.jpeg)}\r\n"

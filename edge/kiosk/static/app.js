@@ -123,10 +123,13 @@
     return "error.generic";
   }
 
-  /** Fill an error box with a translated message and, smaller, the server's own reason. */
+  /** Fill an error box with a translated message and, smaller, the server's own reason. That reason is in
+   * English: it is shown to a health worker, or when the page is in English, never to a patient who chose
+   * another language. */
   function showError(box, status, data, context, key) {
     const lines = [t(key || errorKey(status, context))];
-    if (data && typeof data.error === "string" && data.error) lines.push(t("error.detail", { detail: data.error }));
+    const detail = data && typeof data.error === "string" && data.error;
+    if (detail && (state.lang === "en" || state.healthWorker)) lines.push(t("error.detail", { detail }));
     box.replaceChildren(...lines.map((text, i) => element("p", i ? "detail" : "", text)));
     box.hidden = false;
   }
@@ -502,6 +505,7 @@
     let started = false;
     await readEventStream(response.body, (kind, data) => {
       if (signal.aborted) return;
+      state.lastActivity = Date.now();
       if (kind === "token" || kind === "replace") {
         answer = kind === "token" && started ? answer + (data.text || "") : data.text || "";
         started = true;
@@ -513,7 +517,9 @@
         bubble.classList.remove("is-pending");
         bubble.classList.add("is-redflag");
         text.textContent = answer;
-        state.redflag = { text: answer, urgency: data.urgency, flags: data.flags || [] };
+        const flags = [...new Set([...(state.redflag ? state.redflag.flags : []), ...(data.flags || [])])];
+        state.redflag = { text: answer, urgency: data.urgency, flags };
+        if (flags.length > (data.flags || []).length) refreshRedflag(state.redflag);
         if (state.result) renderUrgency();
       } else if (kind === "notice") {
         bubble.append(element("p", "bubble-note", data.text || ""));
@@ -593,7 +599,13 @@
     } catch (error) {
       doc = null;
     }
-    if (doc && doc.contentType === "application/json") {
+    if (!doc) {
+      frame.hidden = true;
+      $("report-dialog").classList.add("is-error");
+      showError($("report-error"), 0, null, "report");
+      return;
+    }
+    if (doc.contentType === "application/json") {
       // The API answered with an error instead of the page (409: no assistant; 404: session cleared).
       let data = null;
       try {
@@ -673,13 +685,18 @@
 
   /** Someone is using the kiosk: the page's idle timer restarts and, on a result, so does the server's (a
    * person reading and scrolling calls no API, and their session must not expire under them). */
+  let heartbeatTimer = null;
   function noteActivity() {
     const now = Date.now();
     state.lastActivity = now;
-    if (state.screen === "result" && state.result && now - state.lastHeartbeat > state.heartbeatMs) {
-      state.lastHeartbeat = now;
+    if (state.screen !== "result" || !state.result || heartbeatTimer) return;
+    const due = Math.max(0, state.lastHeartbeat + state.heartbeatMs - now);
+    heartbeatTimer = setTimeout(() => {
+      heartbeatTimer = null;
+      if (state.screen !== "result" || !state.result) return;
+      state.lastHeartbeat = Date.now();
       api("/api/session/touch", { method: "POST" });
-    }
+    }, due);
   }
 
   function listenForActivity(target) {
@@ -690,7 +707,7 @@
   function checkIdle() {
     const idle = Date.now() - state.lastActivity > state.idleTimeoutMs;
     if (!idle) return;
-    if (state.screen === "result" && !state.chatBusy) newPatient();
+    if (state.screen === "result") newPatient();
     else if (state.screen === "preview") {
       closeHistory();
       if (state.retake || !$("preview-error").hidden) clearPreviewMessages();
