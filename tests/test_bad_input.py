@@ -81,6 +81,35 @@ def test_exif_orientation_is_applied():
     assert decode_image(buffer.getvalue()).shape == (40, 20, 3)
 
 
+def test_a_phone_photo_with_odd_exif_tags_is_still_read_and_turned_upright():
+    """Phones store some EXIF tags with unexpected types; Pillow's exif_transpose rewrites the block and
+    raised struct.error on them (HTTP 500, and the CLI lost the rest of its batch)."""
+    import struct
+
+    entries = [struct.pack(">HHII", 0x0112, 3, 1, 6 << 16),  # Orientation = 6 (SHORT)
+               struct.pack(">HHI4s", 0x0153, 2, 4, b"App\0")]  # SampleFormat stored as ASCII
+    ifd = struct.pack(">H", len(entries)) + b"".join(entries) + struct.pack(">I", 0)
+    exif = b"Exif\0\0" + b"MM\0*" + struct.pack(">I", 8) + ifd
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 20), (200, 120, 90)).save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).shape == (40, 20, 3)
+
+
+def test_high_bit_depth_grey_is_scaled_not_clipped():
+    """Pillow's convert clips 16-bit grey at 255: a mid-grey 16-bit PNG became white ("too bright")."""
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    assert Image.open(io.BytesIO(buffer.getvalue())).mode.startswith("I")
+    decoded = decode_image(buffer.getvalue())
+    assert decoded.shape == (48, 64, 3) and decoded[0, 0, 0] == 0 and decoded[0, -1, 0] == 255
+    assert abs(float(decoded.mean()) - 127.5) < 2
+    floats = io.BytesIO()
+    Image.fromarray(np.full((24, 32), 0.5, np.float32)).save(floats, format="TIFF")
+    with pytest.raises(ImageError, match="floating-point images are not supported"):
+        decode_image(floats.getvalue())
+
+
 def test_cli_reports_each_bad_image_and_keeps_going(imagenet_pack, bad_files):
     names = ["empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "a-folder.jpg", "missing.jpg"]
     images = [str(bad_files / n) for n in names[:3]] + [str(PRETRAINED / "grace_hopper.bmp")] + \

@@ -12,12 +12,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from edge.errors import ImageError
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
+ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that makes the picture upright (as Pillow's ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 def read_image_file(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -61,7 +66,7 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
                 if width < 8 or height < 8:
                     raise ImageError(f"image is {width}x{height}: too small to assess")
                 image.load()
-                rgb = ImageOps.exif_transpose(image).convert("RGB")
+                rgb = _to_rgb(_upright(image))
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -71,3 +76,28 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated image ({exc})") from None
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says. Only the orientation tag is read: Pillow's
+    ``exif_transpose`` also rewrites the whole EXIF block, and raises on tags phones store with odd types,
+    which must not cost the patient their photo. Unreadable metadata means the picture is used as stored."""
+    try:
+        orientation = image.getexif().get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 - any metadata parse error; the pixels are already decoded and fine
+        return image
+    method = _UPRIGHT.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. Pillow's ``convert`` clips 16-bit and 32-bit grey (``I;16``, ``I``) at 255 instead of
+    scaling, which turns a 16-bit PNG white (and the advice into "too bright"); they are scaled here."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image, dtype=np.float64)
+        if image.mode == "I" and grey.max(initial=0) > 65535:
+            raise ImageError("32-bit images are not supported: save the photo as an 8- or 16-bit JPEG or PNG")
+        return Image.fromarray(np.round(grey.clip(0, 65535) / 257).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise ImageError("floating-point images are not supported: save the photo as a JPEG or PNG")
+    return image.convert("RGB")
