@@ -140,11 +140,17 @@ class Pipeline:
                 log.exception("result consumer %r failed", consumer)
         return result
 
-    def saliency(self, image, target: int | None = None):
+    def view(self, image):
+        """The model-sized crop of ``image`` (``Classifier.view``), to keep for saliency."""
+        if self.classifier is None:
+            raise ModelError(f"classification is unavailable: {self.model_error}")
+        return self.classifier.view(image)
+
+    def saliency(self, image, target: int | None = None, *, cropped: bool = False):
         if self.classifier is None:
             raise ModelError(f"classification is unavailable: {self.model_error}")
         with self._lock, self._inferring():
-            return self.classifier.saliency(image, target)
+            return self.classifier.saliency(image, target, cropped=cropped)
 
     @contextlib.contextmanager
     def _inferring(self):

@@ -79,8 +79,9 @@ class PipelineScreening:
         if not quality.ok:
             raise RetakeNeeded(quality)
         result = self.pipeline.classify(frame, quality)
+        view = self.pipeline.view(frame.image)  # held for saliency instead of the photo: 77 kB, not megabytes
         with self._lock:
-            self._images[result.id] = (frame.image, result)
+            self._images[result.id] = (view, result)
             while len(self._images) > HELD_RESULTS:
                 evicted, _ = self._images.popitem(last=False)
                 self._overlays.pop(evicted, None)
@@ -94,9 +95,9 @@ class PipelineScreening:
             held = self._images.get(result_id)
         if held is None:
             raise NotFound(f"no image held for result {result_id}")
-        image, result = held
+        view, result = held
         labels = self.pipeline.classifier.pack.manifest.labels
-        png = self.pipeline.saliency(image, labels.index(result.label)).png()
+        png = self.pipeline.saliency(view, labels.index(result.label), cropped=True).png()
         with self._lock:
             if result_id in self._images:
                 self._overlays[result_id] = png
@@ -116,4 +117,5 @@ class PipelineScreening:
         return {"frames": counters.frames, "classifications": counters.classifications,
                 "rejects": dict(counters.rejects), "latency_buckets": list(counters.latency_buckets),
                 "latency_sum_ms": counters.latency_sum_ms, "held_images": len(self._images),
+                "held_bytes": sum(view.nbytes for view, _ in list(self._images.values())),
                 "time": time.time()}

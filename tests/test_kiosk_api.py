@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import PRETRAINED
 from PIL import Image
@@ -385,6 +386,44 @@ def test_saliency_png(client):
     assert response.headers["Cache-Control"] == "no-store"
     image = Image.open(io.BytesIO(response.data))
     assert image.format == "PNG" and image.size[0] >= 64
+
+
+def test_a_big_photo_is_held_as_the_model_sized_view_and_explained_the_same(client, kiosk, ham_images):
+    """Saliency needs only the model's crop: holding the whole photo for each of the 16 held results could
+    take gigabytes on a Pi (a 40 MP photo decodes to 120 MB)."""
+    photo = np.asarray(Image.open(ham_images[1]).convert("RGB").resize((2000, 1500)))
+    encoded = io.BytesIO()
+    Image.fromarray(photo).save(encoded, format="JPEG", quality=75)
+    before = kiosk.screening.stats()["held_bytes"]
+    result = upload(client, encoded.getvalue()).get_json()
+    spec = kiosk.pipeline.classifier.pack.manifest.input
+    assert kiosk.screening.stats()["held_bytes"] - before == spec.width * spec.height * 3
+    decoded = np.asarray(Image.open(io.BytesIO(encoded.getvalue())).convert("RGB"))
+    expected = kiosk.pipeline.classifier.saliency(decoded, kiosk.pipeline.classifier.pack.manifest.labels.index(
+        result["label"])).png()
+    assert client.get(result["saliency_url"]).data == expected
+
+
+def test_an_uploaded_photo_is_never_spooled_to_disk(client, monkeypatch):
+    """Werkzeug writes any upload part over 500 kB to a temporary file; the photo must stay in memory."""
+    import tempfile
+    import traceback
+
+    spooled = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        stack = "".join(traceback.format_stack())
+        if "formparser" in stack:  # the server parsing the form, not the test client encoding it
+            spooled.append(stack.splitlines()[-3:])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    data = (PRETRAINED / "cat.bmp").read_bytes()
+    assert 500 * 1024 < len(data) < MAX_BYTES
+    response = upload(client, data, name="cat.bmp")
+    assert response.status_code == 422  # parsed, decoded, refused by the quality gate: the file was read
+    assert spooled == []
 
 
 def test_unknown_result_id_is_404(client):

@@ -55,3 +55,20 @@ def test_classify_cli_writes_saliency_overlays(imagenet_pack, tmp_path):
                       str(PRETRAINED / "cat.bmp"))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cat.saliency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_saliency_of_a_model_whose_input_is_not_square():
+    """The manifest allows width != height; the heatmap must cover the view on both axes (it crashed)."""
+    from edge.vision.saliency import occlusion_saliency
+
+    view = np.full((160, 224, 3), 90, np.uint8)
+    view[100:150, 170:220] = (255, 0, 0)  # bottom right decides
+
+    def score(image: np.ndarray) -> np.ndarray:
+        red = float((image[..., 0].astype(int) - image[..., 1]).clip(0).mean()) / 255
+        return np.array([red, 1 - red])
+
+    saliency = occlusion_saliency(view, score, target=0)
+    assert saliency.heatmap.shape == (160, 224) and saliency.overlay.shape == (160, 224, 3)
+    peak_y, peak_x = np.unravel_index(np.argmax(saliency.heatmap), saliency.heatmap.shape)
+    assert peak_y >= 80 and peak_x >= 150

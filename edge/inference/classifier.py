@@ -216,11 +216,17 @@ class Classifier:
             latency_ms=scores.latency_ms,
         )
 
-    def saliency(self, image: np.ndarray, target: int | None = None):
-        """Occlusion saliency of ``image`` for ``target`` (default: the top class) on this classifier."""
+    def view(self, image: np.ndarray) -> np.ndarray:
+        """The model-sized crop of ``image``: what the model sees, and all that saliency needs later (a
+        160 px view is 77 kB; the photo it came from can be 120 MB)."""
+        return self._preprocess.crop_resize(image)
+
+    def saliency(self, image: np.ndarray, target: int | None = None, *, cropped: bool = False):
+        """Occlusion saliency of ``image`` (or of a ``view`` of it, ``cropped=True``) for ``target``
+        (default: the top class) on this classifier."""
         from edge.vision.saliency import occlusion_saliency
 
-        view = self._preprocess.crop_resize(image)
+        view = image if cropped else self.view(image)
         return occlusion_saliency(view, lambda v: self.scores(v, cropped=True).probabilities, target)
 
     def health(self) -> dict:

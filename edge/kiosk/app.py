@@ -6,6 +6,7 @@ The app holds no module-level state: everything lives on the objects passed to `
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sqlite3
@@ -13,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from flask import Flask, Response, jsonify, render_template, request, stream_with_context
+from flask import Flask, Request, Response, jsonify, render_template, request, stream_with_context
 from werkzeug.exceptions import HTTPException
 
 from edge import __version__
@@ -34,11 +35,20 @@ class ApiError(EdgeError):
         self.status, self.extra = status, extra
 
 
+class InMemoryRequest(Request):
+    """Uploaded files stay in memory. Werkzeug spools any part over 500 kB to a temporary file on disk,
+    and a patient's photo must never be written there (MAX_CONTENT_LENGTH bounds the memory)."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+        return io.BytesIO()
+
+
 def create_app(screening: Screening, settings, *, assistant=None, history=None, mqtt=None) -> Flask:
     """``settings`` is the full ``Settings``; ``assistant``, ``history`` and ``mqtt`` (anything with a
     ``health()`` dict) are optional services."""
     kiosk = settings.kiosk
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
+    app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_bytes + 64 * 1024
     sessions = SessionKeeper(kiosk.idle_timeout_s, screening.forget)
     started = time.monotonic()

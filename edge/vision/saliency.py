@@ -19,8 +19,8 @@ ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class Saliency:
-    heatmap: np.ndarray  # (S, S) float32 in [0, 1], aligned with ``view``
-    view: np.ndarray  # the RGB square the model saw
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1], aligned with ``view``
+    view: np.ndarray  # the RGB view the model saw
     overlay: np.ndarray  # RGB uint8: the view with the heatmap blended in
     target: int
     base_probability: float
@@ -35,23 +35,24 @@ class Saliency:
 
 def occlusion_saliency(view: np.ndarray, score: ScoreFn, target: int | None = None, *, grid: int = 8,
                        patch_fraction: float = 0.25, alpha: float = 0.45) -> Saliency:
-    """``view`` is the model's square input (after crop/resize); ``score`` maps an RGB view to probabilities."""
+    """``view`` is the model's input (after crop/resize; square or not); ``score`` maps an RGB view to
+    probabilities."""
     started = time.perf_counter()
     base = score(view)
     target = int(np.argmax(base)) if target is None else target
-    size = view.shape[0]
-    patch = max(2, int(round(size * patch_fraction)))
+    height, width = view.shape[:2]
+    patch_h, patch_w = (max(2, int(round(side * patch_fraction))) for side in (height, width))
     fill = view.reshape(-1, 3).mean(axis=0).astype(np.uint8)
-    centres = np.linspace(patch / 2, size - patch / 2, grid)
+    rows, cols = np.linspace(patch_h / 2, height - patch_h / 2, grid), np.linspace(patch_w / 2, width - patch_w / 2, grid)
     drops = np.zeros((grid, grid), dtype=np.float32)
-    for i, cy in enumerate(centres):
-        for j, cx in enumerate(centres):
-            top, left = int(round(cy - patch / 2)), int(round(cx - patch / 2))
+    for i, cy in enumerate(rows):
+        for j, cx in enumerate(cols):
+            top, left = int(round(cy - patch_h / 2)), int(round(cx - patch_w / 2))
             occluded = view.copy()
-            occluded[top:top + patch, left:left + patch] = fill
+            occluded[top:top + patch_h, left:left + patch_w] = fill
             drops[i, j] = base[target] - score(occluded)[target]
     drops = np.clip(drops, 0.0, None)
-    heatmap = cv2.resize(drops, (size, size), interpolation=cv2.INTER_CUBIC)
+    heatmap = cv2.resize(drops, (width, height), interpolation=cv2.INTER_CUBIC)
     heatmap = np.clip(heatmap / heatmap.max(), 0.0, 1.0) if heatmap.max() > 0 else np.zeros_like(heatmap)
     colour = cv2.cvtColor(cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     weight = (alpha * heatmap)[..., None]
