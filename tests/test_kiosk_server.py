@@ -89,3 +89,41 @@ def test_close_stops_the_server_even_when_its_wake_up_pipe_fails(kiosk, monkeypa
     assert time.monotonic() - started < 2
     assert not server.running
     assert kiosk_threads() <= before
+
+
+def test_an_upload_through_the_real_server_is_never_written_to_a_temporary_file(kiosk, monkeypatch):
+    """waitress spools a request body over 512 kB (the whole multipart upload, file name included) to a
+    temporary file, and Werkzeug the image part over 500 kB: a patient's photo must stay in memory."""
+    import tempfile
+    import traceback
+    import uuid
+
+    from conftest import PRETRAINED
+
+    spooled = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args, **kwargs):
+        spooled.append(traceback.format_stack()[-2].strip())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", recording)
+    data = (PRETRAINED / "cat.bmp").read_bytes()
+    boundary = uuid.uuid4().hex
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"lang\"\r\n\r\nen{' ' * 4096}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"patient.bmp\"\r\n"
+            "Content-Type: image/bmp\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    assert len(data) > 500 * 1024 and len(body) > 512 * 1024  # both spooling thresholds
+    server = KioskServer(kiosk.app, "127.0.0.1", 0)
+    server.start()
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        connection.request("POST", "/api/classify", body=body,
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+    finally:
+        assert server.close()
+    assert response.status == 422  # read, decoded, refused by the quality gate (a cat is not skin)
+    assert spooled == []

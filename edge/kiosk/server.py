@@ -24,6 +24,8 @@ import time
 
 log = logging.getLogger("edge.kiosk")
 LOOP_TIMEOUT_S = 0.2  # the longest the loop thread takes to notice a close without a wake-up
+HEADROOM_BYTES = 64 * 1024  # multipart framing and form fields around an upload
+OUTBUF_HIGH_WATERMARK = 4 * 1024 * 1024  # a response writer waits while this much is unsent
 
 
 class KioskServer:
@@ -33,8 +35,16 @@ class KioskServer:
         # poll() rather than select(): no EBADF from a descriptor that closes between two loop turns
         # channel_request_lookahead: waitress keeps reading a connection while its request runs, so a browser
         # that leaves mid-answer is noticed (environ["waitress.client_disconnected"]) and the model stopped.
+        # Buffers stay in memory: waitress spools a request body over 512 kB, or unsent output over 1 MB, to
+        # a temporary file, and a patient's photo (or preview frames to a slow client) must never be written
+        # to disk. The request body is bounded by the app's upload limit; output by the high watermark, which
+        # makes the writer wait, plus one chunk.
+        body_limit = int(app.config.get("MAX_CONTENT_LENGTH") or 20 * 1024 * 1024) + HEADROOM_BYTES
         self._server = create_server(app, host=host, port=port, threads=threads, channel_timeout=channel_timeout,
-                                     asyncore_use_poll=True, channel_request_lookahead=1)
+                                     asyncore_use_poll=True, channel_request_lookahead=1,
+                                     max_request_body_size=body_limit, inbuf_overflow=body_limit + 1,
+                                     outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
+                                     outbuf_overflow=4 * OUTBUF_HIGH_WATERMARK)
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._closed = False
