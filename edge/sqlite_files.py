@@ -53,6 +53,7 @@ def _open(path: Path, synchronous: str, setup: str, timeout: float, *, check: bo
     try:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
+        db.execute("PRAGMA secure_delete=ON")  # deleted rows are overwritten, not left in free pages
         if check:
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
             if problems != ["ok"]:
@@ -63,6 +64,13 @@ def _open(path: Path, synchronous: str, setup: str, timeout: float, *, check: bo
         db.close()
         raise
     return db
+
+
+def scrub(db: sqlite3.Connection) -> None:
+    """After deleting what must be gone (a purge, an erased note): rebuild the file without free pages and
+    empty the write-ahead log, which otherwise keeps the old pages, readable, while the connection is open."""
+    db.execute("VACUUM")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
 def set_aside(path: Path) -> Path:

@@ -46,7 +46,10 @@ class History:
 
     def set_note(self, result_id: str, note: str) -> bool:
         with self._lock:
-            return self._db.execute("UPDATE history SET note = ? WHERE id = ?", (note, result_id)).rowcount == 1
+            changed = self._db.execute("UPDATE history SET note = ? WHERE id = ?", (note, result_id)).rowcount == 1
+            if changed and not note:  # an erased note must not stay readable in the log or free pages
+                sqlite_files.scrub(self._db)
+            return changed
 
     def entries(self) -> list[dict]:
         with self._lock:
@@ -64,7 +67,7 @@ class History:
     def purge(self) -> int:
         with self._lock:
             deleted = self._db.execute("DELETE FROM history").rowcount
-            self._db.execute("VACUUM")
+            sqlite_files.scrub(self._db)
         return deleted
 
     def close(self) -> None:

@@ -106,3 +106,32 @@ def test_the_mqtt_service_starts_and_delivers_with_a_damaged_outbox(tmp_path, br
     finally:
         service.stop()
         listener.close()
+
+
+def _on_disk(path) -> bytes:
+    """Every byte SQLite keeps for ``path``: the file and its write-ahead log."""
+    return b"".join(p.read_bytes() for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+
+
+def test_purge_and_an_erased_note_leave_nothing_readable_while_the_database_stays_open(tmp_path):
+    """The daemon keeps its connections open: a purge left every note and result id in the -wal file."""
+    history = History(tmp_path / "history.sqlite")
+    results = [make_result() for _ in range(3)]
+    for number, result in enumerate(results):
+        history.record(result)
+        history.set_note(result.id, f"SECRETNOTE{number} Amina, village Kpalime")
+    history.set_note(results[0].id, "")  # the worker erases one note
+    assert b"SECRETNOTE0" not in _on_disk(history.path) and b"SECRETNOTE1" in _on_disk(history.path)
+    assert history.purge() == 3
+    stored = _on_disk(history.path)
+    assert b"SECRETNOTE" not in stored and not any(r.id.encode() in stored for r in results)
+    history.close()
+
+    outbox = Outbox(tmp_path / OUTBOX_FILE, cap=100)
+    ids = [f"event-{n:04d}-0123456789abcdef" for n in range(5)]
+    for event_id in ids:
+        outbox.enqueue(event_id, b'{"label": "nv"}', Urgency.ROUTINE)
+    assert outbox.clear() == 5
+    stored = _on_disk(tmp_path / OUTBOX_FILE)
+    assert not any(event_id.encode() in stored for event_id in ids)
+    outbox.close()

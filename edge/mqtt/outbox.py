@@ -140,7 +140,7 @@ class Outbox:
         with self._lock:
             deleted = self._db.execute("DELETE FROM outbox").rowcount
             self._depth = 0
-            self._db.execute("VACUUM")
+            sqlite_files.scrub(self._db)
         return deleted
 
     def close(self) -> None:
