@@ -236,3 +236,29 @@ def test_a_reopened_report_reuses_its_overview(assistant):
         assert list(overviews) == [(result.id, "en")]
         assert overviews[(result.id, "en")] in second.markdown()
     assert second.urgency == Urgency.URGENT and first.urgency == Urgency.ROUTINE
+
+
+def test_a_new_patient_leaves_nothing_of_the_last_conversation_in_the_model():
+    """llama.cpp keeps the last prompt and answer in its KV cache and token buffer; reset() alone only
+    rewinds the count. After forget() no token of the previous patient's words is left anywhere."""
+    from edge.assistant.llm import LlmOwner, default_gguf
+
+    pytest.importorskip("llama_cpp")
+    owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
+    try:
+        secret = "I am Zorblatt Quixote from Kpalime. Is this spot bad?"
+        list(owner.stream([{"role": "user", "content": secret}], max_tokens=8, temperature=0.0, timeout_s=30))
+        llm = owner._llm
+
+        def remembered() -> str:
+            return llm.detokenize([int(t) for t in llm.input_ids if t]).decode("utf-8", "replace")
+
+        assert "Zorblatt" in remembered()
+        assert owner.forget().wait(30)
+        assert "Zorblatt" not in remembered() and "Kpalime" not in remembered()
+        assert "You are brief." in remembered()  # the system prompt is evaluated again for the next person
+        answer = "".join(owner.stream([{"role": "user", "content": "Say hello."}], max_tokens=5,
+                                      temperature=0.0, timeout_s=30))
+        assert answer.strip()
+    finally:
+        owner.close()

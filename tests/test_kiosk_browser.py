@@ -687,6 +687,13 @@ def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factor
         wait(browser, lambda d: visible(d, "screen-preview"))
         assert not browser.find_elements(By.CSS_SELECTOR, "#chat-log .bubble")
         wait(browser, lambda d: server.status(result["saliency_url"]) == 404)
+        # nor does the model keep the last patient's words in its context (KV cache and token buffer)
+        llm = assistant.llm._llm
+
+        def remembered() -> str:
+            return llm.detokenize([int(t) for t in llm.input_ids if t]).decode("utf-8", "replace")
+
+        wait(browser, lambda d: result["display_name"] not in remembered(), timeout=60)
     finally:
         server.close()
         assistant.close()

@@ -55,6 +55,7 @@ class _Request:
     tokens: queue.Queue[object] = field(default_factory=queue.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
     prefill: bool = False
+    forget: bool = False
 
 
 class LlmOwner:
@@ -99,6 +100,21 @@ class LlmOwner:
         self._latest_prefill = request  # an older one still queued is skipped: only the newest result matters
         self._requests.put(request)
 
+    def forget(self) -> threading.Event:
+        """Queue a wipe of the model's memory of the last conversation (a new patient): set when done."""
+        request = _Request([], max_tokens=0, temperature=0.0, forget=True)
+        self._requests.put(request)
+        return request.cancelled  # set by the worker once the wipe ran (or was refused at shutdown)
+
+    def _forget(self) -> None:
+        """Drop every token of the previous conversation: llama.cpp keeps the last prompt and answer both in
+        its KV cache and in ``input_ids``, and ``reset()`` only rewinds the count. Then the system prompt is
+        evaluated again, so the next patient's first answer is as quick as ever."""
+        self._llm.reset()
+        self._llm.input_ids[:] = 0
+        self._llm._ctx.kv_cache_clear()  # noqa: SLF001 - llama-cpp-python exposes no public way to clear it
+        self._warm()
+
     def stream(self, messages: list[dict], *, max_tokens: int, temperature: float, timeout_s: float,
                abandoned: Callable[[], bool] | None = None) -> Iterator[str]:
         """Queue a chat completion and yield its text pieces; ``LlmTimeout`` if a piece takes too long.
@@ -139,6 +155,15 @@ class LlmOwner:
             if request is None:
                 self._refuse_queued()
                 return
+            if request.forget:
+                try:
+                    if not self._closing.is_set():
+                        self._forget()
+                except Exception:  # noqa: BLE001 - logged; the next answer still works from a rewound model
+                    log.exception("could not clear the model's memory of the last conversation")
+                finally:
+                    request.cancelled.set()
+                continue
             if request.cancelled.is_set():
                 continue
             if self._closing.is_set():  # never start an answer that close() would cut off
@@ -164,6 +189,7 @@ class LlmOwner:
                 return
             if request is not None:
                 request.tokens.put(LlmUnavailable("the assistant is shutting down"))
+                request.cancelled.set()
 
     def _generate(self, request: _Request) -> None:
         started = time.monotonic()

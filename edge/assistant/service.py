@@ -233,6 +233,11 @@ class Assistant:
                                        abandoned=abandoned))
 
     # -- health ----------------------------------------------------------------------------------------
+    def forget(self) -> None:
+        """A new patient: the model keeps nothing of the last conversation (done on the model's thread)."""
+        if self.llm is not None:
+            self.llm.forget()
+
     def health(self) -> dict:
         if self.llm is None:
             return {"status": "unavailable", "reason": self.llm_error}

@@ -50,7 +50,12 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
     app = Flask(__name__, template_folder=str(HERE / "templates"), static_folder=str(HERE / "static"))
     app.request_class = InMemoryRequest
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_bytes + 64 * 1024
-    sessions = SessionKeeper(kiosk.idle_timeout_s, screening.forget)
+    def clear_patient(result_ids: list[str]) -> None:
+        screening.forget(result_ids)
+        if assistant is not None:
+            assistant.forget()
+
+    sessions = SessionKeeper(kiosk.idle_timeout_s, clear_patient)
     started = time.monotonic()
     app.extensions["edge"] = {"screening": screening, "sessions": sessions, "assistant": assistant,
                               "history": history}
