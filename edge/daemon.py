@@ -163,6 +163,9 @@ class Daemon:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+            from edge.kiosk.app import close_app
+
+            close_app(self.app)
         if self.mqtt is not None:
             self.mqtt.stop()
         if self.assistant is not None:

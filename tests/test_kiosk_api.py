@@ -426,6 +426,29 @@ def test_an_uploaded_photo_is_never_spooled_to_disk(client, monkeypatch):
     assert spooled == []
 
 
+def test_an_idle_session_expires_even_when_no_request_comes():
+    """Expiry used to run only inside requests: with the kiosk browser gone (crashed, a remote tab closed)
+    a walked-away patient's results stayed until the next visitor's first request."""
+    from edge.kiosk.session import SessionKeeper
+    from mqtt_broker import make_result
+
+    cleared = []
+    sessions = SessionKeeper(0.3, cleared.append)
+    try:
+        result = make_result()
+        sessions.add(result)
+        time.sleep(0.2)
+        sessions.touch()  # activity: the timer must wait for the new idle period, not the first one
+        time.sleep(0.25)
+        assert cleared == []
+        deadline = time.monotonic() + 3
+        while not cleared and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cleared == [[result.id]]
+    finally:
+        sessions.close()
+
+
 def test_unknown_result_id_is_404(client):
     assert_json_error(client.get("/api/saliency/0123456789abcdef.png"), 404, "unknown result id")
     assert_json_error(client.post("/api/symptoms/nope", json={"symptoms": []}), 404)

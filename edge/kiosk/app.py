@@ -43,6 +43,11 @@ class InMemoryRequest(Request):
         return io.BytesIO()
 
 
+def close_app(app: Flask) -> None:
+    """Stop what the app runs by itself (the session expiry timer); the server is closed first."""
+    app.extensions["edge"]["sessions"].close()
+
+
 def create_app(screening: Screening, settings, *, assistant=None, history=None, mqtt=None) -> Flask:
     """``settings`` is the full ``Settings``; ``assistant``, ``history`` and ``mqtt`` (anything with a
     ``health()`` dict) are optional services."""

@@ -15,6 +15,9 @@ from edge.kiosk.ports import NotFound
 from edge.types import Result
 
 
+EXPIRY_THREAD = "kiosk-session-expiry"
+
+
 @dataclass
 class PatientSession:
     results: dict[str, Result] = field(default_factory=dict)
@@ -27,6 +30,10 @@ class PatientSession:
 
 
 class SessionKeeper:
+    """The current patient session. A session holding results expires ``idle_timeout_s`` after its last
+    activity: on the next request, or by a timer when no request comes at all (the kiosk browser crashed,
+    a remote tab was closed), so a walked-away patient's results never wait for the next visitor."""
+
     def __init__(self, idle_timeout_s: float, on_clear: Callable[[list[str]], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.idle_timeout_s = idle_timeout_s
@@ -34,6 +41,7 @@ class SessionKeeper:
         self._clock = clock
         self._lock = threading.Lock()
         self._session = PatientSession(started=clock(), last_activity=clock())
+        self._timer: threading.Timer | None = None
         self.cleared = 0
 
     def touch(self) -> PatientSession:
@@ -63,7 +71,33 @@ class SessionKeeper:
         self._on_clear(ids)
 
     def add(self, result: Result) -> None:
-        self.touch().results[result.id] = result
+        session = self.touch()
+        with self._lock:
+            session.results[result.id] = result
+            self._arm_locked()
+
+    def _arm_locked(self) -> None:
+        """Schedule an expiry check for when the session would time out (one timer at a time)."""
+        if self._timer is not None or not self._session.results:
+            return
+        remaining = self._session.last_activity + self.idle_timeout_s - self._clock()
+        self._timer = threading.Timer(min(max(remaining, 0.0), self.idle_timeout_s) + 0.05, self._on_timer)
+        self._timer.name, self._timer.daemon = EXPIRY_THREAD, True
+        self._timer.start()
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+        if not self.expire_if_idle():
+            with self._lock:  # there was activity since: check again when the new idle period ends
+                self._arm_locked()
+
+    def close(self) -> None:
+        """Stop the expiry timer (the app is shutting down)."""
+        with self._lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     def result(self, result_id: str) -> Result:
         session = self.touch()
