@@ -449,6 +449,15 @@ def test_an_idle_session_expires_even_when_no_request_comes():
         sessions.close()
 
 
+def test_no_api_answer_may_be_cached_by_the_browser(client):
+    """Results and the history (with the health worker's notes) must not outlive a purge in a cache."""
+    result = capture(client)
+    for method, path in [("get", "/api/history"), ("get", "/api/history.csv"), ("get", "/api/preview"),
+                         ("post", f"/api/symptoms/{result['id']}"), ("get", "/api/redflag-message?flags=bleeding")]:
+        response = getattr(client, method)(path, **({"json": {"symptoms": []}} if method == "post" else {}))
+        assert response.headers.get("Cache-Control") == "no-store", path
+
+
 def test_unknown_result_id_is_404(client):
     assert_json_error(client.get("/api/saliency/0123456789abcdef.png"), 404, "unknown result id")
     assert_json_error(client.post("/api/symptoms/nope", json={"symptoms": []}), 404)

@@ -232,6 +232,23 @@ def test_telemetry_keeps_to_minute_ends_while_results_are_held(broker, service_f
     listener.close()
 
 
+def test_a_status_command_does_not_time_a_held_screening_either(broker, service_factory):
+    """A status reply goes out at once: while results are held, its counters must be those of the last
+    minute-end telemetry, or asking "status" before and after a screening would time it to the second."""
+    minute_end = (int(time.time()) // 60 + 10) * 60
+    service = service_factory(broker, clock=lambda: minute_end - 30.0, telemetry_interval_s=0.3,
+                              results={"hold_until_minute_end": True})
+    wait_until(lambda: service.state == "connected", what="connection")
+    before = service.status()
+    service.publish_result(make_result())
+    after = service.status()
+    assert after == before and after["telemetry"] is None  # nothing published yet this minute
+    assert "queue_depth" not in after["mqtt"] and "delivered" not in after["mqtt"]
+    open_service = service_factory(broker, state="open", telemetry_interval_s=0.3)  # not holding: live counters
+    open_service.publish_result(make_result())
+    assert open_service.status()["telemetry"]["queue_depth"] >= 0 and "queue_depth" in open_service.status()["mqtt"]
+
+
 def test_home_assistant_discovery_is_retained_and_follows_availability(broker, service_factory):
     service = service_factory(broker, home_assistant=True)
     wait_until(lambda: service.state == "connected", what="connection")

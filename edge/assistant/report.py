@@ -576,7 +576,7 @@ def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjus
             continue
         verdict = screen_answer(text, lang, urgency.value)
         if not verdict.safe:
-            log.warning("report %s: LLM text for %s blocked (%s); template kept", result.id, key, verdict.reason)
+            log.warning("report %s: LLM text for %s blocked (%s); template kept", result.id[:8], key, verdict.reason)
             blocked.append((key, verdict.reason or "blocked"))
             continue
         sections[key] = f"{lead}\n\n{text}" if key == "condition_overview" else text

@@ -61,6 +61,13 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             assistant.forget()
 
     sessions = SessionKeeper(kiosk.idle_timeout_s, clear_patient)
+
+    @app.after_request
+    def _never_cached(response: Response) -> Response:
+        """No API answer (a result, the history and its notes) may stay in a browser's cache."""
+        if request.path.startswith("/api/"):
+            response.headers["Cache-Control"] = "no-store"
+        return response
     started = time.monotonic()
     app.extensions["edge"] = {"screening": screening, "sessions": sessions, "assistant": assistant,
                               "history": history}

@@ -103,6 +103,7 @@ class MqttService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_telemetry: float | None = None  # None: the first message is due (at once, or at a minute end)
+        self._last_telemetry: dict[str, Any] | None = None  # as published: what status shows while holding
         self._restart_requested = False  # set and read by the command thread only
         self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
@@ -312,7 +313,8 @@ class MqttService:
         if now < self._next_telemetry:
             return
         self._next_telemetry = now + self._telemetry_delay(self.settings.mqtt.telemetry_interval_s)
-        self._client.publish(self.topics.telemetry, json.dumps(self._telemetry()), qos=0, retain=True)
+        self._last_telemetry = self._telemetry()
+        self._client.publish(self.topics.telemetry, json.dumps(self._last_telemetry), qos=0, retain=True)
 
     def _telemetry_delay(self, interval_s: float) -> float:
         """Seconds to the next telemetry message. While results are held to the end of their minute, telemetry
@@ -394,9 +396,17 @@ class MqttService:
 
     # -- Runtime (for actions) ------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """While results are held to their minute's end, the counters that move with each screening
+        (classifications, queue depth, delivered) are those of the last telemetry, sent at a minute end:
+        a status command answered at once would otherwise time a screening to the second."""
         mqtt_health = {key: value for key, value in self.health().items() if key != "broker"}  # no addresses
+        if not self.settings.mqtt.results.hold_until_minute_end:
+            return {"device_id": self.device_id, "software_version": __version__, "mqtt": mqtt_health,
+                    "telemetry": self._telemetry()}
+        for key in ("queue_depth", "delivered", "dropped"):
+            mqtt_health.pop(key, None)
         return {"device_id": self.device_id, "software_version": __version__, "mqtt": mqtt_health,
-                "telemetry": self._telemetry()}
+                "telemetry": self._last_telemetry}
 
     def apply_live(self, settings: Settings, changed: list[str]) -> None:
         self.settings = settings
