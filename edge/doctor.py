@@ -12,12 +12,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.camera import probe_auto
+from edge.camera import open_source, probe_auto
 from edge.config import Settings
-from edge.errors import BackendUnavailable, EdgeError, ModelError
+from edge.errors import BackendUnavailable, ConfigError, EdgeError, ModelError
 from edge.inference.base import AUTO_ORDER, backend_class
 from edge.inference.manifest import load_pack
 from edge.inference.tflite import runtime_module
+from edge.mqtt.admin import AdminSession
+from edge.mqtt.connection import check_files
 
 # USB ids of the Coral USB Accelerator before and after its firmware is loaded.
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
@@ -65,7 +67,7 @@ def _camera_permissions(dev: Path = Path("/dev")) -> Check:
     """Whether this user may open the camera nodes (V4L2 and libcamera open them read-write)."""
     nodes = sorted(dev.glob("video*")) + sorted(dev.glob("media*"))
     if not nodes:
-        return Check("camera permissions", True, f"no {dev}/video* or {dev}/media* device to check")
+        return Check("camera permissions", False, f"nothing checked: no {dev}/video* or {dev}/media* device")
     denied = [node for node in nodes if not os.access(node, os.R_OK | os.W_OK)]
     if denied:
         groups = sorted({_group_of(node) for node in denied})
@@ -92,7 +94,22 @@ def _cameras(settings: Settings) -> list[Check]:
     checks = [Check(f"camera {p.spec}", p.ok, p.detail) for p in probes]
     chosen = found.spec if found else "none: uploads only"
     checks.append(Check("camera choice", found is not None, f"auto would use {chosen} (configured: {cam.source})"))
+    if cam.source.strip() not in ("auto", "none"):
+        checks.append(_configured_camera(settings))
     return checks
+
+
+def _configured_camera(settings: Settings) -> Check:
+    """The source the daemon will use when one is named: open it and read one frame."""
+    cam = settings.camera
+    name = f"camera configured ({cam.source})"
+    try:
+        with open_source(cam.source, width=cam.width, height=cam.height, fps=cam.fps, replay_dir=cam.replay_dir,
+                         shared_dir=settings.shared_dir) as source:
+            frame = source.read()
+    except EdgeError as exc:
+        return Check(name, False, f"{exc}: the daemon would keep retrying it; fix camera.source")
+    return Check(name, True, f"delivers {frame.image.shape[1]}x{frame.image.shape[0]} frames")
 
 
 def _runtime() -> Check:
@@ -157,13 +174,22 @@ def _broker(settings: Settings, timeout_s: float = 3.0) -> list[Check]:
         return []
     where = f"{mqtt.host}:{mqtt.port}"
     try:
+        check_files(mqtt)
+    except ConfigError as exc:  # the daemon refuses to start with these
+        return [Check("mqtt settings", False, str(exc), required=True)]
+    try:
         with socket.create_connection((mqtt.host, mqtt.port), timeout=timeout_s):
             pass
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
         return [Check("mqtt broker", False, f"cannot reach {where} ({reason}): check the network, mqtt.host and "
                       "mqtt.port; results wait in the outbox meanwhile")]
-    return [Check("mqtt broker", True, f"{where} accepts TCP connections{' (TLS on)' if mqtt.tls.active else ''}")]
+    try:  # a real MQTT session: TLS, the user name and the password are checked as the daemon would use them
+        with AdminSession(mqtt):
+            pass
+    except EdgeError as exc:
+        return [Check("mqtt broker", False, f"{exc}: check mqtt.username, the password and the TLS files")]
+    return [Check("mqtt broker", True, f"{where} accepted an MQTT session{' over TLS' if mqtt.tls.active else ''}")]
 
 
 SYSTEMD_UNIT = "edge.service"

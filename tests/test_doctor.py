@@ -37,3 +37,35 @@ def test_doctor_without_a_model(tmp_path):
     result = run_edge("doctor", "--model", str(tmp_path / "none"), "--state-dir", str(tmp_path / "state"))
     assert result.returncode == 1
     assert "[FAIL] model pack: no model pack at" in result.stdout
+
+
+def test_doctor_opens_the_camera_the_daemon_is_configured_to_use(imagenet_pack, tmp_path, ham_images):
+    """It used to probe only `auto`, and said PASS for a named source the daemon could never open."""
+    common = ("--model", str(imagenet_pack), "--state-dir", str(tmp_path / "state"))
+    missing = run_edge("doctor", *common, env={"EDGE_CAMERA__SOURCE": f"file:{tmp_path / 'absent.jpg'}"})
+    assert any(line.startswith("[FAIL] camera configured (file:") for line in missing.stdout.splitlines()), \
+        missing.stdout
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    shutil.copy(ham_images[0], folder / ham_images[0].name)
+    present = run_edge("doctor", *common, env={"EDGE_CAMERA__SOURCE": f"file:{folder}"})
+    assert any(line.startswith("[PASS] camera configured (file:") and "200x150" in line
+               for line in present.stdout.splitlines()), present.stdout
+
+
+def test_doctor_fails_mqtt_settings_the_daemon_would_refuse_or_the_broker_rejects(imagenet_pack, tmp_path):
+    """A TCP connection is not enough: missing TLS files stop the daemon, a wrong password is refused."""
+    from mqtt_broker import Broker
+
+    common = ("--model", str(imagenet_pack), "--state-dir", str(tmp_path / "state"))
+    broker = Broker(tmp_path / "broker", users={"edge": "right-password"}).start()
+    try:
+        where = {"EDGE_MQTT__HOST": "127.0.0.1", "EDGE_MQTT__PORT": str(broker.port), "EDGE_MQTT__USERNAME": "edge"}
+        no_ca = run_edge("doctor", *common, env={**where, "EDGE_MQTT__TLS__CA_FILE": str(tmp_path / "ca.pem")})
+        assert no_ca.returncode == 1 and "[FAIL] mqtt settings: mqtt.tls.ca_file" in no_ca.stdout, no_ca.stdout
+        wrong = run_edge("doctor", *common, env={**where, "EDGE_MQTT__PASSWORD": "wrong-password"})
+        assert "[FAIL] mqtt broker:" in wrong.stdout and "did not accept" in wrong.stdout, wrong.stdout
+        right = run_edge("doctor", *common, env={**where, "EDGE_MQTT__PASSWORD": "right-password"})
+        assert "[PASS] mqtt broker: 127.0.0.1" in right.stdout and "accepted an MQTT session" in right.stdout
+    finally:
+        broker.stop()

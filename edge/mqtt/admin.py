@@ -56,7 +56,7 @@ def build_envelope(command: str, args: dict[str, Any], target: str, ttl_s: float
             "issued_at": issued, "expires_at": issued + max(1, int(ttl_s))}
 
 
-class _Session:
+class AdminSession:
     """A short-lived admin connection that hands received messages to a queue (paho's own thread)."""
 
     def __init__(self, settings: MqttSettings) -> None:
@@ -77,7 +77,7 @@ class _Session:
             self._refused = str(reason_code)
         self._connected.set()
 
-    def __enter__(self) -> "_Session":
+    def __enter__(self) -> "AdminSession":
         try:
             self.client.connect(self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -123,7 +123,7 @@ def send(settings: MqttSettings, private_key: Ed25519PrivateKey, command: str, a
     else:
         cmd_topic, reply_filter = settings.fleet_topic, f"{all_devices_prefix(template)}/cmd/reply"
     replies: list[dict[str, Any]] = []
-    with _Session(settings) as session:
+    with AdminSession(settings) as session:
         session.subscribe(reply_filter)
         session.client.publish(cmd_topic, json.dumps(envelope), qos=1).wait_for_publish(CONNECT_TIMEOUT_S)
         for message in session.receive(time.monotonic() + timeout_s):
@@ -159,7 +159,7 @@ def watch(settings: MqttSettings, seconds: float | None,
     template = settings.topic_prefix
     base = all_devices_prefix(template)
     rows: dict[str, DeviceRow] = {}
-    with _Session(settings) as session:
+    with AdminSession(settings) as session:
         session.subscribe(f"{base}/status", f"{base}/telemetry")
         until = time.monotonic() + (seconds if seconds is not None else float("inf"))
         for message in session.receive(until):
