@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -72,6 +73,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = _device_settings(args)
     classifier = Classifier.open(load_pack(settings.inference.model_dir), settings.inference.backend, settings.inference)
     failures = 0
+    written: set[str] = set()  # saliency file names used so far: two images named x.jpg get two overlays
     for image_path in args.images:
         try:
             image = read_image_file(Path(image_path), max_bytes=settings.limits.max_bytes,
@@ -83,7 +85,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
             continue
         record = {"image": image_path, **result.to_json()}
         if args.saliency:
-            record["saliency"] = _write_saliency(classifier, image, Path(args.saliency), image_path)
+            try:
+                record["saliency"] = _write_saliency(classifier, image, Path(args.saliency), image_path, written)
+            except EdgeError as exc:
+                failures += 1
+                record["saliency_error"] = str(exc)
+                if not args.json:
+                    print(f"edge: {exc}", file=sys.stderr, flush=True)
         if args.json:
             print(json.dumps(record), flush=True)
         else:
@@ -94,10 +102,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failures else EXIT_OK
 
 
-def _write_saliency(classifier, image, folder: Path, image_path: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{Path(image_path).stem}.saliency.png"
-    target.write_bytes(classifier.saliency(image).png())
+def _write_saliency(classifier, image, folder: Path, image_path: str, written: set[str]) -> str:
+    stem, number = Path(image_path).stem, 1
+    name = f"{stem}.saliency.png"
+    while name in written:  # the same file name from another folder
+        number += 1
+        name = f"{stem}-{number}.saliency.png"
+    written.add(name)
+    target = folder / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(classifier.saliency(image).png())
+    except OSError as exc:
+        raise EdgeError(f"cannot write the saliency overlay {target}: {exc.strerror or exc}") from None
     return str(target)
 
 
@@ -149,7 +166,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "schema":
         print(json.dumps(json_schema(), indent=2))
     elif args.config_command == "check":
-        load_settings(Path(args.file))
+        load_settings(Path(args.file), use_environment=False)  # the file alone, whatever EDGE_… says here
         print(f"{args.file}: ok")
     else:  # what the daemon runs with: the file, the environment and an administrator's changes over MQTT
         from edge.mqtt.remote_config import with_overlay
@@ -230,6 +247,8 @@ def cmd_model(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge.bench import run_bench
 
+    if args.source and not (args.source == "auto" or args.source.startswith("file:")):
+        raise EdgeError(f"the benchmark replays files, not {args.source}: pass --source file:PATH")
     settings = _settings(args)
     report = run_bench(settings, frames=args.frames, keras_baseline=not args.no_keras)
     print(json.dumps(report, indent=2) if args.json else report["summary"])
@@ -290,7 +309,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
     command_args = admin.parse_pairs(args.pairs)
     if args.args:
-        command_args = {**json.loads(args.args), **command_args}
+        try:
+            extra = json.loads(args.args)
+        except json.JSONDecodeError as exc:
+            raise EdgeError(f"--args is not valid JSON ({exc.msg}): expected an object, e.g. "
+                            "'{\"camera\": {\"fps\": 10}}'") from None
+        if not isinstance(extra, dict):
+            raise EdgeError("--args: expected a JSON object, e.g. '{\"camera\": {\"fps\": 10}}'")
+        command_args = {**extra, **command_args}
+    if not args.fleet:
+        from edge.mqtt.device import DEVICE_ID_PATTERN
+
+        args.device = (args.device or "").strip().lower()
+        if not DEVICE_ID_PATTERN.fullmatch(args.device):
+            raise EdgeError("--device: a device id is 16 hex digits (`edge admin watch` lists them)")
     replies = admin.send(settings.mqtt, load_private_key(Path(args.key)), args.name, command_args,
                          device=None if args.fleet else args.device, timeout_s=args.timeout, ttl_s=args.ttl,
                          on_reply=lambda reply: print(json.dumps(reply), flush=True))
@@ -300,6 +332,16 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 
 # --- parser ---------------------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -329,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
     p.add_argument("--no-tta", action="store_true",
                    help="only the plain view (skip the 4-flip and 8-view test-time augmentation)")
-    p.add_argument("--limit", type=int, help="only N images, a seeded sample in proportion to the labels")
+    p.add_argument("--limit", type=_positive_int, help="only N images, a seeded sample in proportion to the labels")
     p.add_argument("--final-report", action="store_true",
                    help="score the pack's test split once and write evaluation_test.json and plots into the pack")
     p.add_argument("--force", action="store_true", help="with --final-report: overwrite an existing report")
@@ -387,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("bench", parents=[common], help="per-stage latency and frames/s on a replay source")
-    p.add_argument("--frames", type=int, default=300)
+    p.add_argument("--frames", type=_positive_int, default=300)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-keras", action="store_true", help="skip the float Keras baseline")
     p.add_argument("--source", help="replay source (default: HAM10000 images in shared_dir)")
@@ -429,10 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    quiet_by_default = args.command in ("classify", "config", "model", "doctor", "admin")
-    _setup_logging(getattr(args, "log_level", None) or ("WARNING" if quiet_by_default else "INFO"))
     try:
+        args = build_parser().parse_args(argv)
+        quiet_by_default = args.command in ("classify", "config", "model", "doctor", "admin")
+        _setup_logging(getattr(args, "log_level", None) or ("WARNING" if quiet_by_default else "INFO"))
         return args.func(args)
     except ConfigError as exc:
         print(f"edge: config error: {exc}", file=sys.stderr)
@@ -442,6 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edge classify … | head -1`: the reader has gone, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail again
+        return 141
 
 
 if __name__ == "__main__":

@@ -233,10 +233,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if not _use_environment.get():
+            return (init_settings, _FileSource(settings_cls))
         return (init_settings, env_settings, _FileSource(settings_cls))
 
 
 _file_values: ContextVar[dict[str, Any]] = ContextVar("edge_config_file_values", default={})
+_use_environment: ContextVar[bool] = ContextVar("edge_config_use_environment", default=True)
 
 
 class _FileSource(PydanticBaseSettingsSource):
@@ -267,14 +270,19 @@ def load_settings(
     config_file: Path | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    *,
+    use_environment: bool = True,
 ) -> Settings:
-    """Build the settings from file < environment < overrides (CLI flags), or raise ``ConfigError``."""
+    """Build the settings from file < environment < overrides (CLI flags), or raise ``ConfigError``.
+    ``use_environment=False`` leaves ``EDGE_…`` variables out, to judge a config file on its own."""
     environ = os.environ if environ is None else environ
-    if config_file is None and environ.get("EDGE_CONFIG"):
+    if config_file is None and use_environment and environ.get("EDGE_CONFIG"):
         config_file = Path(environ["EDGE_CONFIG"])
     file_values = read_toml(config_file) if config_file else {}
-    check_env_keys(environ)
+    if use_environment:
+        check_env_keys(environ)
     token = _file_values.set(file_values)
+    env_token = _use_environment.set(use_environment)
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
@@ -285,6 +293,7 @@ def load_settings(
                           'e.g. EDGE_MQTT__COMMANDS__ADMIN_KEYS=\'["<base64 key>"]\'') from None
     finally:
         _file_values.reset(token)
+        _use_environment.reset(env_token)
 
 
 def check_env_keys(environ: dict[str, str]) -> None:

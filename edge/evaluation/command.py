@@ -16,6 +16,8 @@ from edge.paths import HAM10000_IMAGES
 
 def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
     if args.folder:
+        if not args.folder.is_dir():
+            raise EdgeError(f"--folder {args.folder}: not a folder (one sub-folder of images per label)")
         pairs = [(path, sub.name) for sub in sorted(p for p in args.folder.iterdir() if p.is_dir())
                  for path in sorted(sub.iterdir()) if path.is_file()]
     else:
@@ -24,7 +26,12 @@ def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
             raise EdgeError(f"no labelled set: {table} not found (pass --csv or --folder)")
         images = args.images or (Path(args.csv).parent if args.csv else settings.shared_dir / HAM10000_IMAGES)
         with open(table, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+        needed = {"image", "label"} | (set() if args.csv else {"split"})
+        if not needed <= set(reader.fieldnames or ()):
+            raise EdgeError(f"{table}: needs the columns {', '.join(sorted(needed))} "
+                            f"(it has {', '.join(reader.fieldnames or ()) or 'none'})")
         if not args.csv:
             rows = [row for row in rows if row["split"] == args.split]
         pairs = [(images / row["image"], row["label"]) for row in rows]

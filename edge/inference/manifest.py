@@ -286,12 +286,40 @@ def update_manifest(pack_dir: Path, **fields) -> ModelPack:
 def add_variant(pack_dir: Path, variant: str, source: Path) -> ModelPack:
     """Copy ``source`` into the pack as ``variant`` (e.g. the edgetpu_compiler output) and re-sign the manifest."""
     pack = load_pack(pack_dir)
+    check_model_file(variant, Path(source))
     target = Path(pack_dir) / VARIANT_FILENAMES[variant]
     if Path(source).resolve() != target.resolve():
-        shutil.copyfile(source, target)
+        try:
+            shutil.copyfile(source, target)
+        except OSError as exc:
+            raise ModelError(f"cannot copy {source} into the pack: {exc.strerror or exc}") from None
     files = pack.manifest.model_dump(mode="json")["files"]
     files[variant] = {"path": target.name, "sha256": sha256_file(target)}
     return update_manifest(pack_dir, files=files)
+
+
+def check_model_file(variant: str, path: Path) -> None:
+    """``ModelError`` unless ``path`` is a regular file of the kind ``variant`` runs: a TFLite flatbuffer
+    (its identifier "TFL3" at bytes 4-8) for cpu and coral, an ONNX model for jetson."""
+    if not path.is_file():
+        raise ModelError(f"no such model file: {path}")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise ModelError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if variant in ("cpu", "coral"):
+        if head[4:8] != b"TFL3":
+            raise ModelError(f"{path} is not a TFLite model (the {variant} variant needs one)")
+        return
+    try:
+        import onnx  # noqa: PLC0415 - only for checking an ONNX variant; absent on most devices
+    except ImportError:
+        return
+    try:
+        onnx.checker.check_model(onnx.load(str(path), load_external_data=False))
+    except Exception as exc:  # noqa: BLE001 - onnx raises its own (protobuf, checker) errors
+        raise ModelError(f"{path} is not a valid ONNX model: {str(exc).splitlines()[0][:200]}") from None
 
 
 def read_labels(path: Path) -> list[str]:

@@ -22,6 +22,8 @@ import logging
 import threading
 import time
 
+from edge.errors import EdgeError
+
 log = logging.getLogger("edge.kiosk")
 LOOP_TIMEOUT_S = 0.2  # the longest the loop thread takes to notice a close without a wake-up
 HEADROOM_BYTES = 64 * 1024  # multipart framing and form fields around an upload
@@ -40,11 +42,15 @@ class KioskServer:
         # to disk. The request body is bounded by the app's upload limit; output by the high watermark, which
         # makes the writer wait, plus one chunk.
         body_limit = int(app.config.get("MAX_CONTENT_LENGTH") or 20 * 1024 * 1024) + HEADROOM_BYTES
-        self._server = create_server(app, host=host, port=port, threads=threads, channel_timeout=channel_timeout,
-                                     asyncore_use_poll=True, channel_request_lookahead=1,
-                                     max_request_body_size=body_limit, inbuf_overflow=body_limit + 1,
-                                     outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
-                                     outbuf_overflow=4 * OUTBUF_HIGH_WATERMARK)
+        try:
+            self._server = create_server(app, host=host, port=port, threads=threads,
+                                         channel_timeout=channel_timeout, asyncore_use_poll=True,
+                                         channel_request_lookahead=1, max_request_body_size=body_limit,
+                                         inbuf_overflow=body_limit + 1, outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
+                                         outbuf_overflow=4 * OUTBUF_HIGH_WATERMARK)
+        except OSError as exc:
+            raise EdgeError(f"the kiosk cannot listen on {host}:{port}: {exc.strerror or exc} (is edge.service "
+                            "already running? set kiosk.port or kiosk.host)") from None
         self.port = int(self._server.effective_port)
         self._thread: threading.Thread | None = None
         self._closed = False

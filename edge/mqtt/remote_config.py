@@ -59,7 +59,7 @@ def read_overlay(state_dir: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         log.error("remote settings %s unreadable (%s): ignored", path, exc)
         return {}
 

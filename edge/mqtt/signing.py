@@ -52,11 +52,17 @@ def write_private_key(path: Path, key: Ed25519PrivateKey) -> None:
     """PKCS#8 PEM, created with mode 0600; refuses to overwrite an existing key."""
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # includes a parent that is a file (FileExistsError)
+        raise EdgeError(f"cannot write the private key {path}: {path.parent} is not a folder that can be "
+                        f"made ({exc.strerror or exc})") from None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise EdgeError(f"{path} already exists: refusing to overwrite a private key") from None
+    except OSError as exc:
+        raise EdgeError(f"cannot write the private key {path}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
 

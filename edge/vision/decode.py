@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -28,12 +29,15 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
 def read_image_file(path: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if path.is_dir():
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
             raise ImageError(f"{path}: is a folder, not an image")
-        if size > max_bytes:
-            raise ImageError(f"{path}: file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.1f} MB limit")
-        data = path.read_bytes()
+        if not stat.S_ISREG(info.st_mode):  # a device or a pipe has no size to check, and may never end
+            raise ImageError(f"{path}: not a regular file")
+        if info.st_size > max_bytes:
+            raise ImageError(f"{path}: file is {info.st_size / 1e6:.1f} MB, above the {max_bytes / 1e6:.1f} MB limit")
+        with open(path, "rb") as handle:
+            data = handle.read(max_bytes + 1)  # the file may have grown since stat()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except PermissionError:
