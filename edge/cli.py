@@ -206,12 +206,13 @@ def cmd_model(args: argparse.Namespace) -> int:
         print(f"{pack.root}: {args.variant} variant added ({pack.manifest.files[args.variant].sha256[:12]}…)")
         return EXIT_OK
     if args.model_command == "calibrate":
-        from edge.paths import default_shared_dir
+        from edge.config import load_settings
+        from edge.paths import HAM10000_IMAGES
         from edge.training.export import recalibrate_pack
 
+        images = args.images or load_settings().shared_dir / HAM10000_IMAGES  # honours EDGE_SHARED_DIR
         try:
-            calibration = recalibrate_pack(Path(args.dir), args.images or default_shared_dir() / "data" / "ham10000"
-                                           / "images", args.version)
+            calibration = recalibrate_pack(Path(args.dir), images, args.version)
         except ValueError as exc:
             raise EdgeError(str(exc)) from None
         chosen = calibration["candidates"][str(calibration["test_time_views"])]

@@ -94,6 +94,9 @@ def test_calibrate_refits_the_decision_on_val_as_a_new_version(tmp_path):
     before = load_pack(copy)
     refused = run_edge("model", "calibrate", str(copy), "--version", before.manifest.version)
     assert refused.returncode != 0 and "version other than" in refused.stderr
+    elsewhere = run_edge("model", "calibrate", str(copy), "--version", "9.9.9-test",  # EDGE_SHARED_DIR is honoured
+                         env={"EDGE_SHARED_DIR": str(tmp_path / "nowhere")})
+    assert elsewhere.returncode != 0 and str(tmp_path / "nowhere") in elsewhere.stderr, elsewhere.stderr
     result = run_edge("model", "calibrate", str(copy), "--version", "9.9.9-test", timeout=300)
     assert result.returncode == 0, result.stderr
     after = load_pack(copy)
