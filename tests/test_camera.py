@@ -30,19 +30,15 @@ from edge.camera import (
 from edge.camera.opencv import opencv_has_gstreamer
 from edge.errors import CameraUnavailable
 
-SHARED = Path("/work/shared")
-HAM_IMAGES = SHARED / "data/ham10000/images"
-GRACE_HOPPER = SHARED / "pretrained/grace_hopper.bmp"
+from conftest import HAM_IMAGES, PRETRAINED, SHARED, _require  # EDGE_SHARED_DIR or ../shared; missing data fails
 
-needs_shared = pytest.mark.skipif(not HAM_IMAGES.is_dir(), reason="shared HAM10000 images not present")
+GRACE_HOPPER = PRETRAINED / "grace_hopper.bmp"
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture
 def ham_paths() -> list[Path]:
-    if not HAM_IMAGES.is_dir():
-        pytest.skip("shared HAM10000 images not present")
-    return sorted(HAM_IMAGES.glob("*.jpg"))[:5]
+    return sorted(_require(HAM_IMAGES).glob("*.jpg"))[:5]
 
 
 @pytest.fixture
@@ -223,9 +219,7 @@ def test_folder_where_every_file_fails_is_unavailable(tmp_path: Path) -> None:
 
 
 def test_single_image_repeats_as_rgb() -> None:
-    if not GRACE_HOPPER.exists():
-        pytest.skip("shared pretrained images not present")
-    source = open_source(f"file:{GRACE_HOPPER}")
+    source = open_source(f"file:{_require(GRACE_HOPPER)}")
     with source:
         first, second = source.read(), source.read()
     expected = pil_rgb(GRACE_HOPPER)  # BMP is lossless: the pixels must match exactly
@@ -465,7 +459,6 @@ def test_probe_skips_picamera2_without_cameras_then_tries_v4l2_then_replay(
     assert any(f"chose replay of {ham_folder}" in m for m in messages)
 
 
-@needs_shared
 def test_probe_falls_back_to_shared_samples(no_hardware: None, tmp_path: Path) -> None:
     source, results = probe(replay_dir=tmp_path / "empty", shared_dir=SHARED)
     assert [(r.spec, r.ok) for r in results] == [
