@@ -7,12 +7,12 @@ import os
 import pickle
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+from test_systemd import systemd_analyze
 
 from edge.config import load_settings
 from edge.doctor import _broker, _camera_permissions, _edgetpu_hardware, unit_check
@@ -81,11 +81,10 @@ def test_device_install_lays_out_every_file_with_backups(pi_root):
     check = edge_cli("config", "check", str(pi_root / "etc/edge/config.toml"))
     assert check.returncode == 0, check.stderr
     assert f'model_dir = "{PROJECT_ROOT}/models/' in (pi_root / "etc/edge/config.toml").read_text()
-    if shutil.which("systemd-analyze"):
-        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no",
-                                 str(pi_root / "etc/systemd/system/edge.service")],
-                                capture_output=True, text=True, timeout=60)
-        assert verify.returncode == 0 and "edge.service" not in verify.stderr, verify.stderr
+    verify = subprocess.run([systemd_analyze(), "verify", "--man=no", "--generators=no",
+                             str(pi_root / "etc/systemd/system/edge.service")],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and "edge.service" not in verify.stderr, verify.stderr
 
 
 def test_device_install_rerun_changes_nothing_and_uninstall_restores(pi_root):
@@ -132,11 +131,10 @@ def test_jetson_install_adds_the_drop_in_and_the_jetson_config(tmp_path):
     assert 'source = "gst:nvarguscamerasrc' in config and "appsink" in config
     assert edge_cli("config", "check", str(root / "etc/edge/config.toml")).returncode == 0
     assert not (root / "boot/firmware/edge.txt").exists()  # Raspberry Pi settings only on a Pi
-    if shutil.which("systemd-analyze"):
-        verify = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no",
-                                 str(root / "etc/systemd/system/edge.service")],
-                                capture_output=True, text=True, timeout=60)
-        assert verify.returncode == 0 and "jetson.conf" not in verify.stderr, verify.stderr
+    verify = subprocess.run([systemd_analyze(), "verify", "--man=no", "--generators=no",
+                             str(root / "etc/systemd/system/edge.service")],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and "jetson.conf" not in verify.stderr, verify.stderr
     assert setup_sh("--uninstall", "--root", str(root)).returncode == 0
     assert not (root / "etc/systemd/system/edge.service.d").exists()
 
@@ -226,7 +224,8 @@ def test_doctor_camera_permissions_name_the_nodes_the_user_cannot_open(dev_folde
     assert "user nobody cannot open" in denied.detail and "99-edge.rules" in denied.detail
     (dev_folder / "video0").chmod(0o666)
     assert as_nobody(_camera_permissions, dev_folder).ok
-    assert _camera_permissions(dev_folder / "empty").detail.startswith("no ")
+    nothing = _camera_permissions(dev_folder / "empty")
+    assert not nothing.ok and nothing.detail.startswith("nothing checked: no ")  # not a PASS for an unmade check
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
@@ -249,16 +248,18 @@ def test_doctor_checks_the_coral_usb_node_permissions(dev_folder, tmp_path):
     assert _edgetpu_hardware(tmp_path / "none", tmp_path / "none").detail.startswith("no Coral USB")
 
 
-def test_doctor_broker_check_makes_a_real_tcp_connection():
+def test_doctor_broker_check_makes_a_real_mqtt_connection(tmp_path):
+    from mqtt_broker import Broker
+
     assert _broker(load_settings(None, environ={})) == []  # MQTT off: nothing to check
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        [reachable] = _broker(load_settings(None, {"mqtt": {"host": "127.0.0.1", "port": port}}, environ={}))
-    assert reachable.ok and reachable.detail == f"127.0.0.1:{port} accepts TCP connections"
-    [refused] = _broker(load_settings(None, {"mqtt": {"host": "127.0.0.1", "port": port}}, environ={}))
-    assert not refused.ok and f"cannot reach 127.0.0.1:{port}" in refused.detail and not refused.required
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        [reachable] = _broker(load_settings(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port}}, environ={}))
+    finally:
+        broker.stop()
+    assert reachable.ok and reachable.detail == f"127.0.0.1:{broker.port} accepted an MQTT session"
+    [refused] = _broker(load_settings(None, {"mqtt": {"host": "127.0.0.1", "port": broker.port}}, environ={}))
+    assert not refused.ok and f"cannot reach 127.0.0.1:{broker.port}" in refused.detail and not refused.required
 
 
 def test_doctor_reads_the_unit_state_from_systemctl_show():

@@ -429,8 +429,9 @@ def test_an_uploaded_photo_is_never_spooled_to_disk(client, monkeypatch):
 def test_an_idle_session_expires_even_when_no_request_comes():
     """Expiry used to run only inside requests: with the kiosk browser gone (crashed, a remote tab closed)
     a walked-away patient's results stayed until the next visitor's first request."""
-    from edge.kiosk.session import SessionKeeper
     from mqtt_broker import make_result
+
+    from edge.kiosk.session import SessionKeeper
 
     cleared = []
     sessions = SessionKeeper(0.3, cleared.append)
@@ -530,7 +531,6 @@ def test_idle_timeout_clears_the_session(kiosk, client):
 
 # -- symptoms, chat, report --------------------------------------------------------------------------------
 def test_symptoms(client):
-    pytest.importorskip("edge.assistant.symptoms", reason="edge.assistant.symptoms is not written yet")
     result = capture(client)
     none = client.post(f"/api/symptoms/{result['id']}", json={"symptoms": [], "lang": "es"})
     assert none.status_code == 200, none.get_json()
@@ -553,7 +553,6 @@ def test_symptoms(client):
     ["itching"],
 ])
 def test_symptoms_validation(client, payload):
-    pytest.importorskip("edge.assistant.symptoms", reason="edge.assistant.symptoms is not written yet")
     result = capture(client)
     assert_json_error(client.post(f"/api/symptoms/{result['id']}", json=payload), 400)
     assert_json_error(client.post(f"/api/symptoms/{result['id']}", data="symptoms=itching",

@@ -18,6 +18,11 @@ from pathlib import Path
 import flask
 import pytest
 from conftest import PRETRAINED
+from selenium import webdriver  # a dev dependency: setup.sh --dev installs it
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 from test_kiosk_api import build_kiosk, no_edge_environment
 
 from edge.inference.manifest import DecisionSpec, load_pack, write_pack
@@ -26,12 +31,6 @@ from edge.kiosk.app import create_app
 from edge.paths import PROJECT_ROOT
 from edge.pipeline import Pipeline
 from edge.screening import PipelineScreening
-
-webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium (dev dependency)")
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -432,7 +431,7 @@ def test_uploads_retake_and_bad_files(page, tmp_path, ham_images):
     shot(driver, "result-800x480")
     for lang in ("fr", "es"):  # the longest translated name (three lines in French) must not push it down
         driver.find_element(By.CSS_SELECTOR, f'[data-lang-choice="{lang}"]').click()
-        wait(driver, lambda d: text(d, "urgency-text") == i18n.text(lang, f"urgency.{urgency_of(d)}"))
+        wait(driver, lambda d, lang=lang: text(d, "urgency-text") == i18n.text(lang, f"urgency.{urgency_of(d)}"))
         longest = max((i18n.text(lang, f"label.{label}") for label in ("akiec", "bcc", "bkl", "df", "mel", "nv",
                                                                         "vasc")), key=len)
         js(driver, "document.getElementById('result-name').textContent = arguments[0]", longest)
@@ -549,7 +548,8 @@ def test_uploads_only_device_and_the_unsure_state(browser, kiosk, unsure_pack, h
 
 
 def test_assistant_chat_streams_and_red_flags_raise_the_badge(browser, kiosk):
-    service = pytest.importorskip("edge.assistant.service", reason="the assistant package is not importable yet")
+    from edge.assistant import service
+
     # The real assistant without its language model (as on a device where the GGUF is missing): red flags,
     # notices and fallback answers still stream as server-sent events.
     assistant = service.Assistant(kiosk.settings, None, None, "no language model in this test")
@@ -609,7 +609,6 @@ def test_full_flow_with_the_skin_model_and_the_real_llm(browser, tmp_path_factor
     from edge.assistant.service import build_assistant
     from edge.paths import default_model_dir
 
-    pytest.importorskip("llama_cpp")
     with no_edge_environment():
         kiosk = build_kiosk(tmp_path_factory.mktemp("kiosk-llm"), default_model_dir(), ham_images)
     assistant = build_assistant(kiosk.settings, load_pack(default_model_dir()))
