@@ -477,18 +477,21 @@ def test_new_patient_clears_everything(kiosk, client):
     assert kiosk.screening.stats()["held_images"] == 0  # the images themselves are gone, not only the ids
 
 
-def test_a_person_still_reading_keeps_their_session(kiosk, client):
-    """The page's keep-alive (sent when someone scrolls or types on a result) holds off the idle timeout."""
+def test_a_person_still_reading_keeps_their_session(kiosk, client, monkeypatch):
+    """The page's keep-alive (sent when someone scrolls or types on a result) holds off the idle timeout.
+    The session's clock is driven by the test: no real-time margin for a loaded machine to eat."""
     sessions = kiosk.sessions
     configured = sessions.idle_timeout_s
+    now = [time.monotonic()]
+    monkeypatch.setattr(sessions, "_clock", lambda: now[0])
     try:
         result = capture(client)
         sessions.idle_timeout_s = 0.5
         for _ in range(6):  # 1.2 s in all, more than twice the timeout, touched every 0.2 s
-            time.sleep(0.2)
+            now[0] += 0.2
             assert client.post("/api/session/touch").get_json() == {"active": True}
         assert client.get(result["saliency_url"]).status_code == 200
-        time.sleep(0.6)  # now nobody is there
+        now[0] += 0.6  # now nobody is there
         assert client.post("/api/session/touch").get_json() == {"active": False}
         assert_json_error(client.get(result["saliency_url"]), 404)
     finally:

@@ -354,14 +354,15 @@ def test_activity_between_keep_alives_is_still_reported(page, server, kiosk):
     configured = sessions.idle_timeout_s
     scroll = "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))"
     try:
-        sessions.idle_timeout_s = 2.0
-        js(driver, "window.kiosk.state.heartbeatMs = 1000; window.kiosk.state.lastHeartbeat = 0")
+        sessions.idle_timeout_s = 4.0
+        js(driver, "window.kiosk.state.heartbeatMs = 2000; window.kiosk.state.lastHeartbeat = 0")
         started = time.monotonic()
         js(driver, scroll)  # sent at once
-        time.sleep(0.6)
-        js(driver, scroll)  # inside the heartbeat: must still reach the server, 1 s after the first
-        time.sleep(max(0.0, 2.4 - (time.monotonic() - started)))
-        assert server.status(result["saliency_url"]) == 200  # last keep-alive at 1.0 s, not 0 s
+        time.sleep(1.2)
+        js(driver, scroll)  # inside the heartbeat: must still reach the server, 2 s after the first
+        time.sleep(max(0.0, 4.8 - (time.monotonic() - started)))
+        # the old page's last keep-alive was at 0 s (expired at 4 s); now it is at 2 s (expires at 6 s)
+        assert server.status(result["saliency_url"]) == 200
     finally:
         sessions.idle_timeout_s = configured
         js(driver, "window.kiosk.state.heartbeatMs = 30000")

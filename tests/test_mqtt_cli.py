@@ -47,7 +47,7 @@ def test_admin_keygen_send_and_watch_end_to_end(tmp_path, broker):
         reply = json.loads(sent.stdout.splitlines()[0])
         assert reply["ok"] and reply["result"] == {"level": "INFO", "persisted": False}
 
-        fleet = run_edge("admin", "send", *broker_flags, "--key", str(key_file), "--fleet", "--timeout", "1.5",
+        fleet = run_edge("admin", "send", *broker_flags, "--key", str(key_file), "--fleet", "--timeout", "5",
                          "status", timeout=30)
         assert fleet.returncode == 0 and json.loads(fleet.stdout.splitlines()[0])["device_id"] == service.device_id
 

@@ -242,7 +242,7 @@ def test_restart_replies_first_then_calls_the_restart_hook(device):
 
 
 def test_fleet_commands_reach_the_device_and_others_are_ignored(device):
-    reply = device.send("status", fleet=True, timeout=1.5)
+    reply = device.send("status", fleet=True, timeout=5)
     assert reply["ok"] and reply["device_id"] == device.service.device_id
     other = sign_envelope(envelope(device, "status", target="f" * 16), device.key)
     listener = Listener(device.broker, device.service.topics.cmd_reply)
