@@ -111,7 +111,7 @@ def test_balanced_accuracy_is_mean_recall_over_present_classes():
     assert balanced_accuracy(y, predicted, 4) == pytest.approx((1.0 + 0.0 + 1.0) / 3)
 
 
-def test_manifest_refuses_a_temperature_without_logits(imagenet_pack):
+def test_manifest_refuses_a_temperature_without_logits(imagenet_pack, tmp_path):
     import json
 
     from edge.errors import ModelError
@@ -119,8 +119,8 @@ def test_manifest_refuses_a_temperature_without_logits(imagenet_pack):
 
     manifest = json.loads((imagenet_pack / "model.json").read_text())
     manifest["decision"]["temperature"] = 2.0
-    broken = imagenet_pack.parent / "temperature-on-softmax"
-    broken.mkdir(exist_ok=True)
+    broken = tmp_path / "temperature-on-softmax"
+    broken.mkdir()
     (broken / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="temperature needs logits"):
         load_pack(broken)
