@@ -7,7 +7,7 @@ import time
 import pytest
 
 from edge.assistant.guard import DISCLAIMER, screen_answer
-from edge.assistant.service import build_assistant
+from edge.assistant.service import SENTENCE_END, build_assistant, wrong_language
 from edge.config import load_settings
 from edge.paths import default_model_dir
 from edge.types import ModelInfo, Quality, Result, Urgency
@@ -76,6 +76,30 @@ def test_red_flag_in_spanish_while_the_ui_is_english(assistant):
     events, kinds = collect(assistant.answer("la mancha sangra mucho", a_result(), "en", history=[],
                                              symptoms=frozenset()))
     assert kinds[0] == "redflag"
+
+
+def test_ticked_symptoms_raise_the_tier_the_model_is_grounded_and_guarded_at(assistant):
+    """A routine mole that bleeds and has changed is urgent: the prompt says so, and whatever the model writes
+    reaches the screen only if it passes the guard at that tier."""
+    symptoms = frozenset({"bleeding", "recent_change"})
+    adjustment = assistant.answer_adjustment(a_result(), symptoms, [], "en")
+    grounding = assistant._messages("Is there any rush?", a_result(), "en", [], adjustment)[1]["content"]
+    assert adjustment.urgency == Urgency.URGENT and "Urgency: urgent" in grounding
+    events, kinds = collect(assistant.answer("Is there any rush to see a doctor?", a_result(), "en", history=[],
+                                             symptoms=symptoms))
+    assert kinds[-1] == "done" and events[-1].data["source"] in ("llm", "guard")
+    assert events[-1].data["source"] == "guard" or screen_answer(final_text(events), "en", "urgent").safe
+
+
+def test_a_french_screen_gets_french_or_the_french_fact_sheet(assistant):
+    events, kinds = collect(assistant.answer("Qu'est-ce que ce résultat veut dire ?", a_result(), "fr", history=[],
+                                             symptoms=frozenset()))
+    text = final_text(events)
+    assert kinds[-1] == "done" and DISCLAIMER["fr"] in text
+    if events[-1].data["source"] == "llm":
+        assert not any(wrong_language(sentence, "fr") for sentence in SENTENCE_END.split(text))
+    elif events[-1].data["source"] == "template":
+        assert "notice" in kinds
 
 
 def test_timeout_falls_back_to_the_fact_sheet():
@@ -251,7 +275,10 @@ def test_a_new_patient_leaves_nothing_of_the_last_conversation_in_the_model():
         llm = owner._llm
 
         def remembered() -> str:
-            return llm.detokenize([int(t) for t in llm.input_ids if t]).decode("utf-8", "replace")
+            # the whole buffer, not only the first n_tokens; llama-cpp allocates it uninitialised, and an id
+            # outside the vocabulary aborts the process inside llama.cpp, so only real token ids are decoded
+            vocab = llm.n_vocab()
+            return llm.detokenize([int(t) for t in llm.input_ids if 0 < t < vocab]).decode("utf-8", "replace")
 
         assert "Zorblatt" in remembered()
         assert owner.forget().wait(30)

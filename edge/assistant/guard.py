@@ -4,16 +4,19 @@ The assistant is a screening aid. Two kinds of sentence must never reach the scr
 LLM, a template, a fact sheet):
 
 - ``definite_diagnosis``: a definite statement about the person's spot ("you have melanoma", "this is
-  definitely cancer", "c'est un carcinome", "I can confirm ..."), including a definite *benign* verdict
-  ("this is not cancer", "nothing to worry about"), which is false reassurance. Hedged screening language
+  definitely cancer", "c'est un carcinome", "the result is melanoma", "I can confirm ..."), including a
+  definite *benign* verdict ("this is not cancer", "you don't have cancer", "il n'y a pas de cancer", "it's
+  just a freckle", "nothing to worry about", "tout va bien", "you don't need a doctor"), which is false
+  reassurance, and a bare "yes"/"no" to a question about a disease (``question=``). Hedged screening language
   passes: "the screening suggests features similar to ...", "it may be ...", "only a doctor can tell whether
   this is melanoma", "if you have many moles ...".
 - ``delays_care`` (only for a result whose next step is ``urgent`` or ``soon``): advice to wait or that
   there is no hurry ("no rush to see a doctor", "it can wait a few months", "rien ne presse"), which
   contradicts the time frame the device gave.
 - ``treatment_dose``: a number with a dose unit next to a medicine or treatment word ("1% hydrocortisone
-  cream", "take 400 mg ibuprofen"), any amount in mg/mcg/IU, or a dosing schedule ("twice daily", "every 8
-  hours", "dos veces al día", "deux fois par jour").
+  cream", "take 400 mg ibuprofen"), a count of a named medicine ("take 2 ibuprofen"), any amount in
+  mg/mcg/IU (in figures or words: "four hundred milligrams"), or a dosing schedule ("twice daily", "every 4-6
+  hours", "dos veces al día", "deux fois par jour", "apply the cream morning and night").
 
 Matching works on folded text (accents, case and apostrophes removed), in English, Spanish and French at
 once: a model asked in one language can answer in another. A blocked answer is replaced by a fixed, kind
@@ -140,37 +143,78 @@ _DISEASE = "|".join((
     r"melanomes?|carcinomes?|malin\w*|basocellulaire\w*|spinocellulaire\w*|keratoses?|dermatofibromes?",
     r"grains? de beaute|angiomes?|angiokeratomes?|granulomes?|tumeurs?|benin\w*|inoffensi\w*|sans danger",
 ))
+# Everyday names of harmless spots: calling this spot one of them is a (benign) diagnosis, and false comfort.
+_BENIGN_NAME = "|".join((
+    (r"freckles?|warts?|cysts?|skin tags?|pimples?|zits?|age spots?|sun ?spots?|liver spots?|birthmarks?|bruises?"
+    r"|(?:insect|bug|mosquito|spider) bites?"),
+    (r"pecas?|verrugas?|quistes?|granos?|espinillas?|acrocordon\w*|moretones?|picaduras?"
+    r"|manchas? (?:de la edad|de nacimiento|solares?)"),
+    (r"taches? de (?:rousseur|vieillesse|naissance)|taches? solaires?|ephelides?|verrues?|kystes?|boutons?"
+    r"|points? noirs?|acrochordons?|piqures?"),
+))
+_DISEASE = f"{_DISEASE}|{_BENIGN_NAME}"
+# What "you don't have ...", "there is no ..." must not deny.
+_MALIGNANT = (r"melanomas?|carcinomas?|cancers?|cancerous|canceros\w*|cancereu\w*|malign\w*|malin\w*|tumou?rs?"
+              r"|tumeurs?|lymphomas?|sarcomas?|pre ?cancer\w*|basal cell\w*|squamous cell\w*|melanomes?|carcinomes?")
+_ARTICLES = r"(?:(?:a|an|the|un|una|une|el|la|le|l|du|de|d|clearly|definitely|certainly|claramente|clairement) ){0,2}"
 _FILLER = r"(?:[a-z0-9]+ ){0,3}"
 _DISEASE_AFTER = rf"{_FILLER}(?:{_DISEASE})"
 
 _SPOT_EN = r"(?:this|it|(?:the|this|your) (?:spot|lesion|mole|mark|growth|lump|patch|bump))"
-_SPOT_FR = r"(?:cela|ceci|ca|il|elle|(?:cette|votre) (?:lesion|tache)|(?:ce|votre) grain de beaute)"
+_SPOT_FR = r"(?:cela|ceci|ca|il|elle|(?:la|cette|votre|ta) (?:lesion|tache)|(?:le|ce|votre|ton) grain de beaute)"
+# "The result is melanoma", "the device has diagnosed melanoma": the screening itself named as the diagnosis.
+# Only articles may sit between the verb and the name, so "the result shows features similar to ..." passes.
+_RESULT_EN = (r"(?:the |your |this |my )?(?:screening |scan |test )?(?:results?|scan|screening|device|analysis|image"
+              r"|photo|picture|ai|machine|app|system|test)")
+_RESULT_ES = (r"(?:el |su |este |la |esta )?(?:resultados?|aparato|dispositivo|analisis|examen|prueba|escaner|deteccion"
+              r"|revision|sistema|imagen|foto)")
+_RESULT_FR = (r"(?:le |votre |ce |l |la |cette )?(?:resultats?|appareil|depistage|analyse|examen|test|systeme|image"
+              r"|photo)")
 
 _DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
     # English: "you have ...", "this/it is ...", "this looks like ...", "the diagnosis is ..."
-    rf"you (?:have|ve|ve got|have got|got|are suffering from|suffer from|are diagnosed with|have been diagnosed "
-    rf"with) {_DISEASE_AFTER}",
+    (rf"you (?:have|ve|ve got|have got|got|are suffering from|suffer from|are diagnosed with|have been diagnosed "
+    rf"with) {_DISEASE_AFTER}"),
     rf"{_SPOT_EN} (?:is|s) {_DISEASE_AFTER}",
     # "looks like" names a diagnosis for this spot; "features similar to" (the approved wording) does not
-    rf"{_SPOT_EN} (?:appears to be|appears|looks like|looks to be|seems to be|seems like|is consistent with) "
-    rf"{_DISEASE_AFTER}",
+    (rf"{_SPOT_EN} (?:appears to be|appears|looks like|looks to be|seems to be|seems like|is consistent with) "
+    rf"{_DISEASE_AFTER}"),
     rf"(?:my |the |your )?diagnosis (?:is|would be|will be) {_DISEASE_AFTER}",
+    (rf"{_RESULT_EN} (?:has |have |had )?(?:is|s|was|are|shows?|showed|shown|confirms?|confirmed|indicates?"
+    rf"|indicated|reveals?|revealed|says|said|detected|found|diagnosed|proves?|proved|means) (?:you with |it as )?"
+    rf"(?:not |no )?{_ARTICLES}(?:{_DISEASE})"),
+    # denying a cancer is a verdict too: "you don't have cancer", "it isn't cancer", "there is no cancer"
+    rf"you (?:[a-z]+ )?(?:don t|do not|dont|didn t|did not) (?:have|suffer from) {_FILLER}(?:{_MALIGNANT})",
+    (rf"{_SPOT_EN} (?:isn t|isnt|is not|wasn t|was not|doesn t|does not|doesnt) (?:contain |have |show |look like )?"
+    rf"{_FILLER}(?:{_MALIGNANT})"),
+    (rf"there (?:is|s|are|was) (?:no|not any|nothing) (?:(?:sign|signs|evidence|trace|indication|risk|chance) of )?"
+    rf"(?:{_MALIGNANT})"),
     # Spanish: "(usted) tiene ...", "esto es ...", "se trata de ..."
     rf"(?:usted |tu |vos )?(?:tiene|tienes|tenes|padece|padeces|sufre|sufres) (?:de )?{_DISEASE_AFTER}",
-    rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de|parece"
-    rf"|parece ser|aparenta ser) {_DISEASE_AFTER}",
+    (rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de|parece"
+    rf"|parece ser|aparenta ser) {_DISEASE_AFTER}"),
     rf"(?:el |su |tu )?diagnostico (?:es|seria|sera) {_DISEASE_AFTER}",
+    (rf"{_RESULT_ES} (?:ha |han )?(?:es|fue|muestra|mostro|mostrado|confirma|confirmo|confirmado|indica|indico|revela"
+    rf"|revelo|dice|detecto|detectado|diagnostico|diagnosticado|da) (?:no |que no )?{_ARTICLES}(?:{_DISEASE})"),
+    (rf"no (?:hay|existe|se ve|se ven) (?:ningun |ninguna |signos? de |rastro de |indicios? de )?(?:un |una )?"
+    rf"(?:{_MALIGNANT})"),
     # French: "vous avez ...", "c'est ...", "il s'agit de ..."
     rf"(?:vous|tu) (?:avez|as|souffrez|souffres|etes atteinte?s?|es atteinte?) (?:d |de |du |des )?{_DISEASE_AFTER}",
-    rf"(?:c est|ceci est|cela est|ca est|il s agit|ce n est pas|ceci n est pas|cela n est pas|il ne s agit pas"
-    rf"|(?:cette|votre) (?:lesion|tache) est|(?:ce|votre) grain de beaute est) {_DISEASE_AFTER}",
+    (rf"(?:c est|ceci est|cela est|ca est|il s agit|ce n est pas|ceci n est pas|cela n est pas|il ne s agit pas"
+    rf"|(?:la|cette|votre|ta) (?:lesion|tache|marque|bosse|grosseur) (?:n )?est|(?:le|ce|votre|ton) (?:grain de beaute"
+    rf"|bouton|nodule) (?:n )?est) {_DISEASE_AFTER}"),
+    (rf"{_RESULT_FR} (?:a )?(?:est|montre|confirme|indique|revele|dit|detecte|diagnostique|prouve) "
+    rf"(?:pas |qu il n y a pas )?{_ARTICLES}(?:{_DISEASE})"),
+    rf"(?:vous|tu) n (?:avez|as) (?:pas|aucun\w*|jamais eu) (?:de |d |un |une )?(?:{_MALIGNANT})",
+    rf"(?:il )?n y a (?:pas|aucun\w*|aucune trace|aucun signe) (?:de |d )?(?:{_MALIGNANT})",
     rf"{_SPOT_FR} (?:ressemble a|ressemble au|semble etre|a l air d etre|a l air d|parait etre) {_DISEASE_AFTER}",
     rf"(?:le |votre |ton )?diagnostic (?:est|serait|sera) {_DISEASE_AFTER}",
 ))
-# Spanish drops the pronoun: a clause that *starts* with "es ..." / "no es ..." / "se trata de ..." is about the spot.
+# Spanish drops the pronoun: a clause that *starts* with "es ..." / "no es ..." / "se trata de ..." is about the spot,
+# also after a sentence adverb ("Lamentablemente es un melanoma").
 _DIAGNOSIS_AT_CLAUSE_START = re.compile(
-    rf"^(?:y |pero |porque |pues |entonces |asi que )?(?:no )?(?:es|se trata de|parece|parece ser|aparenta "
-    rf"ser) {_DISEASE_AFTER}(?![a-z0-9])")
+    rf"^(?:y |pero |porque |pues |entonces |asi que )?(?:[a-z]+mente |por desgracia |sin duda |seguro que )?(?:no )?"
+    rf"(?:es|se trata de|parece|parece ser|aparenta ser) {_DISEASE_AFTER}(?![a-z0-9])")
 
 _CERTAINTY = _rx(
     r"definitely|certainly|clearly|undoubtedly|unquestionably|obviously|without (?:a |any )?doubt|for sure"
@@ -188,6 +232,33 @@ _I_AM_SURE = _rx(
     r"|je suis (?:tout a fait |absolument |tres )?(?:sur|sure|certaine?)")
 _FALSE_REASSURANCE = _rx(
     r"nothing to worry about|no need to (?:see|visit|consult)|(?:don t|do not|dont) need to (?:see|visit|consult)"
+    # no doctor needed: "you don't need a doctor", "no tiene que ir al médico", "inutile de consulter"
+    r"|(?:(?:don t|do not|dont|doesn t|does not|won t|will not|needn t|need not|not) (?:really |even )?need|no need)"
+    r" (?:for |of |to (?:see|visit|consult|go|get|call|make|book|have|show)(?: (?:to|it|an?|the|your|checked|seen"
+    r"|looked at|by))* )?(?:(?:a|an|the|any|your) )?(?:doctors?|dermatologists?|clinicians?|nurses?|health workers?"
+    r"|gp|physicians?|medical|appointments?|visit|check ?ups?|specialists?|clinic)"
+    r"|no (?:necesita|necesitas|hace falta|es necesario|tiene que|tienes que|hay que|debe|precisa)(?: (?:ir|ver"
+    r"|consultar|acudir|visitar|pedir|llamar|a|al|con|una|un|el|la|de|su))* (?:medicos?|doctor\w*|dermatolog\w*"
+    r"|consulta|cita|enfermer\w*|clinica|centro de salud|especialista)"
+    r"|(?:inutile|(?:pas|aucun|nul) besoin|(?:n est )?pas (?:necessaire|la peine|utile)) (?:de |d )(?:consulter|voir"
+    r"|aller|prendre|appeler|montrer)"
+    # "it is not dangerous", "no es peligroso", "ce n'est pas grave", "tout va bien", "you're fine"
+    r"|(?:it|this|that|spot|lesion|mole|mark|growth|lump|patch|bump) (?:is not|s not|isn t|isnt|is nothing|s nothing)"
+    r" (?:(?:very|too|at all|anything) )?(?:dangerous|serious|harmful|worrying|worrisome|concerning|alarming|bad"
+    r"|a (?:concern|problem|worry|danger|threat))"
+    r"|no es (?:nada )?(?:peligros\w*|grave|preocupante|serio|malo|de cuidado|alarmante)"
+    r"|(?:ce|c|cela|ca|il|elle) n est (?:pas|rien de) (?:grave|dangereu\w*|inquietant\w*|serieux|mechant\w*"
+    r"|preoccupant\w*|alarmant\w*)"
+    r"|tout va bien|tout est (?:normal|en ordre|ok)|(?:todo|toda) (?:esta|va) bien|no pasa nada|all is well"
+    r"|everything (?:is|s|looks|seems) (?:fine|normal|ok|okay|good|well)"
+    r"|you (?:are|re|look|seem) (?:perfectly |completely |totally )?(?:healthy|fine|ok|okay|in good health)"
+    r"|(?:esta|estas) (?:perfectamente |completamente )?san[oa]s?"
+    r"|(?:usted|tu) (?:esta|estas) (?:bien|fuera de peligro)"
+    r"|(?:vous etes|tu es) (?:en (?:bonne|parfaite) sante|en forme|hors de danger)"
+    r"|nothing (?:to|you need to|for you to) (?:worry|be worried|be concerned|be afraid|fear|be scared)"
+    r"|no (?:cause|reason|need) (?:for|to) (?:concern|worry|alarm|panic|be (?:worried|concerned|alarmed|afraid|scared))"
+    r"|no (?:hay|tiene) (?:ningun )?(?:motivos?|razon|razones) (?:de|para) (?:preocupa\w*|alarma\w*|inquiet\w*)"
+    r"|pas de quoi (?:vous |s |t )?(?:inquieter|affoler|alarmer)"
     r"|no (?:hay|tiene) (?:nada )?(?:de )?que preocupar\w*|no (?:necesita|hace falta|es necesario) (?:ver|consultar|ir)"
     r"|rien d inquietant|(?:pas|aucun) besoin de (?:consulter|voir)|aucune raison de (?:vous |s )inquieter"
     r"|nothing serious|nada grave|no es nada|rien de grave|ce n est rien"
@@ -195,7 +266,7 @@ _FALSE_REASSURANCE = _rx(
     # false comfort, seen in a real SmolLM2 report overview
     r"|(?:don t|do not|dont|needn t|need not|no need to) (?:need to )?(?:worry|be worried|be concerned)"
     r"|(?:no|nothing|not anything) abnormal|(?:completely|perfectly|totally|entirely) normal|normal variation"
-    r"|(?:your )?skin is (?:healthy|fine|normal)|you are (?:healthy|fine|ok|okay)|nothing (?:is )?wrong"
+    r"|(?:your )?skin is (?:healthy|fine|normal)|nothing (?:is )?wrong"
     r"|no (?:se )?preocupe\w*|no (?:tiene|hay) (?:por )?que preocupar\w*|nada anormal|(?:totalmente|completamente) normal"
     r"|(?:su|tu) piel (?:esta|es) (?:sana|normal)|(?:ne vous|ne t) inquiete[sz]? pas|n (?:avez|as) pas (?:a|besoin de) "
     r"(?:vous |t )?inquieter|rien d anormal|(?:tout a fait|completement|parfaitement) normal\w*"
@@ -219,7 +290,9 @@ _HEDGE_INSIDE = _rx(
 
 # A benign verdict is false reassurance even when it is only "probable": "it's most likely a harmless mole".
 _REASSURING = _rx(r"benign\w*|harmless|inofensiv\w*|benin\w*|inoffensi\w*|sans danger|not (?:a )?cancer"
-                  r"|no es (?:un )?cancer|pas (?:un )?cancer")
+                  rf"|no es (?:un )?cancer|pas (?:un )?cancer|{_BENIGN_NAME}"
+                  # a denial: "you probably don't have cancer", "il n'y a sans doute pas de cancer"
+                  r"|no|not|nothing|[a-z]+n t|pas|aucun\w*|ningun\w*|unlikely")
 _PROBABILITY = frozenset({"likely", "unlikely", "probably", "probablemente", "probablement"})
 
 
@@ -230,8 +303,23 @@ def _hedged(clause: str, match: re.Match) -> bool:
     return bool(hedges or _HEDGE_INSIDE.search(match.group()))
 
 
+def _certain_across_clauses(sentence: str) -> str | None:
+    """ "Melanoma, for sure.": a disease and a certainty marker in one sentence, split by a comma, no hedge."""
+    words = _words(sentence)
+    if not _DISEASE_RX.search(words) or _HEDGE_BEFORE.search(words):
+        return None
+    for marker in (_CERTAINTY, _I_AM_SURE):
+        match = marker.search(words)
+        if match:
+            return match.group()
+    return None
+
+
 def _find_diagnosis(folded: str) -> str | None:
     for sentence in _sentences(folded):
+        certain = _certain_across_clauses(sentence)
+        if certain:
+            return certain
         for clause in _clauses(sentence):
             for pattern in (*_DIAGNOSIS_PATTERNS, _DIAGNOSIS_AT_CLAUSE_START):
                 for match in pattern.finditer(clause):
@@ -253,10 +341,16 @@ def _find_diagnosis(folded: str) -> str | None:
 
 # --- treatment doses --------------------------------------------------------------------------------------
 
+# Numbers written as words, in the three languages ("four hundred", "cuatrocientos", "quatre cents").
+_NUM_WORD = (r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|fifty|hundred|thousand"
+             r"|uno|una|dos|tres|cuatro|cinco|seis|siete|ocho|nueve|diez|doce|quince|veinte|cincuenta|cien|ciento"
+             r"|doscientos|trescientos|cuatrocientos|quinientos|seiscientos|setecientos|ochocientos|novecientos|mil"
+             r"|un|une|deux|trois|quatre|cinq|sept|huit|neuf|dix|douze|quinze|vingt|cinquante|cent|cents|mille")
+_NUMBER = rf"(?:\d+|{_NUM_WORD})"
 # Amounts that only ever describe a dose: flagged with or without a medicine word.
 _DOSE_ONLY_UNIT = _rx(
-    r"\d+ ?(?:mg|milligrams?|miligramos?|milligrammes?|mcg|ug|micrograms?|microgramos?|microgrammes?|iu|ui"
-    r"|international units?|unidades internacionales|unites internationales)")
+    rf"(?:\d+ ?|(?:{_NUM_WORD}) )(?:mg|milligrams?|miligramos?|milligrammes?|mcg|ug|micrograms?|microgramos?"
+    r"|microgrammes?|iu|ui|international units?|unidades internacionales|unites internationales)")
 # Amounts that describe a dose when a medicine or treatment word is in the same sentence.
 _AMOUNT = re.compile(
     r"\b\d+ ?(?:%|percent|per cent|por ciento|pour cent|g|gr|grams?|gramos?|grammes?|ml|cc|millilit\w*"
@@ -268,17 +362,27 @@ _AMOUNT = re.compile(
     r"|\b(?:one|two|three|four|un|una|dos|tres|cuatro|une|deux|trois|quatre) (?:tablets?|pills?|capsules?"
     r"|tabletas?|pastillas?|comprimid\w*|capsulas?|comprimes?|gelules?|cachets?)(?![a-z0-9])"
     r"|\b(?:for|during|durante|por|pendant|sur) \d+ (?:days?|weeks?|dias|semanas|jours|semaines)(?![a-z0-9])")
+# Medicines by name (generic names in the three spellings, and common brands).
+_MEDICINE_NAME = (
+    r"hydrocortison\w*|hidrocortisona|ibuprof\w*|paracetamol\w*|acetaminophen|aspirin\w*|amoxicil\w*|cephalexin"
+    r"|cefalexin\w*|flucloxacillin|doxycyclin\w*|doxiciclina|imiquimod|fluorouracil\w*|5 fu|diclofena\w*"
+    r"|prednison\w*|prednisolon\w*|clobetasol|betamethason\w*|betametasona|cetirizin\w*|loratadin\w*|lidocain\w*"
+    r"|mupirocin\w*|tretinoin\w*|methotrexat\w*|naproxen\w*|metamizol\w*|codein\w*|tramadol|cortisone"
+    r"|doliprane|dafalgan|efferalgan|advil|nurofen|tylenol|motrin|panadol|aleve|voltaren|benadryl|zyrtec|claritin"
+    r"|neosporin|gelocatil|nolotil|dalsy|spedifen")
 _MEDICINE = _rx(
     r"doses?|dosage|dosing|dosis|posologie|tablets?|pills?|capsules?|injections?|inject|medicines?|medications?"
-    r"|drugs?|steroids?|corticosteroids?|hydrocortisone|ibuprofen|paracetamol|acetaminophen|aspirin|antibiotics?"
-    r"|amoxicillin|cephalexin|cefalexin|flucloxacillin|doxycycline|imiquimod|fluorouracil|5 fu|diclofenac"
-    r"|prednison\w*|prednisolon\w*|clobetasol|betamethason\w*|antihistamin\w*|cetirizin\w*|loratadin\w*"
-    r"|lidocain\w*|mupirocin\w*|tretinoin\w*|methotrexat\w*|prescri\w*"
+    r"|drugs?|steroids?|corticosteroids?|antibiotics?|antihistamin\w*|prescri\w*"
     r"|tabletas?|pastillas?|comprimid\w*|capsulas?|inyecci\w*|medicamentos?|medicinas?|farmacos?|antibiotic\w*"
-    r"|corticoides?|esteroides?|hidrocortisona|ibuprofeno|aspirina|amoxicilina|cefalexina|doxiciclina"
-    r"|fluorouracilo|diclofenaco|betametasona|receta\w*"
-    r"|comprimes?|gelules?|pilules?|cachets?|medicaments?|antibiotiques?|corticoides?|corticostero\w*|cortisone"
-    r"|ibuprofene|aspirine|amoxicilline|fluorouracile|ordonnance")
+    r"|corticoides?|esteroides?|receta\w*"
+    r"|comprimes?|gelules?|pilules?|cachets?|medicaments?|antibiotiques?|corticoides?|corticostero\w*|ordonnance"
+    rf"|{_MEDICINE_NAME}")
+# "Take 2 ibuprofen", "tome dos aspirinas", "prenez 2 doliprane": a count of a named medicine is a dose.
+_COUNTED_MEDICINE = _rx(rf"{_NUMBER} (?:[a-z]+ )?(?:{_MEDICINE_NAME})")
+# Cream-type treatments, for schedules that are only a dose with one: "apply the cream morning and night".
+_TOPICAL = _rx(
+    r"apply|applying|cream|creams|ointments?|gel|lotion|aplicar|aplique|aplica|aplicando|crema|cremas|pomadas?"
+    r"|unguentos?|locion|appliqu\w*|creme|cremes|pommades?|onguents?")
 _TREATMENT_WORD = _rx(
     r"take|takes|taking|apply|applying|use|using|cream|creams|ointments?|gel|lotion|drops"
     r"|tomar|tome|toma|tomando|aplicar|aplique|aplica|aplicando|usar|use|usa|crema|cremas|pomadas?|unguentos?"
@@ -287,11 +391,18 @@ _SCHEDULE = _rx(
     r"(?:once|twice|thrice|one time|two times|three times|four times|\d+ times|\d+ ?x) (?:a|per|each|every) "
     r"(?:day|night|week)|(?:once|twice|three times|\d+ times) daily|every \d+(?: (?:to|or) \d+)? ?(?:hours?|hrs?|h)"
     r"|every (?:two|three|four|six|eight|twelve) hours|bid|tid|qid|qds|tds|q ?\d+ ?h"
+    rf"|every {_NUMBER}(?: (?:to |or )?{_NUMBER})? ?(?:hours?|hrs?)|cada {_NUMBER}(?: (?:a |o )?{_NUMBER})? ?horas"
+    rf"|toutes les {_NUMBER}(?: (?:a |ou )?{_NUMBER})? ?heures"
     r"|(?:una|dos|tres|cuatro|\d+) (?:vez|veces) (?:al|por|cada) (?:dia|noche|semana)"
     r"|(?:una|dos|tres|\d+) (?:vez|veces) diarias?|cada \d+(?: (?:a|o) \d+)? ?(?:horas|h)"
     r"|cada (?:dos|tres|cuatro|seis|ocho|doce) horas"
     r"|(?:une|deux|trois|quatre|\d+) fois par (?:jour|nuit|semaine)|(?:une|deux|trois|\d+) fois quotidiennement"
     r"|toutes les \d+(?: (?:a|ou) \d+)? ?(?:heures|h)|toutes les (?:deux|trois|quatre|six|huit|douze) heures")
+# Twice a day in words: a dose schedule for a cream or a medicine ("apply the cream morning and night").
+_DAILY = _rx(
+    r"mornings? and (?:night|evening)s?|(?:night|evening)s? and mornings?|(?:every|each) (?:morning|night|evening)"
+    r"|(?:manana|por la manana) y (?:por la )?noche|(?:cada|todas las) (?:mananas|noches)|(?:le )?matin et (?:le )?soir"
+    r"|soir et matin|(?:chaque|tous les) (?:matins?|soirs?)")
 _SUNSCREEN = _rx(
     r"sunscreens?|sun ?cream|sunblock|spf|protector solar|bloqueador solar|fotoprotector|protecteur solaire"
     r"|creme solaire|ecran solaire|fps")
@@ -304,8 +415,11 @@ def _find_dose(folded: str) -> str | None:
         if match:
             return match.group()
         medicine = _MEDICINE.search(words)
-        match = _AMOUNT.search(words)
+        match = _AMOUNT.search(words) or _COUNTED_MEDICINE.search(words)
         if match and (medicine or _TREATMENT_WORD.search(words)):
+            return match.group()
+        match = _DAILY.search(words)
+        if match and (medicine or _TOPICAL.search(words)) and not (_SUNSCREEN.search(words) and not medicine):
             return match.group()
         match = _SCHEDULE.search(words)
         # "Reapply sunscreen every 2 hours" is sun advice, not a dose, unless a medicine is named too.
@@ -316,20 +430,29 @@ def _find_dose(folded: str) -> str | None:
 
 # --- advice to wait, when the result has a time frame -------------------------------------------------------
 
+_SOME = r"(?:a few|several|some|a couple of|\d+|two|three|four|five|six)"
 _DELAY = _rx(
     r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
-    r"|wait (?:a few|several|some|a couple of|\d+|one|two|three|six) (?:days|weeks|months|years)|wait and see"
-    r"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){0,2}(?:in|after) (?:a few|several|some|a couple of"
-    r"|\d+|two|three|six) (?:weeks|months|years)|next year"
+    r"|(?:isn t|isnt|is not|s not|wasn t) (?:urgent|an emergency|pressing)"
+    rf"|wait (?:for )?(?:{_SOME} (?:more )?(?:days|weeks|months|years)|(?:a|an|one) (?:more )?(?:week|month|year))"
+    r"|wait and see"
+    rf"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){{0,2}}(?:in|after) (?:{_SOME} (?:weeks|months"
+    r"|years)|(?:a|an|one) (?:month|year))|next year"
+    # "a few months is a reasonable amount of time to wait"
+    r"|(?:reasonable|fine|ok|okay|acceptable|safe|alright) (?:amount of time |time |period )?to wait"
     r"|skip (?:the |seeing (?:a |the )?)?(?:doctor|clinic|visit)|just (?:watch|monitor|keep an eye on) it"
     r"|take your time|(?:at|in) your next (?:routine )?(?:check ?up|visit)"
-    r"|sin prisa|no (?:hay|tiene|corre) prisa|no es urgente|nada urgente|(?:puede|podria) esperar"
-    r"|espere (?:unas|unos|varias|varios|algunas|algunos|\d+) (?:dias|semanas|meses)"
+    r"|sin prisa|no (?:hay|tiene|corre) prisa|no es (?:una |nada )?(?:urgen\w*|emergencia)|nada urgente"
+    r"|(?:puede|podria|puedes|podrias|puedo|podemos|pueden) (?:[a-z]+ )?esperar"
+    r"|(?:espere|esperar|espera|esperen) (?:unas|unos|varias|varios|algunas|algunos|un|una|\d+|dos|tres|cuatro|seis)"
+    r" (?:dias|semanas|mes|meses|ano|anos)|(?:razonable|aceptable|seguro) esperar"
     r"|(?:revise|revisela|vuelva|mire|consulte) (?:[a-z]+ ){0,2}(?:en|dentro de) (?:unas|unos|varias|varios|algunas"
     r"|algunos|\d+) (?:semanas|meses|anos)"
     r"|el (?:proximo|ano) (?:ano|proximo)|tomese su tiempo|en su proxima (?:revision|visita|consulta)"
-    r"|rien ne presse|pas (?:d )?urgen\w*|(?:peut|pourrait) attendre|prenez votre temps"
-    r"|attendez (?:quelques|plusieurs|\d+) (?:jours|semaines|mois)"
+    r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent"
+    r"|(?:peut|pourrait|pouvez|pourriez|peux|pourrais|pouvons) (?:tout a fait |bien |tranquillement )?attendre"
+    r"|prenez votre temps|(?:raisonnable|acceptable|sans risque) d attendre"
+    r"|attend\w* (?:quelques|plusieurs|un|une|\d+|deux|trois|quatre|six) (?:jours|semaines?|mois|ans|annees?)"
     r"|(?:surveillez|revenez|consultez|verifiez|regardez) (?:[a-z]+ ){0,2}dans (?:quelques|plusieurs|\d+) "
     r"(?:semaines|mois|ans)|l annee prochaine"
     r"|a votre prochaine (?:visite|consultation)")
@@ -351,9 +474,41 @@ def _find_delay(folded: str) -> str | None:
     return None
 
 
-def screen_answer(text: str, lang: str, urgency: str | None = None) -> GuardVerdict:
+# --- a bare "yes" or "no" to a question about a disease ------------------------------------------------------
+
+# "Is it cancer?" "No." is a verdict, though no sentence of the answer names anything.
+_ASKS_FOR_VERDICT = _rx(rf"{_DISEASE}|dangerous|serious|grave|peligros\w*|dangereu\w*|worr\w*|preocup\w*"
+                        r"|inquiet\w*")
+_YES = frozenset({"yes", "yeah", "yep", "yup", "nope", "oui", "ouais", "sí"})
+# "no", "non" and unaccented "si" open other sentences too ("No one can tell", "Si le preocupa ..."): they are a
+# verdict when punctuation or a pronoun follows them ("No.", "No, it isn't", "Non c'est ...", "Si, es ...").
+_BARE = frozenset({"no", "non", "si"})
+_VERDICT_FOLLOWERS = frozenset({"it", "its", "this", "that", "you", "i", "es", "esto", "eso", "usted", "c", "ce",
+                                "cela", "ca", "vous", "il", "elle", "n", "not", "pas"})
+
+
+def _find_bare_verdict(answer: str, question: str) -> str | None:
+    if not _ASKS_FOR_VERDICT.search(_words(fold(question))):
+        return None
+    opening = re.match(r"\W*(\w+)(\W*)(\w*)", unicodedata.normalize("NFC", answer).casefold())
+    if opening is None:
+        return None
+    word, gap, following = opening.groups()
+    if word in _YES or (word in _BARE and (gap.strip() or not following or fold(following) in _VERDICT_FOLLOWERS)):
+        return word
+    return None
+
+
+def screen_answer(text: str, lang: str, urgency: str | None = None, *, question: str | None = None) -> GuardVerdict:
     """Pass ``text`` through unchanged if safe; otherwise return the fixed replacement in ``lang``.
-    ``urgency`` is the result's (``Urgency.value``): for urgent and soon, advice to wait is blocked too."""
+    ``urgency`` is the result's (``Urgency.value``): for urgent and soon, advice to wait is blocked too.
+    ``question`` is what the person asked: a bare "yes"/"no" opening the answer to a question about a disease
+    or about danger is a verdict."""
+    if question:
+        matched = _find_bare_verdict(text or "", question)
+        if matched:
+            log.warning("assistant answer blocked: reason=%s matched=%r", DEFINITE_DIAGNOSIS, matched)
+            return GuardVerdict(safe=False, text=SAFE_REPLACEMENT[lang], reason=DEFINITE_DIAGNOSIS, matched=matched)
     folded = fold(text or "")
     finders = [(DEFINITE_DIAGNOSIS, _find_diagnosis), (TREATMENT_DOSE, _find_dose)]
     if urgency in TIME_BOUND_URGENCIES:

@@ -6,13 +6,20 @@ mentioned, the kiosk shows ``urgent_message`` (fixed, vetted text) instead of, o
 Detection is deliberately simple and auditable: regular expressions over normalised text, in English,
 Spanish and French at once (a Spanish speaker may type Spanish while the UI is English).
 
-- Normalisation: NFKD, combining marks stripped, case-folded; punctuation becomes a clause boundary.
+- Normalisation: NFKD, combining marks stripped, case-folded; punctuation becomes a clause boundary; a letter
+  typed three or more times in a row counts twice ("bleeeding" -> "bleeding", "soooo" -> "soo").
 - Inflections are covered by stems: bleeds/bleeding/bled, sangra/sangrado/sangrando, saigne/saignement.
 - Negation: a negation word (no, not, never, without, n't; no, sin, nunca, ni; ne, n', pas, sans, jamais,
   aucun) up to four words before a mention, in the same clause, cancels that mention: "no bleeding", "sin
   sangrado", "pas de saignement", "ne saigne pas". Clauses end at punctuation and at "but / and / pero / y /
   mais / et", so "no pain but it bleeds" still flags bleeding. Phrases whose meaning *includes* a negation
-  ("won't stop bleeding", "no para de sangrar", "doesn't heal", "ne cicatrise pas") are matched as a whole.
+  ("won't stop bleeding", "no para de sangrar", "doesn't heal", "ne cicatrise pas") are matched as a whole,
+  and so is a negated "stop" with the bleeding as its object ("I can't get the bleeding to stop", "no puedo
+  parar el sangrado"). A negation does not cancel a mention when a verb of seeing or knowing sits between
+  them ("I didn't realise it was bleeding", "je ne l'ai jamais vu saigner") unless the mention is quantified
+  away ("never noticed any bleeding"), nor when "this much / tanto / autant" follows ("never bled this much").
+- Everyday senses are left out: a person growing ("I am growing worried", "my kids are growing"), "it
+  changes nothing", a stomach ulcer, a bleeding-heart plant.
 - Errors go one way on purpose: when unsure, flag. Any un-negated mention of bleeding or oozing from a spot
   counts (a spot that bleeds without injury is itself a warning sign, and free text cannot tell "bled once"
   from "won't stop"); a false alarm costs a clinic visit, a miss can cost much more.
@@ -64,6 +71,8 @@ def _normalise(text: str) -> _Normalised:
     def emit(c: str, i: int) -> None:
         if c == " " and (not chars or chars[-1] == " "):
             return
+        if c.isalpha() and len(chars) >= 2 and chars[-1] == chars[-2] == c:  # "bleeeding" -> "bleeding"
+            return
         chars.append(c)
         origin.append(i)
 
@@ -93,7 +102,7 @@ _SCOPE_ENDS = frozenset({
     _BOUNDARY, "but", "however", "although", "though", "yet", "and", "except", "why", "because", "when",
     "whether", "if", "that", "which",
     "pero", "aunque", "sino", "y", "e", "excepto", "salvo", "porque", "cuando", "si", "que",
-    "mais", "cependant", "pourtant", "et", "sauf", "parce", "quand", "lorsque", "pourquoi", "qui",
+    "mais", "cependant", "pourtant", "et", "sauf", "parce", "quand", "lorsque", "pourquoi", "qui", "qu",
 })
 _NEGATION_REACH = 4  # words
 # "without" negates what follows closely ("without any bleeding"), not a later clause without a comma
@@ -102,12 +111,30 @@ _SHORT_NEGATIONS = frozenset({"without", "sin", "sans"})
 _SHORT_REACH = 2  # words
 
 
+# A verb of seeing or knowing between the negation and the mention takes the negation for itself: "I didn't
+# realise it was bleeding", "je ne l'ai jamais vu saigner" say that it bleeds. Not when the mention is
+# quantified away: "I haven't noticed any bleeding", "je n'ai pas vu de saignement".
+_PERCEPTION = frozenset({
+    "see", "seen", "saw", "seeing", "notice", "noticed", "noticing", "realise", "realised", "realising", "realize",
+    "realized", "realizing", "know", "knew", "known", "aware",
+    "visto", "ver", "vi", "vio", "veia", "notado", "notar", "note", "noto", "sabia", "sabido", "cuenta",
+    "vu", "vue", "voir", "vois", "voit", "remarque", "remarquee", "apercu", "apercue", "savais", "savait", "compte",
+})
+_QUANTIFIERS = frozenset({"any", "ningun", "ninguna", "ninguno", "aucun", "aucune", "de", "d"})
+# ... and so does a measure of amount after the mention: "I've never seen it bleed this much", "nunca había
+# sangrado tanto" (but "así que" is "so that").
+_MORE_THAN_EVER = re.compile(r" (?:this much|so much|like this|tanto|tantisimo|asi(?! que)|autant|comme ca)"
+                             r"(?![a-z0-9])")
+
+
 def _negated_before(text: str, start: int) -> bool:
-    for count, word in enumerate(reversed(text[:start].split())):
+    before = text[:start].split()
+    for count, word in enumerate(reversed(before)):
         if word in _SCOPE_ENDS or count >= _NEGATION_REACH:
             return False
         if word in _NEGATIONS and (word not in _SHORT_NEGATIONS or count < _SHORT_REACH):
-            return True
+            between = before[len(before) - count:]
+            return not (_PERCEPTION.intersection(between) and before[-1] not in _QUANTIFIERS)
     return False
 
 
@@ -167,25 +194,65 @@ def _long_enough(match: re.Match) -> bool:
     return number >= 3
 
 
-_LUMP_EN = r"lumps?|swelling|swollen|mass|masses|knots?|nodes?|glands?|balls?"
+# "Growing" is about the spot unless a person is the subject or a feeling follows: "I am growing worried",
+# "my kids are growing"; "it changes nothing" is not a change. (French "j'ai grossi": I put on weight.)
+_PERSON = (r"i|we|you|they|he|she|kids?|children|child|sons?|daughters?|baby|babies|hair|nails|yo|ninos?|ninas?"
+           r"|hijos?|hijas?|bebes?|pelo|cabello|je|j|nous|enfants?|fils|filles?|cheveux")
+# the person is the subject ("my kids are growing"), not a possessor ("the mole on my son is growing")
+_PERSON_SUBJECT = re.compile(
+    r"(?:^|(?<![a-z])(?!(?:on|of|in|at|to|my|our|his|her|their|de|del|en|a|mi|mis|su|sus|sur|du|chez|mon|ma|mes|son"
+    rf"|sa|ses) )[a-z]+ )(?:(?:my|our|his|her|their|mi|mis|su|sus|mon|ma|mes|nos) )?(?:{_PERSON})"
+    r"(?: (?:am|m|are|re|is|s|was|were|keep|keeps|kept|have|ve|has|estoy|estan|esta|estamos|ai|suis|sont|est|a"
+    r"|ont))?(?: been)? $")
+_NOT_A_CHANGE = re.compile(r" (?:worried|concerned|anxious|nervous|scared|afraid|tired|impatient|old|older|up"
+                           r"|fond|weary|used|nothing|anything)(?![a-z0-9])")
+
+
+def _about_the_spot(match: re.Match) -> bool:
+    text = match.string
+    return not (_PERSON_SUBJECT.search(text, 0, match.start()) or _NOT_A_CHANGE.match(text, match.end()))
+
+
+_ORGAN_BEFORE = re.compile(r"(?:^| )(?:stomach|gastric|peptic|duodenal|intestinal|bowel|mouth|oral) $")
+_ORGAN_AFTER = re.compile(r" (?:de |del |en el |en la |a l |de l |d )?(?:estomago|estomacal|gastric\w*"
+                          r"|peptic\w*|duodenal\w*|intestin\w*|boca|bucal\w*|estomac|bouche)(?![a-z0-9])")
+
+
+def _on_the_skin(match: re.Match) -> bool:
+    """A stomach or mouth ulcer is not a skin sign: "I have a stomach ulcer", "úlcera de estómago"."""
+    return not (_ORGAN_BEFORE.search(match.string, 0, match.start()) or _ORGAN_AFTER.match(match.string, match.end()))
+
+
+_LUMP_EN = r"lumps?|bumps?|swelling|swollen|mass|masses|knots?|nodes?|glands?|balls?"
 _LOC_EN = r"armpits?|underarms?|under arm|arm pit|axilla|groin|neck"
-_LUMP_ES = (r"bultos?|bolas?|bolitas?|ganglios?|nodulos?|hinchazon|inflamacion|masas?|pelotitas?|quistes?"
+_LUMP_ES = (r"bult\w*|bolas?|bolitas?|ganglios?|nodulos?|hinchazon|inflamacion|masas?|pelotitas?|quistes?"
             r"|chichon\w*|dureza")
 _LOC_ES = r"axilas?|sobacos?|ingles?|cuello"
-_LUMP_FR = r"boules?|grosseurs?|ganglions?|masses?|nodules?|gonflements?|kystes?|durete"
+_LUMP_FR = r"boules?|bosses?|grosseurs?|ganglions?|masses?|nodules?|gonflements?|kystes?|durete"
 _LOC_FR = r"aisselles?|aine|aines|cou|creux axillaire"
 _NAIL_EN = r"(?:thumb|finger|toe)?nails?|nail beds?"
 _STREAK_EN = r"streaks?|lines?|stripes?|bands?|strips?"
+_STREAK_ES = r"(?:linea|raya|franja|banda|veta|estria)s?"
+_STREAK_FR = r"(?:ligne|bande|trait|strie|raie|rayure|trace|trainee)s?"
 
 _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
-        r"bleed\w*|bled|bloody|ooz\w*|weeping|pus|blood (?:comes|coming|came|keeps|everywhere|on|from)",
+        # "bleeding heart" is a plant
+        r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weeping|pus"
+        r"|blood (?:comes|coming|came|keeps|everywhere|on|from)|ha?emorr?h?ag\w*",
         # common misspellings, and blood itself when it is on or from the spot (not "blood pressure")
         r"blea?d(?:s|ing|in)?|bled+ing|bleeing|blooding|bloodied",
         r"(?:there is|there s|theres|is|some|covered in|full of|lots of|a lot of|bit of|drops? of|spots? of) blood",
         r"sangr\w*|supur\w*", r"saign\w*|suint\w*|du sang|de sang|sang coule",
     ) + _terms(
-        rf"{_NOT_EN} stop\w* (?:the )?(?:bleed\w*|ooz\w*)",
+        # a negated "stop" with the bleeding as its object means it bleeds: "I can't get the bleeding to stop",
+        # "no puedo parar el sangrado", "je n'arrive pas à arrêter le saignement"
+        rf"{_NOT_EN} (?:[a-z]+ ){{0,3}}(?:stop\w*|halt\w*) (?:[a-z]+ ){{0,2}}(?:bleed\w*|ooz\w*|blood)",
+        rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}(?:bleed\w*|ooz\w*|blood) (?:[a-z]+ ){{0,2}}stop\w*",
+        r"(?:no|nunca|nada|nadie) (?:[a-z]+ ){0,3}(?:parar\w*|detener\w*|cortar\w*|frenar\w*|contener\w*) "
+        r"(?:[a-z]+ ){0,2}(?:sangr\w*|hemorrag\w*|supur\w*)",
+        r"(?:ne|n|rien|personne) (?:[a-z]+ ){0,3}(?:arret\w*|stopp\w*|cesse\w*) (?:[a-z]+ ){0,3}"
+        r"(?:saign\w*|sang|hemorrag\w*|suint\w*)",
         r"(?:nothing|no one|none) (?:[a-z]+ ){0,2}(?:stop\w*|help\w*) (?:[a-z]+ ){0,2}(?:bleed\w*|ooz\w*|blood)",
         r"nada (?:[a-z]+ ){0,2}(?:detiene|para|paro|corta|frena|cesa) (?:[a-z]+ ){0,2}(?:sangr\w*|supur\w*)",
         r"rien (?:[a-z]+ ){0,2}(?:arret\w*|stopp\w*) (?:[a-z]+ ){0,2}(?:saign\w*|sang)",
@@ -194,7 +261,12 @@ _RULES: tuple[_Rule, ...] = (
         negation_inside=True,
     )),
     _Rule("rapid_change", _terms(
-        r"grows|growing|grown|grew|enlarg\w*|expanding|evolv\w*|(?:fast|rapid|quick|sudden)\w* (?:growth|change\w*)",
+        r"grows|growing|grown|grew", r"crec\w*", r"grossi\w*",
+        r"(?:has|have|had|is|s|keeps|kept|been|started|starting|began|begun|it|mole|spot|lesion|mark|lump|freckle"
+        r"|patch) (?:[a-z]+ )?chang\w*",
+        check=_about_the_spot,
+    ) + _terms(
+        r"enlarg\w*|expanding|evolv\w*|(?:fast|rapid|quick|sudden)\w* (?:growth|change\w*)",
         r"(?:get|gets|getting|got|gotten|become|becomes|became|becoming|turn|turns|turned|turning|went|gone|go"
         r"|going) (?:much |a lot |a bit |really |way |even )?(?:bigger|larger|wider|darker|thicker|raised|lumpy"
         r"|irregular|uneven)",
@@ -204,19 +276,27 @@ _RULES: tuple[_Rule, ...] = (
         r"doubl\w* (?:in )?size|(?:increas\w*|grow\w*) in size|used to be (?:flat|smaller|lighter|round|even)",
         r"chang\w* (?:in |its |the |of ){0,2}(?:size|shape|colou?rs?|appearance|texture)",
         r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
-        r"(?:has|have|had|is|s|keeps|kept|been|started|starting|began|begun|it|mole|spot|lesion|mark|lump|freckle"
-        r"|patch) (?:[a-z]+ )?chang\w*",
         r"new colou?rs?",
+        # a spot that spreads or has doubled, in any language
+        r"(?:it|mole|spot|lesion|mark|patch|freckle|growth|pigment|colou?r|stain|lunar|mancha|tache|grain de beaute)"
+        r" (?:is |s |has |has been |keeps |seems to be |se |se esta |esta |s est |s )?(?:spread\w*|extend\w*"
+        r"|extiende\w*|expand\w*|propag\w*|etend\w*|etal\w*)",
+        r"doubl\w* (?:in |de |d )?(?:size|volume|taille)|(?:duplic\w*|doblad\w*|doblo) (?:su |el |de |en )?"
+        r"(?:tamano|volumen)",
         # Spanish
-        r"crec\w*|agrand\w*|oscurec\w*|evolu\w*|aument\w* (?:de )?(?:tamano|volumen)",
-        r"(?:hecho|puesto|vuelto|volviendo|haciendo|poniendo|pone|vuelve) (?:mas |muy )?(?:grande|oscur\w*"
-        r"|grues\w*|irregular|elevad\w*|abultad\w*)",
+        r"agrand\w*|oscurec\w*|evolu\w*|aument\w* (?:de )?(?:tamano|volumen)",
+        r"(?:hecho|puesto|vuelto|volviendo|haciendo|poniendo|pone|vuelve|puso|hizo|volvio|ponia|hacia) (?:mas |muy )?"
+        r"(?:grande|oscur\w*|grues\w*|irregular|elevad\w*|abultad\w*)",
+        r"mas (?:grande|oscur\w*|grues\w*|anch[oa]|elevad\w*|abultad\w*) (?:que|de lo que) (?:antes|era|estaba"
+        r"|hace)",
         r"cada vez mas (?:grande|oscur\w*|grues\w*|irregular)",
         r"cambi\w* (?:de |en |su |el |la ){0,2}(?:tamano|forma|color|aspecto|apariencia)",
         r"(?:tamano|forma|color|aspecto) (?:ha |han )?cambi\w*",
         r"(?:ha|han|esta|estan|sigue|va) (?:[a-z]+ )?cambi\w*",
         # French
-        r"grossi\w*|grandi\w*|agrandi\w*|assombri\w*",
+        r"grandi\w*|agrandi\w*|assombri\w*",
+        r"plus (?:gros|grosse|grand|grande|fonce\w*|sombre|noir\w*|epais\w*|large|bomb\w*) (?:qu|que) (?:avant"
+        r"|auparavant|il y a|d habitude|la derniere fois)",
         r"chang\w* (?:de |d |en ){0,2}(?:taille|forme|couleur|aspect)",
         r"(?:taille|forme|couleur|aspect) (?:a |ont |qui )?(?:chang\w*|evolu\w*)",
         r"(?:a|ont|avoir|ai|as) (?:[a-z]+ ){0,2}chang\w*",
@@ -236,6 +316,7 @@ _RULES: tuple[_Rule, ...] = (
         r"|todavia abierta",
         r"(?:ne|n) (?:[a-z]+ ){0,2}(?:gueri\w*|cicatris\w*|referm\w*|ferme\w*)(?: pas| jamais| plus| toujours pas)?",
         r"(?:pas|jamais|toujours pas) (?:encore |vraiment )?(?:gueri\w*|cicatris\w*|referm\w*)(?: pas| jamais)?",
+        r"(?:gueri\w*|cicatris\w*|referm\w*) (?:toujours )?(?:pas(?! mal)|jamais)",
         r"sans (?:gueri\w*|cicatris\w*|se refermer)|rouvr\w*|reouvr\w*|toujours ouverte?",
         negation_inside=True,
     ) + _terms(_DURATION, check=_long_enough)),
@@ -264,9 +345,11 @@ _RULES: tuple[_Rule, ...] = (
         r"|unbearable|severe|so much|so bad|too much|a lot(?! better| less)|really bad|very bad|badly|terribly"
         r"|more and more)",
         r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)|hurts? like hell",
+        r"excruciating\w*|(?:pain|ache|aching|hurt\w*|sore\w*) (?:[a-z]+ ){0,2}(?:killing|kills) me",
         r"(?:mucho|muchisimo|fuerte|intenso|terrible|insoportable|severo|horrible|tremendo) dolor",
         r"dolor (?:muy |bastante |tan )?(?:fuerte|intenso|severo|insoportable|terrible|horrible|tremendo)",
         r"dolor (?:que )?(?:aumenta|empeora|va en aumento|es cada vez mayor)",
+        r"dolor (?:[a-z]+ ){0,2}(?:matando|mata)|(?:matando|mata) de dolor",
         r"duele (?:muchisimo|mucho|bastante|demasiado|horrible|cada vez mas|un monton|fuerte)"
         r"|cada vez (?:me |le |te )?duele mas|(?:muy|super|extremadamente|bastante) doloros\w*",
         r"(?:douleurs?|mal) (?:tres |vraiment |de plus en plus )?(?:fortes?|intenses?|severes?|insupportable\w*"
@@ -274,12 +357,14 @@ _RULES: tuple[_Rule, ...] = (
         r"(?:fortes?|intenses?|vives?|terribles?|atroces?|horribles?|grosses?) douleurs?",
         r"(?:tres|extremement|vraiment|super|trop) doulour\w*",
         r"fait (?:tres|vraiment|super|trop|atrocement|horriblement|de plus en plus) mal",
+        r"(?:fait|ai|a) (?:un )?mal (?:de chien|fou|atroce|horrible)",
         r"(?:j ai|il a|elle a|on a|ai|a) (?:tres|vraiment|super|trop|atrocement|horriblement) mal",
         r"douleurs? (?:qui )?(?:augmente\w*|empire\w*|s aggrave\w*|s intensifie\w*)",
     )),
     _Rule("new_lump", _terms(
         rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}(?:in|under|on|near|at|of) (?:my |the |his |her |their |your |one )?"
         rf"(?:left |right )?(?:{_LOC_EN})",
+        rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}under (?:my |the |his |her |their |your |one )?(?:left |right )?arms?",
         rf"(?:{_LOC_EN}) (?:{_W}){{0,2}}(?:lumps?|swollen|swelling|mass)",
         r"swollen (?:lymph )?(?:nodes?|glands?)|lymph nodes? (?:[a-z]+ ){0,2}(?:swollen|enlarged|bigger|up)",
         rf"(?:{_LUMP_ES}) (?:{_W}){{0,4}}(?:en|bajo|debajo de|debajo del|de|del|cerca de|cerca del) "
@@ -291,8 +376,8 @@ _RULES: tuple[_Rule, ...] = (
         rf"(?:l |la |le |mon |ma |mes |les )?(?:{_LOC_FR}))",
         r"ganglions? (?:[a-z]+ )?(?:gonfle\w*|enfle\w*|grossi\w*|augmente\w*)",
     )),
-    _Rule("ulceration", _terms(
-        r"ulcer\w*|open (?:sore|wound)|crater\w*|blacken\w*|necros\w*",
+    _Rule("ulceration", _terms(r"ulcer\w*", check=_on_the_skin) + _terms(
+        r"open (?:sore|wound)|crater\w*|blacken\w*|necros\w*",
         r"(?:turn\w*|went|gone|going|become|became|becoming|get|gets|getting|got|gotten) (?:all |completely |very "
         r"|really )?black",
         r"llaga abierta|herida abierta|ennegrec\w*",
@@ -305,13 +390,15 @@ _RULES: tuple[_Rule, ...] = (
         rf"|her |your )?(?:[a-z]+ )?(?:{_NAIL_EN})",
         rf"(?:{_NAIL_EN}) (?:{_W}){{0,3}}(?:dark|black|brown|brownish|blackish) (?:{_STREAK_EN})",
         r"melanonych\w*|melanoniqui\w*",
-        # "uña" folds to "una" (also "a"/"one"), so Spanish nails need an article or preposition before them.
-        rf"(?:linea|raya|franja|banda|veta|estria)s? (?:{_W}){{0,3}}(?:en|bajo|debajo de|de|por) "
-        r"(?:la|mi|las|mis|una|su|sus) unas?",
-        rf"(?:la|mi|las|mis|su|sus) unas? (?:{_W}){{0,3}}(?:linea|raya|franja|banda|veta)s?",
-        rf"(?:ligne|bande|trait|strie|raie|rayure)s? (?:{_W}){{0,4}}(?:sous|sur|dans|de|le long de) "
-        r"(?:l |un |mon |ma |mes |le |la |les )?ongles?",
-        rf"ongles? (?:{_W}){{0,4}}(?:ligne|bande|trait|strie|raie|rayure)s?",
+        # "uña" folds to "una" (also "a"/"one"), so a Spanish nail needs an article or preposition before it, or
+        # a streak right next to it: "uña con una raya", "línea oscura en uña" (not "una raya en la piel").
+        rf"{_STREAK_ES} (?:{_W}){{0,3}}(?:en|bajo|debajo de|de|por) (?:la|mi|las|mis|una|su|sus) unas?",
+        rf"{_STREAK_ES} (?:{_W}){{0,2}}(?:en|bajo|debajo de|de) unas?(?= ,|$| del? (?:la |mi |su )?(?:pie|mano|dedo"
+        r"|pulgar))",
+        rf"(?:la|mi|las|mis|su|sus) unas? (?:{_W}){{0,3}}{_STREAK_ES}",
+        rf"unas? (?:con|tiene|que tiene) (?:una |un |unas |unos )?{_STREAK_ES}",
+        rf"{_STREAK_FR} (?:{_W}){{0,4}}(?:sous|sur|dans|de|le long de) (?:l |un |mon |ma |mes |le |la |les )?ongles?",
+        rf"ongles? (?:{_W}){{0,4}}{_STREAK_FR}",
     )),
 )
 
@@ -325,6 +412,8 @@ def _affirmed(norm: _Normalised, terms: Iterable[_Term]) -> tuple[int, int] | No
                 continue
             if not term.negation_inside and _NEGATIONS.intersection(match.group().split()):
                 continue
+            if _MORE_THAN_EVER.match(text, match.end()):
+                return match.span()
             if _negated_before(text, match.start()) or _negated_after(text, match.end()):
                 continue
             return match.span()
@@ -392,22 +481,22 @@ _URGENT = ByLanguage(
         "What you wrote can be a warning sign: {flags}.",
         "This device cannot check these symptoms.",
         "- See a doctor or nurse today if you can, or go to an urgent care clinic.",
-        "- Call emergency services (your local emergency number) now if bleeding is heavy or will not stop, "
-        "if you have a fever with redness that is spreading, or if you feel very unwell."),
+        ("- Call emergency services (your local emergency number) now if bleeding is heavy or will not stop, "
+        "if you have a fever with redness that is spreading, or if you feel very unwell.")),
     es=("Por favor, busque atención médica pronto.",
         "Lo que escribió puede ser una señal de alarma: {flags}.",
         "Este aparato no puede evaluar estos síntomas.",
         "- Vea a un médico o a una enfermera hoy mismo si puede, o vaya a un centro de urgencias.",
-        "- Llame ahora a emergencias (el número de emergencias de su país) si el sangrado es abundante o no se "
-        "detiene, si tiene fiebre con un enrojecimiento que se extiende, o si se siente muy mal."),
+        ("- Llame ahora a emergencias (el número de emergencias de su país) si el sangrado es abundante o no se "
+        "detiene, si tiene fiebre con un enrojecimiento que se extiende, o si se siente muy mal.")),
     fr=("Veuillez consulter rapidement.",
         "Ce que vous avez écrit peut être un signe d'alerte : {flags}.",
         "Cet appareil ne peut pas évaluer ces symptômes.",
-        "- Consultez un médecin ou une infirmière aujourd'hui si possible, ou allez dans un service de soins "
-        "urgents.",
-        "- Appelez les urgences (le numéro d'urgence de votre pays) maintenant si le saignement est abondant ou "
+        ("- Consultez un médecin ou une infirmière aujourd'hui si possible, ou allez dans un service de soins "
+        "urgents."),
+        ("- Appelez les urgences (le numéro d'urgence de votre pays) maintenant si le saignement est abondant ou "
         "ne s'arrête pas, si vous avez de la fièvre avec une rougeur qui s'étend, ou si vous vous sentez très "
-        "mal."),
+        "mal.")),
 )
 
 

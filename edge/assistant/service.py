@@ -6,23 +6,27 @@ For every question:
    for that label, after a fixed system prompt that the model owner has already cached.
 3. **Output guard**, sentence by sentence as tokens stream: a sentence stating a diagnosis or a dose stops
    the answer and replaces it with a safe one; a clean answer ends with the screening-aid disclaimer.
-4. **Fallbacks**: no model, a model error or a timeout -> the fact sheet itself, and the UI is told so.
+   The grounding and the guard use the tier *after* symptoms: the result's urgency raised by the ticked
+   symptoms and by red flags the person described earlier in the conversation (``adjust_urgency``), so
+   "no rush" is blocked for a routine result whose spot bleeds and has changed.
+4. **Fallbacks**: no model, a model error or a timeout -> the fact sheet itself, and the UI is told so. So
+   does an answer in Spanish or French that the model wrote in English (``wrong_language``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from edge.assistant.facts import load_facts
-from edge.assistant.guard import DISCLAIMER, screen_answer
+from edge.assistant.guard import DISCLAIMER, fold, resolve_lang, screen_answer
 from edge.assistant.llm import LlmOwner, LlmTimeout, LlmUnavailable, default_gguf
 from edge.assistant.redflags import check_red_flags, urgent_message
 from edge.assistant.report import build_report
-from edge.assistant.symptoms import adjust_urgency
+from edge.assistant.symptoms import SYMPTOMS, TIER_NAMES, Adjustment, adjust_urgency
 from edge.errors import EdgeError
 from edge.types import Result, Urgency
 
@@ -41,6 +45,33 @@ def plain_text(text: str) -> str:
         if cleaned == text:
             return text
         text = cleaned
+
+
+# Short function words that appear in almost every sentence of their language (and in no other of the three).
+_STOPWORDS = {
+    "en": frozenset({"the", "is", "are", "was", "you", "your", "this", "that", "it", "its", "of", "to", "and", "with",
+                     "can", "be", "should", "for", "have", "has", "what", "not", "will", "would", "if", "they",
+                     "about", "any", "or", "do", "does", "may", "we"}),
+    "es": frozenset({"el", "los", "las", "del", "que", "y", "es", "un", "una", "por", "para", "con", "su", "se",
+                     "lo", "al", "usted", "muy", "pero", "como", "esta", "este", "puede", "debe", "si"}),
+    "fr": frozenset({"le", "les", "des", "du", "et", "est", "un", "une", "vous", "que", "qui", "pour", "pas", "ne",
+                     "ce", "il", "elle", "sur", "avec", "votre", "au", "aux", "dans", "peut", "mais"}),
+}
+
+
+def wrong_language(text: str, lang: str) -> bool:
+    """Whether ``text``, meant for a Spanish or French reader, is clearly English: at least three English
+    function words and more than twice as many as the expected language's. Names and medical words do not
+    count, so "El melanoma (melanoma) es ..." is Spanish."""
+    lang = resolve_lang(lang)
+    if lang == "en":
+        return False
+    words = re.findall(r"[a-z]+", fold(text))
+    english = sum(word in _STOPWORDS["en"] for word in words)
+    own = sum(word in _STOPWORDS[lang] for word in words)
+    return english >= 3 and english > 2 * own
+
+
 SYSTEM_PROMPT = (
     "You are a careful assistant on an offline skin-screening device. You are not a doctor and the device "
     "does not diagnose. Explain the screening result and the fact sheet you are given in simple, kind words, "
@@ -111,14 +142,30 @@ class Assistant:
             yield ChatEvent("token", {"text": NO_RESULT.get(lang, NO_RESULT["en"]) + "\n\n" + DISCLAIMER[lang]})
             yield ChatEvent("done", {"source": "template"})
             return
+        adjustment = self.answer_adjustment(result, symptoms, history, lang)
         if self.llm is None:
-            yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled")
+            yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled", adjustment)
             return
-        yield from self._llm_answer(message, result, lang, history, abandoned)
+        yield from self._llm_answer(message, result, lang, history, abandoned, adjustment)
+
+    def answer_adjustment(self, result: Result, symptoms: Iterable[str], history: list[dict],
+                          lang: str) -> Adjustment:
+        """The tier an answer must keep to: the result's urgency raised by the ticked ``symptoms`` and by red
+        flags in the person's earlier messages (``history``), exactly as the report raises it."""
+        ticked = set(symptoms or ())
+        unknown = ticked.difference(SYMPTOMS)
+        if unknown:
+            log.warning("ignoring unknown symptom id(s) %s", sorted(unknown))
+        ticked = ticked.intersection(SYMPTOMS) - {"none"}  # "none" never changes the tier
+        said = "\n".join(str(turn.get("content") or "") for turn in history or () if turn.get("role") == "user")
+        return adjust_urgency(result.urgency, ticked, lang, red_flags=check_red_flags(said) if said else None)
 
     def _llm_answer(self, message: str, result: Result, lang: str, history: list[dict],
-                    abandoned: Callable[[], bool] | None = None) -> Iterator[ChatEvent]:
-        messages = self._messages(message, result, lang, history)
+                    abandoned: Callable[[], bool] | None = None,
+                    adjustment: Adjustment | None = None) -> Iterator[ChatEvent]:
+        adjustment = adjustment or self.answer_adjustment(result, (), history, lang)
+        urgency = adjustment.urgency.value
+        messages = self._messages(message, result, lang, history, adjustment)
         pending, emitted = "", []
         try:
             for piece in self.llm.stream(messages, max_tokens=self.settings.max_tokens,
@@ -127,7 +174,10 @@ class Assistant:
                 pending += piece
                 *complete, pending = SENTENCE_END.split(pending)
                 for sentence in complete:
-                    verdict = screen_answer(" ".join([*emitted, sentence]), lang, result.urgency.value)
+                    if wrong_language(sentence, lang):
+                        yield from self._wrong_language(result, lang, adjustment, bool(emitted))
+                        return
+                    verdict = screen_answer(" ".join([*emitted, sentence]), lang, urgency, question=message)
                     if not verdict.safe:
                         yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
                         yield ChatEvent("done", {"source": "guard"})
@@ -138,14 +188,17 @@ class Assistant:
             # ValueError is llama.cpp's "the prompt does not fit the context": the earlier turns go first
             if isinstance(exc, ValueError) and history and not emitted:
                 log.warning("LLM prompt too long (%s): answering without the earlier turns", exc)
-                yield from self._llm_answer(message, result, lang, [], abandoned)
+                yield from self._llm_answer(message, result, lang, [], abandoned, adjustment)
                 return
             log.warning("LLM answer failed, falling back to the fact sheet: %s", exc)
-            yield from self._fact_sheet_answer(result, lang, str(exc))
+            yield from self._fact_sheet_answer(result, lang, str(exc), adjustment)
             return
         tail = pending.strip()
+        if tail and wrong_language(tail, lang):
+            yield from self._wrong_language(result, lang, adjustment, bool(emitted))
+            return
         if tail:
-            verdict = screen_answer(" ".join([*emitted, tail]), lang, result.urgency.value)
+            verdict = screen_answer(" ".join([*emitted, tail]), lang, urgency, question=message)
             if not verdict.safe:
                 yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
                 yield ChatEvent("done", {"source": "guard"})
@@ -154,7 +207,16 @@ class Assistant:
         yield ChatEvent("token", {"text": "\n\n" + DISCLAIMER[lang]})
         yield ChatEvent("done", {"source": "llm", **self.llm.stats()})
 
-    def _fact_sheet_answer(self, result: Result, lang: str, why: str) -> Iterator[ChatEvent]:
+    def _wrong_language(self, result: Result, lang: str, adjustment: Adjustment | None,
+                        shown: bool) -> Iterator[ChatEvent]:
+        # the answer's text is not logged: the model's words can echo the patient's
+        log.warning("LLM answered in another language than %s: falling back to the fact sheet", lang)
+        if shown:  # the sentences already on screen go: the fact sheet replaces the whole answer
+            yield ChatEvent("replace", {"text": "", "reason": "wrong_language"})
+        yield from self._fact_sheet_answer(result, lang, "the model answered in another language", adjustment)
+
+    def _fact_sheet_answer(self, result: Result, lang: str, why: str,
+                           adjustment: Adjustment | None = None) -> Iterator[ChatEvent]:
         yield ChatEvent("notice", {"text": NOTICES.get(lang, NOTICES["en"]), "reason": why})
         try:
             facts = self.facts(result.label, lang)
@@ -162,29 +224,44 @@ class Assistant:
             log.warning("%s", exc)
             facts = None
         if facts is not None:
-            for key in ("What it is", "What usually happens next"):
-                yield ChatEvent("token", {"text": facts.sections[key].strip() + "\n\n"})
+            yield ChatEvent("token", {"text": facts.sections["What it is"].strip() + "\n\n"})
+            if adjustment is not None and adjustment.raised:
+                # the sheet's usual next step is for the result's own tier: the raised tier's advice replaces it
+                next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
+            else:
+                next_step = facts.sections["What usually happens next"]
+            yield ChatEvent("token", {"text": next_step.strip() + "\n\n"})
         yield ChatEvent("token", {"text": DISCLAIMER[lang]})
         yield ChatEvent("done", {"source": "template"})
 
-    def _messages(self, message: str, result: Result, lang: str, history: list[dict]) -> list[dict]:
+    def _messages(self, message: str, result: Result, lang: str, history: list[dict],
+                  adjustment: Adjustment | None = None) -> list[dict]:
         try:
             facts = self.facts(result.label, "en")
         except FactsUnavailable:
             facts = None
+        raised = adjustment is not None and adjustment.raised
+        urgency = adjustment.urgency if raised else result.urgency
+        language = LANGUAGE_NAMES.get(resolve_lang(lang), "English")
         top = ", ".join(f"{label} {p:.0%}" for label, p in result.top(3))
+        sheet = ""
+        if facts:  # when symptoms raised the tier, the sheet's usual next step (for the result's own) is left out
+            next_step = (f"Next step: {TIER_NAMES['en'][urgency]}." if raised
+                         else facts.sections["What usually happens next"])
+            sheet = f"\nFact sheet:\n{facts.sections['What it is']}\n{next_step}"
         grounding = (
             f"Screening result: {result.display_name}. Calibrated probabilities: {top}. "
-            f"Urgency: {result.urgency.value}."
+            f"Urgency: {urgency.value}."
+            + (f" (Raised from {result.urgency.value} by the symptoms the person reported.)" if raised else "")
             + (" The device was unsure about this image." if result.abstained else "")
-            + (f"\nFact sheet:\n{facts.sections['What it is']}\n{facts.sections['What usually happens next']}"
-               if facts else "")
-            + f"\nAnswer in {LANGUAGE_NAMES.get(lang, 'English')}."
+            + sheet
+            + f"\nAnswer in {language}."
         )
         recent = [{"role": turn["role"], "content": plain_text(turn["content"])}
                   for turn in history if turn["role"] in ("user", "assistant")][-4:]
+        question = plain_text(message) + (f"\n\nAnswer in {language}." if message else "")
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "system", "content": grounding},
-                *recent, {"role": "user", "content": plain_text(message)}]
+                *recent, {"role": "user", "content": question}]
 
     # -- report ----------------------------------------------------------------------------------------
     def facts(self, label: str, lang: str):
