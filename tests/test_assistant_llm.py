@@ -29,7 +29,6 @@ def a_result(label="nv", urgency=Urgency.ROUTINE, abstained=False) -> Result:
 
 @pytest.fixture(scope="module")
 def assistant():
-    pytest.importorskip("llama_cpp")
     service = build_assistant(load_settings(None, {"assistant": {"max_tokens": 60}}), _Pack())
     assert service.llm is not None, service.llm_error
     yield service
@@ -103,7 +102,6 @@ def test_a_french_screen_gets_french_or_the_french_fact_sheet(assistant):
 
 
 def test_timeout_falls_back_to_the_fact_sheet():
-    pytest.importorskip("llama_cpp")
     service = build_assistant(load_settings(None, {"assistant": {"timeout_s": 0.001}}), _Pack())
     try:
         events, kinds = collect(service.answer("Tell me more", a_result(), "es", history=[], symptoms=frozenset()))
@@ -121,7 +119,6 @@ def test_close_stops_the_answer_in_progress_and_frees_the_model():
 
     from edge.assistant.llm import LlmOwner, LlmUnavailable, default_gguf
 
-    pytest.importorskip("llama_cpp")
     owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
     pieces, ended, outcome = [], threading.Event(), []
 
@@ -142,9 +139,8 @@ def test_close_stops_the_answer_in_progress_and_frees_the_model():
     while len(pieces) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(pieces) >= 3, "the model produced no tokens"
-    started = time.monotonic()
     owner.close()
-    assert ended.wait(5) and time.monotonic() - started < 5
+    assert ended.wait(5)  # the answer in progress stopped
     reader.join(5)
     assert len(pieces) < 400 and outcome == ["cut off"]
     assert owner._llm is None and not owner._worker.is_alive()
@@ -164,9 +160,11 @@ def test_missing_model_means_templates_and_a_reason(tmp_path):
 
 
 def test_report_overview_written_by_the_model_and_guarded(assistant):
+    before = assistant.llm.tokens_total
     report, note = assistant.report(a_result(), "en", symptoms=frozenset(),
                                     red_flag_text="it keeps bleeding")
-    assert report.source in ("llm", "template") and report.urgency == Urgency.URGENT
+    assert assistant.llm.tokens_total > before  # the model wrote the overview (templates would write none)
+    assert (report.source == "llm" or report.blocked) and report.urgency == Urgency.URGENT
     assert (note is None) == (report.source == "llm") or report.blocked
     assert screen_answer(report.section("condition_overview"), "en").safe
 
@@ -187,26 +185,21 @@ def test_a_history_too_long_for_the_context_is_dropped_not_fatal(assistant, capl
 def test_an_abandoned_answer_frees_the_model_for_the_next_person():
     """The browser left mid-answer: the stream stops within a check interval and the worker takes the next
     request at once, instead of writing the whole answer for nobody."""
-    import time
+    from edge.assistant.llm import LlmOwner, default_gguf
 
-    from edge.assistant.llm import ABANDON_CHECK_S, LlmOwner, default_gguf
-
-    pytest.importorskip("llama_cpp")
     owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
     try:
         gone = {"now": False}
         pieces = []
-        started = time.monotonic()
         for piece in owner.stream([{"role": "user", "content": "Count from one to five hundred in words."}],
                                   max_tokens=400, temperature=0.0, timeout_s=30, abandoned=lambda: gone["now"]):
             pieces.append(piece)
             if len(pieces) == 3:
                 gone["now"] = True  # the client disconnects here
-        assert 3 <= len(pieces) < 100 and time.monotonic() - started < 10
-        began = time.monotonic()
+        assert 3 <= len(pieces) < 100  # cancelled: not the whole count to five hundred
         next_answer = list(owner.stream([{"role": "user", "content": "Say hello."}], max_tokens=5,
                                         temperature=0.0, timeout_s=30))
-        assert next_answer and time.monotonic() - began < 5 + ABANDON_CHECK_S
+        assert next_answer  # the worker is free for the next person
     finally:
         owner.close()
 
@@ -218,7 +211,6 @@ def test_close_refuses_queued_answers_instead_of_ending_them_silently():
 
     from edge.assistant.llm import LlmOwner, LlmUnavailable, default_gguf
 
-    pytest.importorskip("llama_cpp")
     owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
     outcomes, pieces = {}, []
 
@@ -256,7 +248,8 @@ def test_a_reopened_report_reuses_its_overview(assistant):
     second, _ = assistant.report(result, "en", symptoms=frozenset({"bleeding", "recent_change"}),
                                  overviews=overviews)
     assert assistant.llm.tokens_total == tokens  # no new generation
-    if first.source == "llm":
+    assert first.source == "llm" or first.blocked
+    if not first.blocked:
         assert list(overviews) == [(result.id, "en")]
         assert overviews[(result.id, "en")] in second.markdown()
     assert second.urgency == Urgency.URGENT and first.urgency == Urgency.ROUTINE
@@ -267,7 +260,6 @@ def test_a_new_patient_leaves_nothing_of_the_last_conversation_in_the_model():
     rewinds the count. After forget() no token of the previous patient's words is left anywhere."""
     from edge.assistant.llm import LlmOwner, default_gguf
 
-    pytest.importorskip("llama_cpp")
     owner = LlmOwner(default_gguf(), n_ctx=512, threads=2, system_prompt="You are brief.")
     try:
         secret = "I am Zorblatt Quixote from Kpalime. Is this spot bad?"
