@@ -19,6 +19,7 @@ from edge.service import SystemdService, liveness, local_url, stall_limit_s
 
 log = logging.getLogger("edge")
 TRIAL_INFERENCE_LIMIT_S = 10.0  # a normal inference takes milliseconds, a saliency map about a second
+LOOP_STOP_S = 5.0  # how long a stop waits for the camera loop before closing everything without it
 
 
 class Daemon:
@@ -153,12 +154,35 @@ class Daemon:
         self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.port)
                            if self.server is not None else None)
         try:
-            self.pipeline.run(stop, max_frames=max_frames)
+            self._run_loop(stop, max_frames)
         finally:
             self.systemd.stopping("stopping: restart requested by an administrator" if self.exit_code
                                   else "stopping")
             log.info("stopping: %s", json.dumps(self.pipeline.health()))
             self.close()
+
+    def _run_loop(self, stop: threading.Event, max_frames: int | None) -> None:
+        """The pipeline loop on its own thread, so that a stop (SIGTERM, Ctrl-C, a restart) is honoured even
+        while a camera read is stuck inside a driver: the rest of the daemon still closes in order, and the
+        camera is closed under the stuck read (``ResilientSource.close``)."""
+        failure: list[BaseException] = []
+
+        def loop() -> None:
+            try:
+                self.pipeline.run(stop, max_frames=max_frames)
+            except BaseException as exc:  # handed to the main thread, which raises it
+                failure.append(exc)
+
+        thread = threading.Thread(target=loop, name="pipeline", daemon=True)
+        thread.start()
+        while thread.is_alive() and not stop.wait(0.5):
+            pass
+        thread.join(LOOP_STOP_S)
+        if thread.is_alive():
+            log.error("the camera loop did not stop within %.0f s (a read is stuck in the camera driver): "
+                      "stopping without it", LOOP_STOP_S)
+        if failure:
+            raise failure[0]
 
     def close(self) -> None:
         if self.server is not None:

@@ -37,6 +37,7 @@ class Step:
 
 
 LATENCY_BUCKETS_MS = (5, 10, 20, 50, 100, 250, 500, 1000)
+CAMERA_STALL_S = 10.0  # a camera that says ok but has sent no frame for this long is reported "stalled"
 
 
 @dataclass
@@ -125,12 +126,19 @@ class Pipeline:
         self.counters.rejects.update(issue.value for issue in quality.issues)
         return quality
 
-    def classify(self, frame: Frame, quality: Quality) -> Result:
-        """Classify one frame and hand the result to every consumer. Serialised: one model, one caller."""
+    def classify(self, frame: Frame, quality: Quality, *, wait: bool = True) -> Result | None:
+        """Classify one frame and hand the result to every consumer. Serialised: one model, one caller.
+        ``wait=False`` (the camera loop's automatic classification) gives up at once, returning None, when
+        the model is busy with a kiosk request: the loop must keep reading frames for the live preview."""
         if self.classifier is None:
             raise ModelError(f"classification is unavailable: {self.model_error}")
-        with self._lock, self._inferring():
-            result = self.classifier.classify(frame.image, quality)
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            with self._inferring():
+                result = self.classifier.classify(frame.image, quality)
+        finally:
+            self._lock.release()
         self.counters.classifications += 1
         self.counters.observe_latency(result.latency_ms)
         for consumer in self._consumers:
@@ -175,7 +183,9 @@ class Pipeline:
             return self.latest
         if not (self.settings.pipeline.auto_classify and self.classifier):
             return self.latest
-        self.latest = Step(frame, quality, self.classify(frame, quality))
+        result = self.classify(frame, quality, wait=False)
+        if result is not None:
+            self.latest = Step(frame, quality, result)
         return self.latest
 
     def run(self, stop: threading.Event, max_frames: int | None = None,
@@ -193,11 +203,24 @@ class Pipeline:
                 step = Step(None)
             if on_step:
                 on_step(step)
-            if max_frames is not None and self.counters.frames >= max_frames:
+            if max_frames is not None and (self.counters.frames >= max_frames or not self._more_frames_can_come()):
                 break
             wait = period - (time.monotonic() - began) if step.frame is not None else idle_wait
             if wait > 0:
                 stop.wait(wait)
+
+    def _more_frames_can_come(self) -> bool:
+        return self.camera is not None and self.camera.state != "finished"
+
+    def camera_state(self) -> str | None:
+        """The camera's state, with "stalled" for one that says ok but has sent nothing for ``CAMERA_STALL_S``
+        (a read blocked inside a driver): what health shows an operator."""
+        if self.camera is None:
+            return None
+        state = self.camera.state
+        if state == "ok" and self.last_frame_at is not None and time.monotonic() - self.last_frame_at > CAMERA_STALL_S:
+            return "stalled"
+        return state
 
     def _skip_failed_frame(self, exc: Exception) -> None:
         """Count and log a frame that failed; logged on failures 1, 2, 4, 8 … so a source that fails on every
@@ -211,12 +234,12 @@ class Pipeline:
                 log.exception("frame skipped (%d so far) after an unexpected error", count)
 
     def health(self) -> dict:
-        camera = None
+        camera, state = None, self.camera_state()
         if self.camera is not None:
-            camera = {"spec": self.camera.spec, "state": self.camera.state, "last_error": self.camera.last_error,
+            camera = {"spec": self.camera.spec, "state": state, "last_error": self.camera.last_error,
                       "reopen_attempts": self.camera.reopen_attempts}
         return {
-            "status": "ok" if self.classifier and (self.camera is None or self.camera.state == "ok") else "degraded",
+            "status": "ok" if self.classifier and (self.camera is None or state == "ok") else "degraded",
             "uptime_s": round(time.monotonic() - self.started, 1),
             "camera": camera,
             "inference": self.classifier.health() if self.classifier else {"error": self.model_error},

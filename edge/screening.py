@@ -42,6 +42,8 @@ class PipelineScreening:
             return None
         if pipeline.last_frame_at is None or time.monotonic() - pipeline.last_frame_at > PREVIEW_STALE_S:
             return None
+        if latest.frame.index < getattr(pipeline.camera, "first_index", 0):  # from before a reopen: the
+            return None  # device came back but has not delivered yet, so this picture is not what it sees
         return latest
 
     def preview(self) -> Preview | None:

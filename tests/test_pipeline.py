@@ -134,3 +134,150 @@ def test_edge_run_without_camera_says_so_and_stops_on_sigterm(imagenet_pack, tmp
     assert daemon.returncode == 0, log
     assert "no camera found" in log and "uploads only" in log
     assert "stopping:" in log
+
+
+# -- cameras that stall, come back slowly, or end ----------------------------------------------------------
+class HeldCamera:
+    """Hardware that cannot exist here, behind the real CameraSource interface: a device that delivers
+    ``frames`` frames and then blocks in read() until it is closed (as a stalled GStreamer appsink or
+    libcamera request does; closing the device is what makes such a read return)."""
+
+    def __init__(self, frames: int, spec: str = "fake:held"):
+        from edge.camera.base import CameraSource
+
+        outer = self
+
+        class Source(CameraSource):
+            def _open(self):
+                pass
+
+            def _read_bgr(self):
+                outer.reads += 1
+                if outer.reads > frames:
+                    outer.blocked.set()
+                    outer.released.wait()
+                    raise OSError("device closed")
+                return np.full((120, 160, 3), 40 * outer.reads % 255, np.uint8)
+
+            def _close(self):
+                outer.released.set()
+
+        self.source_class, self.spec = Source, spec
+        self.reads, self.blocked, self.released = 0, threading.Event(), threading.Event()
+
+    def factory(self):
+        return self.source_class(self.spec)
+
+
+def test_a_camera_read_stuck_in_the_driver_is_reported_and_does_not_stop_shutdown(tmp_path, monkeypatch):
+    """A read that never returns kept `edge run` from stopping (SIGTERM did nothing) and health said "ok"."""
+    import edge.pipeline
+    from edge.camera.resilient import ResilientSource
+    from edge.daemon import Daemon
+
+    monkeypatch.setattr(edge.pipeline, "CAMERA_STALL_S", 0.5)
+    settings = load_settings(None, {"state_dir": str(tmp_path), "camera": {"source": "none", "fps": 20},
+                                    "kiosk": {"enabled": False}, "assistant": {"enabled": False},
+                                    "inference": {"model_dir": str(tmp_path / "no-pack")}})
+    daemon = Daemon(settings)
+    held = HeldCamera(frames=3)
+    daemon.pipeline.camera = ResilientSource(held.factory).__enter__()
+    stop = threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,), name="daemon-run", daemon=True)
+    runner.start()
+    assert held.blocked.wait(10), "the fake camera never blocked"
+    deadline = time.monotonic() + 5
+    while daemon.pipeline.health()["camera"]["state"] != "stalled" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemon.pipeline.health()["camera"]["state"] == "stalled"
+    stop.set()  # what SIGTERM does
+    runner.join(20)
+    assert not runner.is_alive(), "the daemon did not stop while a camera read was stuck"
+    assert held.released.is_set()  # the device was closed under the stuck read, which ended it
+
+
+def test_a_camera_that_comes_back_slowly_never_shows_its_last_picture_as_live(imagenet_pack):
+    """After a reopen the device can take seconds to deliver; meanwhile the frame from before the outage
+    was offered as the live preview, and Capture classified it."""
+    from edge.camera.resilient import ResilientSource
+    from edge.errors import CameraUnavailable
+    from edge.pipeline import open_classifier
+    from edge.screening import PipelineScreening
+
+    first, second = HeldCamera(frames=1, spec="fake:first"), HeldCamera(frames=1_000_000, spec="fake:second")
+    warmed = threading.Event()
+
+    class SlowStart(second.source_class):  # the second device's first read waits until the test lets it go
+        def _read_bgr(self):
+            warmed.wait()
+            return super()._read_bgr()
+
+    second.source_class = SlowStart
+    devices = iter([first, second])
+    settings = settings_for(imagenet_pack, "none", pipeline={"auto_classify": False})
+    camera = ResilientSource(lambda: next(devices).factory(), backoff_initial=0.05).__enter__()
+    pipeline = Pipeline(settings, camera, *open_classifier(settings))
+    screening = PipelineScreening(pipeline)
+    stop = threading.Event()
+    loop = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline")
+    try:
+        pipeline.step()  # frame 0 from the first device
+        assert screening.preview() is not None
+        first.released.set()  # the first device fails on its next read: unplugged
+        loop.start()
+        deadline = time.monotonic() + 10
+        while camera.spec != "fake:second" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert camera.spec == "fake:second" and camera.state == "ok"  # reopened, first read pending
+        assert screening.preview() is None  # not the picture from before the outage
+        with pytest.raises(CameraUnavailable):
+            screening.capture()
+        warmed.set()
+        deadline = time.monotonic() + 10
+        while screening.preview() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert screening.preview() is not None and pipeline.latest.frame.index >= camera.first_index
+    finally:
+        warmed.set()
+        stop.set()
+        if loop.is_alive():
+            loop.join(10)
+        pipeline.close()
+
+
+def test_max_frames_ends_when_no_more_frames_can_come(imagenet_pack, tmp_path, ham_images):
+    """`edge run --max-frames N` hung forever with a replay shorter than N frames, or with no camera."""
+    import shutil
+
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for path in ham_images[:3]:
+        shutil.copy(path, folder / path.name)
+    for source, extra in ((f"file:{folder}", {"loop": False}), ("none", {})):
+        settings = settings_for(imagenet_pack, source)
+        settings = settings.model_copy(update={"camera": settings.camera.model_copy(update=extra)})
+        pipeline = Pipeline.from_settings(settings)
+        runner = threading.Thread(target=pipeline.run, args=(threading.Event(),), kwargs={"max_frames": 5},
+                                  daemon=True)
+        runner.start()
+        runner.join(20)
+        finished = not runner.is_alive()
+        pipeline.close()
+        assert finished, source
+
+
+def test_automatic_classification_never_waits_for_a_kiosk_inference(imagenet_pack, replay_folder):
+    """With auto_classify on, the loop waited for the model while a kiosk request (a saliency map) held it:
+    the live preview froze, and a long kiosk inference failed the watchdog's loop check."""
+    pipeline = Pipeline.from_settings(settings_for(imagenet_pack, f"file:{replay_folder}"))
+    try:
+        with pipeline._lock:  # the model is busy with a kiosk request
+            done = threading.Event()
+            stepper = threading.Thread(target=lambda: (pipeline.step(), done.set()))
+            stepper.start()
+            assert done.wait(10), "the camera loop waited for the model"
+            assert pipeline.latest.frame is not None and pipeline.latest.result is None
+        stepper.join()
+        assert pipeline.step().result is not None  # the model is free again: classified as before
+    finally:
+        pipeline.close()

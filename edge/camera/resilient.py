@@ -23,6 +23,7 @@ from edge.types import Frame
 log = logging.getLogger("edge.camera")
 
 MAX_WAIT_S = 0.1  # the longest read() waits while the camera is down, so callers can still shut down
+CLOSE_WAIT_S = 1.0  # close() waits this long for a read in progress, then closes the device under it
 JITTER = 0.1  # +-10% so a fleet of devices does not retry a shared resource in lock-step
 
 STATE_OK = "ok"
@@ -65,6 +66,7 @@ class ResilientSource:
         self.state = STATE_DOWN
         self.last_error: str | None = None
         self.reopen_attempts = 0
+        self.first_index = 0  # index of the first frame the current device delivers (frames before are older)
 
     def describe(self) -> str:
         detail = f": {self.last_error}" if self.state == STATE_DOWN and self.last_error else ""
@@ -94,11 +96,20 @@ class ResilientSource:
             return frame
 
     def close(self) -> None:
-        """Release the camera; ``read()`` after this is a bug, re-entering the context manager reopens."""
-        with self._lock:
+        """Release the camera; ``read()`` after this is a bug, re-entering the context manager reopens.
+        A read blocked inside a driver (a GStreamer or libcamera pipeline that stopped delivering) holds the
+        lock: after ``CLOSE_WAIT_S`` the device is closed under it, which is what makes such a read return,
+        so shutting down never hangs on the camera."""
+        locked = self._lock.acquire(timeout=CLOSE_WAIT_S)
+        try:
+            if not locked:
+                log.warning("camera %s: a read is stuck; closing the device under it", self.spec)
             self._closed = True
             self._release()
             self.state = STATE_DOWN
+        finally:
+            if locked:
+                self._lock.release()
 
     def __enter__(self) -> ResilientSource:
         with self._lock:
@@ -133,6 +144,7 @@ class ResilientSource:
             self._went_down(exc)
             return False
         self._source = source
+        self.first_index = self._delivered
         self._came_up()
         return True
 
