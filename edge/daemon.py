@@ -170,7 +170,7 @@ class Daemon:
         def loop() -> None:
             try:
                 self.pipeline.run(stop, max_frames=max_frames)
-            except BaseException as exc:  # handed to the main thread, which raises it
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
                 failure.append(exc)
 
         thread = threading.Thread(target=loop, name="pipeline", daemon=True)
