@@ -95,6 +95,10 @@ class KioskSettings(_Section):
     enabled: bool = Field(True, description="Serve the local kiosk UI from `edge run`.")
     host: str = Field("127.0.0.1", description="Listen address; keep 127.0.0.1 unless the UI is used remotely.")
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port (tests).")
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the kiosk answers to besides localhost, IP addresses and this machine's name "
+                    "(e.g. kiosk.clinic.lan when the UI is opened to the network); any other Host is refused.")
     language: Literal["en", "es", "fr"] = Field("en", description="Default UI language (users can switch).")
     idle_timeout_s: float = Field(180.0, ge=10, le=86400, description="A patient session clears after this idle time.")
     preview_fps: float = Field(8.0, gt=0, le=30, description="Frame rate of the live preview stream.")

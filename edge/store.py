@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS history (
     note TEXT NOT NULL DEFAULT ''
 )
 """
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 COLUMNS = ("id", "time", "label", "display_name", "confidence", "urgency", "abstained", "model_version", "note")
 
 
@@ -57,11 +58,13 @@ class History:
         return [dict(zip(COLUMNS, row)) for row in rows]
 
     def csv(self) -> str:
+        """The history as CSV. A text cell that a spreadsheet would run as a formula (=, +, -, @, tab, CR at
+        its start: a note typed as "=HYPERLINK(…)") gets a leading apostrophe, so it is shown as text."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(COLUMNS)
         for entry in self.entries():
-            writer.writerow([entry[c] for c in COLUMNS])
+            writer.writerow([_as_text(entry[c]) for c in COLUMNS])
         return buffer.getvalue()
 
     def purge(self) -> int:
@@ -72,3 +75,9 @@ class History:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _as_text(value):
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
+        return "'" + value
+    return value

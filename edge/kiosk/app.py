@@ -7,10 +7,13 @@ The app holds no module-level state: everything lives on the objects passed to `
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 import logging
+import socket
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +36,33 @@ class ApiError(EdgeError):
     def __init__(self, status: int, message: str, **extra) -> None:
         super().__init__(message)
         self.status, self.extra = status, extra
+
+
+JSON_BODY_LIMIT = 64 * 1024  # every request but an upload is a small JSON document (chat: max_chat_chars)
+
+
+def local_host_names(listen_host: str, extra: list[str]) -> frozenset[str]:
+    """The names this kiosk answers to besides IP addresses: localhost, the machine's name (and .local, as
+    mDNS announces it), the configured listen host and ``kiosk.allowed_hosts``."""
+    name = socket.gethostname().lower()
+    names = {"localhost", name, f"{name}.local", *(host.lower() for host in extra)}
+    if listen_host not in ("", "0.0.0.0", "::"):
+        names.add(listen_host.lower())
+    return frozenset(names)
+
+
+def host_allowed(host_header: str, names: frozenset[str]) -> bool:
+    """Whether a request's Host (with or without a port; IPv6 in brackets) is an IP address or a known name."""
+    host = host_header.lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":")[0]
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return host in names
 
 
 class InMemoryRequest(Request):
@@ -62,6 +92,35 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     sessions = SessionKeeper(kiosk.idle_timeout_s, clear_patient)
 
+    known_hosts = local_host_names(kiosk.host, kiosk.allowed_hosts)
+
+    @app.before_request
+    def _only_this_kiosk():
+        """Refuse what a web page elsewhere could make a browser send here. A Host this device is not known by
+        is a DNS-rebinding page trying to read the API as if it were the kiosk; a state-changing request from
+        another site (an Origin that is not this one, or Sec-Fetch-Site: cross-site) could purge the
+        history, take a capture or clear the patient's session. JSON bodies are small: only an upload may
+        be large, so a huge JSON document cannot take the device's memory."""
+        if not host_allowed(request.host, known_hosts):
+            raise ApiError(400, f"this kiosk does not answer to the host name {request.host.split(':')[0]!r} "
+                           "(add it to kiosk.allowed_hosts)")
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("Origin")
+            if (origin and urllib.parse.urlsplit(origin).netloc != request.host) or \
+                    request.headers.get("Sec-Fetch-Site") == "cross-site":
+                raise ApiError(403, "requests from other web sites are refused")
+        if request.path != "/api/classify":
+            request.max_content_length = JSON_BODY_LIMIT
+            if (request.content_length or 0) > JSON_BODY_LIMIT:
+                raise ApiError(413, f"request body above {JSON_BODY_LIMIT // 1024} kB")
+
+    def json_body():
+        """The request's JSON, or None when it is missing or malformed (including nesting too deep to parse)."""
+        try:
+            return request.get_json(silent=True)
+        except RecursionError:
+            return None
+
     @app.after_request
     def _never_cached(response: Response) -> Response:
         """No API answer (a result, the history and its notes) may stay in a browser's cache."""
@@ -75,7 +134,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
     def language() -> str:
         asked = request.args.get("lang")
         if not asked and request.is_json:
-            body = request.get_json(silent=True)
+            body = json_body()
             asked = body.get("lang") if isinstance(body, dict) else None
         if not asked and request.method == "POST" and not request.is_json:
             asked = request.form.get("lang")
@@ -108,15 +167,21 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        message = "image is larger than the upload limit" if exc.code == 413 else exc.description
+        message = exc.description
+        if exc.code == 413:
+            message = "image is larger than the upload limit" if request.path == "/api/classify" else \
+                f"request body above {JSON_BODY_LIMIT // 1024} kB"
         return jsonify({"error": message}), exc.code
 
     # -- pages and health ------------------------------------------------------------------------------
     @app.get("/")
     def index():
         # A fresh page is a fresh patient: a reload (or a restarted kiosk browser) must not carry the last
-        # person's results, chat and red flags into the next person's session.
-        sessions.new_patient()
+        # person's results, chat and red flags into the next person's session. Only a page load counts: an
+        # <img> or a link prefetch from another site must not clear the patient's session.
+        if request.headers.get("Sec-Fetch-Dest", "document") == "document" and \
+                request.headers.get("Sec-Fetch-Site") != "cross-site":
+            sessions.new_patient()
         lang = language()
         return render_template("index.html", lang=lang, catalogue=i18n.catalogue(lang), languages=i18n.LANGUAGES,
                                version=__version__, health_worker=kiosk.health_worker_mode,
@@ -228,7 +293,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         from edge.assistant.symptoms import adjust_urgency
 
         result = sessions.result(result_id)
-        body = request.get_json(silent=True)
+        body = json_body()
         ticked = body.get("symptoms") if isinstance(body, dict) else None
         if not isinstance(ticked, list) or not all(isinstance(s, str) for s in ticked):
             raise ApiError(400, "send JSON {\"symptoms\": [ids]}")
@@ -242,7 +307,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     @app.post("/api/chat")
     def chat():
-        body = request.get_json(silent=True)
+        body = json_body()
         if (not isinstance(body, dict) or not isinstance(body.get("message"), str) or not body["message"].strip()
                 or not isinstance(body.get("result_id") or "", str)):
             raise ApiError(400, "send JSON {\"message\": \"…\"} with an optional result_id and lang")
@@ -304,7 +369,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     @app.post("/api/history/<result_id>/note")
     def history_note(result_id: str):
-        body = request.get_json(silent=True)
+        body = json_body()
         note = body.get("note") if isinstance(body, dict) else None
         if not isinstance(note, str) or len(note) > 1000:
             raise ApiError(400, "send JSON {\"note\": \"…\"} of at most 1000 characters")
