@@ -156,6 +156,9 @@ NEGATED = [
     "it is NOT bleeding", "no está sangrando", "il ne saigne pas",
     # a verb of seeing does not lift a negation of "any bleeding"
     "I haven't noticed any bleeding", "je n'ai pas vu de saignement", "No he notado ningún sangrado",
+    # ... nor of the symptom itself: not having seen it bleed is not bleeding (only "didn't realise" lifts it)
+    "I haven't seen it bleed.", "No, I haven't noticed it bleeding.", "No lo he visto sangrar.",
+    "Je ne l'ai jamais vu saigner.", "I have not noticed it getting bigger.", "Je ne l'ai pas vu grossir.",
 ]
 
 
@@ -175,6 +178,8 @@ BENIGN = [
     "I have a bleeding heart plant", "mis hijos están creciendo", "j'ai grossi", "tengo una úlcera de estómago",
     "ça cicatrise pas mal", "tengo una raya negra en una mancha", "a lump on my arm",
     "no sangra, así que no me preocupa",
+    # a question about what it could do is not a report that it does
+    "Can it spread to other parts of my body?", "Will it spread if I leave it?", "If it's melanoma, can it spread?",
 ]
 
 
@@ -379,6 +384,14 @@ SAFE_ADVICE = [
     "Vous pouvez demander un rendez-vous à votre médecin.", "No, I cannot tell you that; only a doctor can.",
     "There is no way to know without a doctor's examination.", "Es normal sentirse preocupado.",
     "A wart is a different kind of growth; a doctor can tell them apart.",
+    # a check that everything is fine, an appointment not needed, asking not harmful, "melanoma-like" features
+    "A doctor can examine the spot and make sure everything is okay.",
+    "Un médico puede examinarla y confirmar si todo está bien.", "Un médecin peut l'examiner et vérifier que tout va bien.",
+    "You don't need an appointment at many walk-in clinics, so you can go today.",
+    "No necesita una cita para ir a un centro de urgencias.", "It is not harmful to ask your doctor any questions.",
+    "No es malo hacerle preguntas al médico.", "There is no need to panic, but please see a doctor this week.",
+    "The device has detected melanoma-like features, so a doctor should look at it soon.",
+    "There is no cancer test you can do at home; a doctor can examine it.",
 ]
 
 
@@ -425,6 +438,13 @@ def test_a_bare_yes_or_no_to_a_question_about_a_disease_is_a_verdict(question, a
     ("Is it cancer?", "Only a doctor can tell."), ("¿Es un melanoma?", "Si le preocupa, consulte a un médico."),
     ("¿Es cáncer?", "No puedo saberlo; vea a un médico."), ("What does my result mean?", "No."),
     ("Can I book a visit today?", "Yes, please ask at the desk."),
+    # asking what to do, or a general question, is not asking for a verdict on the spot
+    ("Should I show my mole to a doctor?", "Yes, please show the spot to a doctor in the next few weeks."),
+    ("Can I wait a few months before showing this mole to a doctor?", "No, please do not wait; see a doctor soon."),
+    ("Is melanoma a type of skin cancer?", "Yes, melanoma is a type of skin cancer."),
+    ("¿Debo enseñarle el lunar a un médico?", "Sí, muestre la mancha a un médico."),
+    ("¿El melanoma es un cáncer de piel?", "Sí, el melanoma es un tipo de cáncer de piel."),
+    ("Dois-je montrer mon grain de beauté à un médecin ?", "Oui, montrez la tache à un médecin."),
 ])
 def test_other_answers_to_questions_pass(question, answer):
     assert screen_answer(answer, "en", "urgent", question=question).safe

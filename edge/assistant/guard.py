@@ -182,13 +182,13 @@ _DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
     rf"(?:my |the |your )?diagnosis (?:is|would be|will be) {_DISEASE_AFTER}",
     (rf"{_RESULT_EN} (?:has |have |had )?(?:is|s|was|are|shows?|showed|shown|confirms?|confirmed|indicates?"
     rf"|indicated|reveals?|revealed|says|said|detected|found|diagnosed|proves?|proved|means) (?:you with |it as )?"
-    rf"(?:not |no )?{_ARTICLES}(?:{_DISEASE})"),
+    rf"(?:not |no )?{_ARTICLES}(?:{_DISEASE})(?! (?:like|type|features?|signs?|traits?|similar))"),
     # denying a cancer is a verdict too: "you don't have cancer", "it isn't cancer", "there is no cancer"
     rf"you (?:[a-z]+ )?(?:don t|do not|dont|didn t|did not) (?:have|suffer from) {_FILLER}(?:{_MALIGNANT})",
     (rf"{_SPOT_EN} (?:isn t|isnt|is not|wasn t|was not|doesn t|does not|doesnt) (?:contain |have |show |look like )?"
     rf"{_FILLER}(?:{_MALIGNANT})"),
     (rf"there (?:is|s|are|was) (?:no|not any|nothing) (?:(?:sign|signs|evidence|trace|indication|risk|chance) of )?"
-    rf"(?:{_MALIGNANT})"),
+    rf"(?:{_MALIGNANT})(?! (?:tests?|screening|checks?|exams?|kits?))"),
     # Spanish: "(usted) tiene ...", "esto es ...", "se trata de ..."
     rf"(?:usted |tu |vos )?(?:tiene|tienes|tenes|padece|padeces|sufre|sufres) (?:de )?{_DISEASE_AFTER}",
     (rf"(?:esto|eso|(?:esta|su|tu|la) (?:lesion|mancha)|(?:este|su|tu|el) lunar) (?:no )?(?:es|se trata de|parece"
@@ -236,27 +236,29 @@ _FALSE_REASSURANCE = _rx(
     r"|(?:(?:don t|do not|dont|doesn t|does not|won t|will not|needn t|need not|not) (?:really |even )?need|no need)"
     r" (?:for |of |to (?:see|visit|consult|go|get|call|make|book|have|show)(?: (?:to|it|an?|the|your|checked|seen"
     r"|looked at|by))* )?(?:(?:a|an|the|any|your) )?(?:doctors?|dermatologists?|clinicians?|nurses?|health workers?"
-    r"|gp|physicians?|medical|appointments?|visit|check ?ups?|specialists?|clinic)"
+    r"|gp|physicians?|medical|specialists?|clinic)"
     r"|no (?:necesita|necesitas|hace falta|es necesario|tiene que|tienes que|hay que|debe|precisa)(?: (?:ir|ver"
     r"|consultar|acudir|visitar|pedir|llamar|a|al|con|una|un|el|la|de|su))* (?:medicos?|doctor\w*|dermatolog\w*"
-    r"|consulta|cita|enfermer\w*|clinica|centro de salud|especialista)"
+    r"|enfermer\w*|clinica|centro de salud|especialista)"
     r"|(?:inutile|(?:pas|aucun|nul) besoin|(?:n est )?pas (?:necessaire|la peine|utile)) (?:de |d )(?:consulter|voir"
     r"|aller|prendre|appeler|montrer)"
     # "it is not dangerous", "no es peligroso", "ce n'est pas grave", "tout va bien", "you're fine"
     r"|(?:it|this|that|spot|lesion|mole|mark|growth|lump|patch|bump) (?:is not|s not|isn t|isnt|is nothing|s nothing)"
     r" (?:(?:very|too|at all|anything) )?(?:dangerous|serious|harmful|worrying|worrisome|concerning|alarming|bad"
-    r"|a (?:concern|problem|worry|danger|threat))"
+    r"|a (?:concern|problem|worry|danger|threat))(?! to )"
     r"|no es (?:nada )?(?:peligros\w*|grave|preocupante|serio|malo|de cuidado|alarmante)"
+    r"(?! [a-z]+(?:ar|er|ir)(?:le|la|lo|les|se)?(?![a-z]))"
     r"|(?:ce|c|cela|ca|il|elle) n est (?:pas|rien de) (?:grave|dangereu\w*|inquietant\w*|serieux|mechant\w*"
     r"|preoccupant\w*|alarmant\w*)"
-    r"|tout va bien|tout est (?:normal|en ordre|ok)|(?:todo|toda) (?:esta|va) bien|no pasa nada|all is well"
-    r"|everything (?:is|s|looks|seems) (?:fine|normal|ok|okay|good|well)"
+    r"|(?<!whether )(?<!if )(?<!sure )(?<!check )(?<!confirm )(?<!si )(?<!que )(?<!verifier )(?<!confirmar )"
+    r"(?:tout va bien|tout est (?:normal|en ordre|ok)|(?:todo|toda) (?:esta|va) bien|no pasa nada|all is well"
+    r"|everything (?:is|s|looks|seems) (?:fine|normal|ok|okay|good|well))"
     r"|you (?:are|re|look|seem) (?:perfectly |completely |totally )?(?:healthy|fine|ok|okay|in good health)"
     r"|(?:esta|estas) (?:perfectamente |completamente )?san[oa]s?"
     r"|(?:usted|tu) (?:esta|estas) (?:bien|fuera de peligro)"
     r"|(?:vous etes|tu es) (?:en (?:bonne|parfaite) sante|en forme|hors de danger)"
     r"|nothing (?:to|you need to|for you to) (?:worry|be worried|be concerned|be afraid|fear|be scared)"
-    r"|no (?:cause|reason|need) (?:for|to) (?:concern|worry|alarm|panic|be (?:worried|concerned|alarmed|afraid|scared))"
+    r"|no (?:cause|reason|need) (?:for|to) (?:concern|worry|alarm|be (?:worried|concerned|alarmed|afraid|scared))"
     r"|no (?:hay|tiene) (?:ningun )?(?:motivos?|razon|razones) (?:de|para) (?:preocupa\w*|alarma\w*|inquiet\w*)"
     r"|pas de quoi (?:vous |s |t )?(?:inquieter|affoler|alarmer)"
     r"|no (?:hay|tiene) (?:nada )?(?:de )?que preocupar\w*|no (?:necesita|hace falta|es necesario) (?:ver|consultar|ir)"
@@ -487,8 +489,21 @@ _VERDICT_FOLLOWERS = frozenset({"it", "its", "this", "that", "you", "i", "es", "
                                 "cela", "ca", "vous", "il", "elle", "n", "not", "pas"})
 
 
+# ... about the person's own spot ("is it cancer?", "¿es esto grave?"), not a general one ("is melanoma a
+# kind of skin cancer?") ...
+_ABOUT_THEIR_SPOT = re.compile(
+    r"\b(?:it|this|that|my|mine|i have|i ve got|esto|eso|mi|tengo|c est|ce|ca|cela|mon|ma|j ai)(?![a-z0-9])"
+    r"|^(?:no )?(?:es|son|sera|seria)(?![a-z0-9])")  # Spanish drops the pronoun: "¿Es cáncer?" is "is it cancer?"
+# ... and not one asking what to do: "Should I show my mole to a doctor?" "Yes, ..." is advice.
+_ASKS_WHAT_TO_DO = re.compile(
+    r"^(?:(?:so|and|but|then|ok|okay) )?(?:should|can|could|may|must|shall|do|need) (?:i|we)(?![a-z0-9])"
+    r"|^(?:(?:entonces|y|pero) )?(?:debo|puedo|podria|tengo que|necesito|hay que)(?![a-z0-9])"
+    r"|^(?:(?:alors|et|mais) )?(?:dois je|puis je|faut il|est ce que je|est ce qu il faut|je dois|je peux)(?![a-z0-9])")
+
+
 def _find_bare_verdict(answer: str, question: str) -> str | None:
-    if not _ASKS_FOR_VERDICT.search(_words(fold(question))):
+    asked = _words(fold(question)).strip()
+    if not (_ASKS_FOR_VERDICT.search(asked) and _ABOUT_THEIR_SPOT.search(asked)) or _ASKS_WHAT_TO_DO.search(asked):
         return None
     opening = re.match(r"\W*(\w+)(\W*)(\w*)", unicodedata.normalize("NFC", answer).casefold())
     if opening is None:

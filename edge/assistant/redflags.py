@@ -111,14 +111,13 @@ _SHORT_NEGATIONS = frozenset({"without", "sin", "sans"})
 _SHORT_REACH = 2  # words
 
 
-# A verb of seeing or knowing between the negation and the mention takes the negation for itself: "I didn't
-# realise it was bleeding", "je ne l'ai jamais vu saigner" say that it bleeds. Not when the mention is
-# quantified away: "I haven't noticed any bleeding", "je n'ai pas vu de saignement".
+# A verb of knowing between the negation and the mention takes the negation for itself: "I didn't realise
+# it was bleeding", "no sabía que sangraba" say that it bleeds. Not a verb of seeing: "I haven't seen it
+# bleed", "je ne l'ai jamais vu saigner" say that it does not (and "never seen it bleed this much" is the
+# amount rule below). Not when the mention is quantified away either: "I didn't know of any bleeding".
 _PERCEPTION = frozenset({
-    "see", "seen", "saw", "seeing", "notice", "noticed", "noticing", "realise", "realised", "realising", "realize",
-    "realized", "realizing", "know", "knew", "known", "aware",
-    "visto", "ver", "vi", "vio", "veia", "notado", "notar", "note", "noto", "sabia", "sabido", "cuenta",
-    "vu", "vue", "voir", "vois", "voit", "remarque", "remarquee", "apercu", "apercue", "savais", "savait", "compte",
+    "realise", "realised", "realising", "realize", "realized", "realizing", "know", "knew", "known", "aware",
+    "sabia", "sabido", "cuenta", "savais", "savait", "compte",
 })
 _QUANTIFIERS = frozenset({"any", "ningun", "ninguna", "ninguno", "aucun", "aucune", "de", "d"})
 # ... and so does a measure of amount after the mention: "I've never seen it bleed this much", "nunca había
@@ -278,6 +277,8 @@ _RULES: tuple[_Rule, ...] = (
         r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
         r"new colou?rs?",
         # a spot that spreads or has doubled, in any language
+        # (a question about what it could do, "can it spread?", is not a report that it does)
+        r"(?<!can )(?<!could )(?<!will )(?<!would )(?<!does )(?<!might )(?<!may )(?<!puede )(?<!podria )(?<!peut )"
         r"(?:it|mole|spot|lesion|mark|patch|freckle|growth|pigment|colou?r|stain|lunar|mancha|tache|grain de beaute)"
         r" (?:is |s |has |has been |keeps |seems to be |se |se esta |esta |s est |s )?(?:spread\w*|extend\w*"
         r"|extiende\w*|expand\w*|propag\w*|etend\w*|etal\w*)",
