@@ -460,6 +460,19 @@ def test_no_api_answer_may_be_cached_by_the_browser(client):
         assert response.headers.get("Cache-Control") == "no-store", path
 
 
+def test_a_closed_session_keeper_is_never_rearmed_by_a_timer_already_running():
+    """close() between a timer firing and re-arming left a live timer that later cleared a closed app."""
+    from edge.kiosk.session import SessionKeeper
+    from mqtt_broker import make_result
+
+    cleared = []
+    sessions = SessionKeeper(60, cleared.append)
+    sessions.add(make_result())
+    sessions.close()
+    sessions._on_timer()  # the timer thread that was already past cancel() when close() ran
+    assert sessions._timer is None and cleared == []
+
+
 def test_unknown_result_id_is_404(client):
     assert_json_error(client.get("/api/saliency/0123456789abcdef.png"), 404, "unknown result id")
     assert_json_error(client.post("/api/symptoms/nope", json={"symptoms": []}), 404)
@@ -790,3 +803,4 @@ def test_pages_elsewhere_cannot_drive_or_read_the_kiosk(kiosk, client):
     same = client.post("/api/session/new", headers={"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"})
     assert same.status_code == 200  # the kiosk's own page still works
     assert client.get("/api/preview", headers={"Host": "127.0.0.1:8080"}).status_code == 200
+    assert client.get("/health", headers={"Host": "waitress.invalid"}).status_code == 200  # HTTP/1.0 probes

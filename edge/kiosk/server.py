@@ -28,6 +28,9 @@ log = logging.getLogger("edge.kiosk")
 LOOP_TIMEOUT_S = 0.2  # the longest the loop thread takes to notice a close without a wake-up
 HEADROOM_BYTES = 64 * 1024  # multipart framing and form fields around an upload
 OUTBUF_HIGH_WATERMARK = 4 * 1024 * 1024  # a response writer waits while this much is unsent
+# Bodies are held in memory (up to the upload limit each): at most this many connections at once, so a
+# flood of uploads cannot take a Pi's memory (waitress's default is 100). A kiosk page uses a few.
+CONNECTION_LIMIT = 16
 
 
 class KioskServer:
@@ -47,7 +50,8 @@ class KioskServer:
                                          channel_timeout=channel_timeout, asyncore_use_poll=True,
                                          channel_request_lookahead=1, max_request_body_size=body_limit,
                                          inbuf_overflow=body_limit + 1, outbuf_high_watermark=OUTBUF_HIGH_WATERMARK,
-                                         outbuf_overflow=4 * OUTBUF_HIGH_WATERMARK)
+                                         outbuf_overflow=4 * OUTBUF_HIGH_WATERMARK,
+                                         connection_limit=CONNECTION_LIMIT)
         except OSError as exc:
             raise EdgeError(f"the kiosk cannot listen on {host}:{port}: {exc.strerror or exc} (is edge.service "
                             "already running? set kiosk.port or kiosk.host)") from None

@@ -42,6 +42,7 @@ class SessionKeeper:
         self._lock = threading.Lock()
         self._session = PatientSession(started=clock(), last_activity=clock())
         self._timer: threading.Timer | None = None
+        self._closed = False  # after close() no timer is armed again, not even by one already running
         self.cleared = 0
 
     def touch(self) -> PatientSession:
@@ -78,7 +79,7 @@ class SessionKeeper:
 
     def _arm_locked(self) -> None:
         """Schedule an expiry check for when the session would time out (one timer at a time)."""
-        if self._timer is not None or not self._session.results:
+        if self._closed or self._timer is not None or not self._session.results:
             return
         remaining = self._session.last_activity + self.idle_timeout_s - self._clock()
         self._timer = threading.Timer(min(max(remaining, 0.0), self.idle_timeout_s) + 0.05, self._on_timer)
@@ -88,6 +89,8 @@ class SessionKeeper:
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = None
+            if self._closed:
+                return
         if not self.expire_if_idle():
             with self._lock:  # there was activity since: check again when the new idle period ends
                 self._arm_locked()
@@ -95,6 +98,7 @@ class SessionKeeper:
     def close(self) -> None:
         """Stop the expiry timer (the app is shutting down)."""
         with self._lock:
+            self._closed = True
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()

@@ -43,6 +43,9 @@ from edge.mqtt.topics import Topics
 from edge.types import Result
 
 log = logging.getLogger("edge.mqtt")
+# Telemetry fields that move with each screening (and its exact time): a status reply leaves them out while
+# results are held to their minute's end, until the first minute-end telemetry has gone out.
+SCREENING_COUNTERS = ("classifications", "rejects", "queue_depth", "dropped", "time")
 RESTART_EXIT_CODE = 75  # EX_TEMPFAIL: systemd's Restart=on-failure starts the daemon again
 LOOP_TIMEOUT_S = 0.05
 REPLY_FLUSH_S = 5.0  # how long a restart waits for its reply to be acknowledged
@@ -405,8 +408,11 @@ class MqttService:
                     "telemetry": self._telemetry()}
         for key in ("queue_depth", "delivered", "dropped"):
             mqtt_health.pop(key, None)
+        telemetry = self._last_telemetry
+        if telemetry is None:  # none sent yet (just started): the machine's state now, without the counters
+            telemetry = {key: value for key, value in self._telemetry().items() if key not in SCREENING_COUNTERS}
         return {"device_id": self.device_id, "software_version": __version__, "mqtt": mqtt_health,
-                "telemetry": self._last_telemetry}
+                "telemetry": telemetry}
 
     def apply_live(self, settings: Settings, changed: list[str]) -> None:
         self.settings = settings
