@@ -7,6 +7,7 @@ Screenshots of every screen go to test-artifacts/kiosk/ (at 1280x800 and 800x480
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import threading
@@ -324,25 +325,36 @@ def test_a_report_that_cannot_be_reached_says_so_and_offers_no_print(page, serve
     wait(driver, lambda d: visible(d, "screen-preview"))
 
 
-def test_reading_a_result_keeps_the_session_on_the_server(page, server, kiosk):
-    """Scrolling and keys on the result screen call no API of their own: the page's keep-alive must stop the
-    server expiring the session of someone who is still reading."""
-    driver = page
-    result = capture_result(driver)
+@contextlib.contextmanager
+def short_session_timeout(driver, kiosk, idle_timeout_s: float, heartbeat_ms: int):
+    """The server's idle timeout and the page's keep-alive interval shortened for a test, then restored;
+    afterwards the page starts a new patient."""
     sessions = kiosk.sessions
     configured = sessions.idle_timeout_s
     try:
-        sessions.idle_timeout_s = 1.0
-        js(driver, "window.kiosk.state.heartbeatMs = 200")
-        for _ in range(10):  # 2.5 s of reading: scroll events only
-            js(driver, "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))")
-            time.sleep(0.25)
-        assert server.status(result["saliency_url"]) == 200
+        sessions.idle_timeout_s = idle_timeout_s
+        js(driver, f"window.kiosk.state.heartbeatMs = {heartbeat_ms}")
+        yield
     finally:
         sessions.idle_timeout_s = configured
         js(driver, "window.kiosk.state.heartbeatMs = 30000")
     driver.find_element(By.ID, "new-patient").click()
     wait(driver, lambda d: visible(d, "screen-preview"))
+
+
+SCROLL = "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))"
+
+
+def test_reading_a_result_keeps_the_session_on_the_server(page, server, kiosk):
+    """Scrolling and keys on the result screen call no API of their own: the page's keep-alive must stop the
+    server expiring the session of someone who is still reading."""
+    driver = page
+    result = capture_result(driver)
+    with short_session_timeout(driver, kiosk, 1.0, 200):
+        for _ in range(10):  # 2.5 s of reading: scroll events only
+            js(driver, SCROLL)
+            time.sleep(0.25)
+        assert server.status(result["saliency_url"]) == 200
 
 
 def test_activity_between_keep_alives_is_still_reported(page, server, kiosk):
@@ -350,24 +362,15 @@ def test_activity_between_keep_alives_is_still_reported(page, server, kiosk):
     server could expire a session up to a heartbeat before the page's own idle timer."""
     driver = page
     result = capture_result(driver)
-    sessions = kiosk.sessions
-    configured = sessions.idle_timeout_s
-    scroll = "document.querySelector('.result-scroll').dispatchEvent(new Event('scroll'))"
-    try:
-        sessions.idle_timeout_s = 4.0
-        js(driver, "window.kiosk.state.heartbeatMs = 2000; window.kiosk.state.lastHeartbeat = 0")
+    with short_session_timeout(driver, kiosk, 4.0, 2000):
+        js(driver, "window.kiosk.state.lastHeartbeat = 0")
         started = time.monotonic()
-        js(driver, scroll)  # sent at once
+        js(driver, SCROLL)  # sent at once
         time.sleep(1.2)
-        js(driver, scroll)  # inside the heartbeat: must still reach the server, 2 s after the first
+        js(driver, SCROLL)  # inside the heartbeat: must still reach the server, 2 s after the first
         time.sleep(max(0.0, 4.8 - (time.monotonic() - started)))
         # the old page's last keep-alive was at 0 s (expired at 4 s); now it is at 2 s (expires at 6 s)
         assert server.status(result["saliency_url"]) == 200
-    finally:
-        sessions.idle_timeout_s = configured
-        js(driver, "window.kiosk.state.heartbeatMs = 30000")
-    driver.find_element(By.ID, "new-patient").click()
-    wait(driver, lambda d: visible(d, "screen-preview"))
 
 
 def test_the_history_panel_does_not_outlast_its_user(page, server):
