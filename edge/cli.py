@@ -261,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge.evaluation.command import run_evaluation
 
-    report = run_evaluation(args, _settings(args))
+    report = run_evaluation(args, _device_settings(args))  # the pack the device runs (an installed update too)
     print(json.dumps(report, indent=2) if args.json else report["summary"])
     return EXIT_OK
 
@@ -367,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--split", choices=["train", "val", "test"],
                    help="which split of the pack's split.csv (default val; test only with --final-report)")
-    p.add_argument("--images", type=Path, help="images folder (default: shared HAM10000 images)")
+    p.add_argument("--images", type=Path, help="images folder for the CSV's image paths (default: the CSV's own "
+                   "folder with --csv, else the shared HAM10000 images)")
     p.add_argument("--csv", type=Path, help="instead of the pack's split: a CSV with image,label columns")
     p.add_argument("--folder", type=Path, help="instead of the pack's split: a folder with one sub-folder per label")
     p.add_argument("--no-tta", action="store_true",

@@ -77,3 +77,49 @@ def test_evaluation_decides_exactly_as_the_device(imagenet_pack, ham_images):
         probabilities = outputs.probabilities(views, pack.manifest.decision.temperature)
         for row, result in zip(probabilities, expected):
             assert row[labels.index(result.label)] == pytest.approx(result.probabilities[result.label], abs=1e-5)
+
+
+def test_a_set_without_melanomas_gives_valid_json_and_unsure_is_also_scored_as_a_miss():
+    """An external set with no melanoma made `--json` print a bare NaN (invalid JSON); "unsure" answers were
+    scored as their closest label without saying so."""
+    pack = load_pack(default_model_dir())
+    labels = list(pack.manifest.labels)
+    nv, bkl = labels.index("nv"), labels.index("bkl")
+    logits = np.zeros((1, 2, len(labels)), dtype=np.float32)
+    logits[0, 0, nv] = 8.0  # a confident nevus
+    logits[0, 1, bkl] = 8.0  # a confident benign keratosis
+    report = score(Outputs(logits, invoke_ms=1.0), np.array([nv, bkl]), pack, 1)
+    assert report["mel_referral_sensitivity"] is None  # no melanoma in the set: no figure, not NaN
+    assert report["mel_referral_specificity"] == 1.0
+    json.loads(json.dumps(report, allow_nan=False))  # strict JSON: no NaN anywhere
+    assert report["balanced_accuracy_unsure_counted_wrong"] == report["operating_point"]["balanced_accuracy"] == 1.0
+    # an answer the device marks "unsure": its closest label is shown and scored, or counted as a miss
+    close_call = np.full((1, 1, len(labels)), -10.0, dtype=np.float32)
+    close_call[0, 0, nv], close_call[0, 0, bkl], close_call[0, 0, labels.index("vasc")] = 2.0, 1.95, 1.9
+    unsure = score(Outputs(close_call, invoke_ms=1.0), np.array([nv]), pack, 1)
+    assert unsure["abstain_rate"] == 1.0 and unsure["operating_point"]["balanced_accuracy"] == 1.0
+    assert unsure["balanced_accuracy_unsure_counted_wrong"] == 0.0
+
+
+def test_evaluate_reads_what_spreadsheets_and_folders_hold(imagenet_pack, tmp_path, ham_images):
+    """A BOM (Excel's CSV UTF-8), spaces in the header, nested label folders and a .DS_Store: scored, not
+    refused or silently skipped; the quality gate's verdict is reported next to the scores."""
+    import shutil
+
+    pack = load_pack(imagenet_pack)
+    label = pack.manifest.labels[0]
+    folder = tmp_path / "set"
+    (folder / label / "batch2").mkdir(parents=True)
+    shutil.copy(ham_images[0], folder / label / "a.jpg")
+    shutil.copy(ham_images[1], folder / label / "batch2" / "b.jpg")
+    (folder / label / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    run = run_edge("evaluate", "--json", "--no-tta", "--model", str(imagenet_pack), "--folder", str(folder))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["n_images"] == 2 and report["quality_gate"]["refused"] >= 0 and "scoring" in report
+    table = tmp_path / "set.csv"
+    table.write_text(f"\ufeffimage, label\n{label}/a.jpg,{label}\n", encoding="utf-8")
+    run = run_edge("evaluate", "--json", "--no-tta", "--model", str(imagenet_pack), "--csv", str(table),
+                   "--images", str(folder))
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["n_images"] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +14,27 @@ from edge.inference import load_pack
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
 from edge.paths import HAM10000_IMAGES
 
+log = logging.getLogger("edge.evaluation")
+
 
 def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
     if args.folder:
         if not args.folder.is_dir():
             raise EdgeError(f"--folder {args.folder}: not a folder (one sub-folder of images per label)")
         pairs = [(path, sub.name) for sub in sorted(p for p in args.folder.iterdir() if p.is_dir())
-                 for path in sorted(sub.iterdir()) if path.is_file()]
+                 for path in sorted(sub.rglob("*")) if path.is_file() and not _hidden(path.relative_to(sub))]
+        loose = [p.name for p in args.folder.iterdir() if p.is_file() and not p.name.startswith(".")]
+        if loose:
+            log.warning("%d file(s) directly in %s have no label folder and are not scored: %s", len(loose),
+                        args.folder, ", ".join(sorted(loose)[:5]))
     else:
         table = args.csv or pack.root / "split.csv"
         if not Path(table).is_file():
             raise EdgeError(f"no labelled set: {table} not found (pass --csv or --folder)")
         images = args.images or (Path(args.csv).parent if args.csv else settings.shared_dir / HAM10000_IMAGES)
-        with open(table, newline="", encoding="utf-8") as handle:
+        with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
             reader = csv.DictReader(handle)
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or ()]
             rows = list(reader)
         needed = {"image", "label"} | (set() if args.csv else {"split"})
         if not needed <= set(reader.fieldnames or ()):
@@ -37,9 +45,17 @@ def labelled_set(args, settings, pack) -> tuple[list[Path], list[str]]:
         pairs = [(images / row["image"], row["label"]) for row in rows]
     if args.limit:
         pairs = stratified_sample(pairs, args.limit)
+    repeated = len(pairs) - len({path for path, _ in pairs})
+    if repeated:
+        log.warning("%d image(s) are listed more than once and are scored each time", repeated)
     if not pairs:
         raise EdgeError("the labelled set is empty")
     return [p for p, _ in pairs], [label for _, label in pairs]
+
+
+def _hidden(relative: Path) -> bool:
+    """.DS_Store, ._x.jpg, .git/…: files a copy from a Mac or a checkout brings along, not images."""
+    return any(part.startswith(".") for part in relative.parts)
 
 
 def stratified_sample(pairs: list, limit: int, seed: int = 0, label=lambda pair: pair[1]) -> list:
@@ -75,7 +91,7 @@ def run_evaluation(args, settings) -> dict:
                         f"{FINAL_REPORT} in the pack); compare models on --split val")
     paths, labels = labelled_set(args, settings, pack)
     report = evaluate(pack, paths, labels, view_options=(1,) if args.no_tta else TEST_TIME_VIEW_COUNTS,
-                      threads=settings.inference.cpu.threads)
+                      threads=settings.inference.cpu.threads, quality=settings.quality)
     report["summary"] = summary(report)
     return report
 
@@ -93,7 +109,7 @@ def final_report(args, settings, pack) -> dict:
     args.split = "test"
     paths, labels = labelled_set(args, settings, pack)
     raw: dict = {}
-    report = evaluate(pack, paths, labels, threads=settings.inference.cpu.threads, raw=raw)
+    report = evaluate(pack, paths, labels, threads=settings.inference.cpu.threads, raw=raw, quality=settings.quality)
     report["summary"] = summary(report)
     import json
 
@@ -117,6 +133,12 @@ def summary(report: dict) -> str:
             shipped = "*" if views == report.get("shipped") else " "
             lines.append(f"{variant:<5} {views:<8}{shipped} balanced acc {op['balanced_accuracy']:.4f} (argmax "
                          f"{am['balanced_accuracy']:.4f}), macro AUROC {op['macro_auroc']}, ECE {op['ece']:.4f}"
-                         f"{mel}, abstain {r['abstain_rate']:.1%}, invoke {r['invoke_ms']:.2f} ms")
+                         f"{mel}, abstain {r['abstain_rate']:.1%} (counted as misses: "
+                         f"{r['balanced_accuracy_unsure_counted_wrong']:.4f}), invoke {r['invoke_ms']:.2f} ms")
     lines.append(f"* shipped test-time views: {report.get('shipped')}")
+    gate = report.get("quality_gate")
+    if gate and gate["refused"]:
+        lines.append(f"the quality gate would send back {gate['refused']} image(s) ({gate['rate']:.1%}) for a retake: "
+                     f"{', '.join(f'{k} {v}' for k, v in gate['by_reason'].items())}; they are scored anyway")
+    lines.append(f"scoring: {report['scoring']}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.config import InferenceSettings
 from edge.errors import EdgeError
-from edge.evaluation.metrics import summarise
+from edge.evaluation.metrics import balanced_accuracy, summarise
 from edge.inference import Classifier, ModelPack
 from edge.inference.classifier import postprocess, tta_views
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch
@@ -92,12 +92,16 @@ def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, views: int) -> dict:
     ood = np.array([d.reason == OUT_OF_DISTRIBUTION for d in decisions])
     argmax = summarise(y, p, p.argmax(axis=1), labels)
     operating = summarise(y, p, decided, labels)
+    # An "unsure" answer is scored as the label it shows as closest (the device's `label`); counted as a
+    # miss instead, the balanced accuracy is this:
+    unsure_as_miss = balanced_accuracy(y, np.where(abstained, -1, decided), len(labels))
     mel = labels.index("mel") if "mel" in labels else None
     result = {
         "argmax": _compact(argmax),
         "operating_point": _compact(operating),
         "ece_before_temperature": summarise(y, uncalibrated, uncalibrated.argmax(axis=1), labels)["ece"],
         "abstain_rate": float(abstained.mean()),
+        "balanced_accuracy_unsure_counted_wrong": round(unsure_as_miss, 4),
         "out_of_distribution_rate": float(ood.mean()),
         "invoke_ms": round(outputs.invoke_ms, 3),
     }
@@ -108,8 +112,9 @@ def score(outputs: Outputs, y: np.ndarray, pack: ModelPack, views: int) -> dict:
         # Sent to a clinician promptly: an answer whose next step is urgent (melanoma, but also BCC), or unsure.
         urgent = np.array([pack.urgency_of(label) == Urgency.URGENT for label in labels])
         referred = urgent[decided] | abstained
-        result["mel_referral_sensitivity"] = float(referred[y == mel].mean())
-        result["mel_referral_specificity"] = float(1 - referred[y != mel].mean())
+        melanomas, others = y == mel, y != mel  # a set may have none of one or the other: no figure, not NaN
+        result["mel_referral_sensitivity"] = float(referred[melanomas].mean()) if melanomas.any() else None
+        result["mel_referral_specificity"] = float(1 - referred[others].mean()) if others.any() else None
     return result
 
 
@@ -124,8 +129,30 @@ def _compact(summary: dict) -> dict:
     return clean(summary)
 
 
+SCORING_NOTE = ("every image is scored, including those the device's quality gate would send back for a retake "
+                "(see quality_gate); an 'unsure' answer is scored as the label it shows as closest, and "
+                "balanced_accuracy_unsure_counted_wrong counts it as a miss")
+
+
+def quality_gate_report(images: list[np.ndarray], y: np.ndarray, labels: list[str], quality) -> dict:
+    """How many images the device's quality gate (``quality``: its settings) would refuse, by class and reason.
+    They are scored anyway: the set's labels are known good, the gate guards a live camera."""
+    from edge.vision.quality import assess
+
+    verdicts = [assess(image, quality) for image in images]
+    refused = np.array([not v.ok for v in verdicts])
+    reasons: dict[str, int] = {}
+    for verdict in verdicts:
+        for issue in verdict.issues:
+            reasons[issue.value] = reasons.get(issue.value, 0) + 1
+    return {"refused": int(refused.sum()), "rate": round(float(refused.mean()), 4) if len(y) else None,
+            "by_class": {label: int(refused[y == i].sum()) for i, label in enumerate(labels) if (y == i).any()},
+            "by_reason": reasons}
+
+
 def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=("int8", "float"),
-             view_options=TEST_TIME_VIEW_COUNTS, threads: int = 2, raw: dict | None = None) -> dict:
+             view_options=TEST_TIME_VIEW_COUNTS, threads: int = 2, raw: dict | None = None,
+             quality=None) -> dict:
     """Score every available variant under each count of test-time views (``VIEW_NAMES``); variants the
     pack lacks are reported as such. ``shipped`` names the views the pack's decision uses.
 
@@ -138,7 +165,10 @@ def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=
     y = np.array([index[label] for label in labels])
     images = load_images(paths)
     report: dict = {"model": pack.info().to_json(), "n_images": len(paths),
-                    "class_counts": {k: int((y == i).sum()) for k, i in index.items()}, "variants": {}}
+                    "class_counts": {k: int((y == i).sum()) for k, i in index.items()},
+                    "scoring": SCORING_NOTE, "variants": {}}
+    if quality is not None:
+        report["quality_gate"] = quality_gate_report(images, y, list(pack.manifest.labels), quality)
     for variant in variants:
         try:
             classifier = open_variant(pack, variant, threads)
