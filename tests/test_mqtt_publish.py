@@ -8,6 +8,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -369,3 +370,66 @@ def test_tls_client_certificate(tmp_path, tls_files, service_factory):
         assert without.state != "connected"
     finally:
         broker.stop()
+
+
+def test_a_connection_closed_before_the_session_says_so(tmp_path):
+    """A TLS client certificate the broker rejects, or a plain client on a TLS port, showed only as
+    "connection lost": the broker closing the connection before any CONNACK is now named as such."""
+    import socket
+
+    from edge.config import load_settings
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+
+    def hang_up():  # accepts, reads the CONNECT, closes: what a TLS port does to a plain client
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except OSError:
+                continue
+            with connection:
+                connection.recv(1024)
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    settings = load_settings(None, {"state_dir": str(tmp_path), "mqtt": {
+        "host": "127.0.0.1", "port": listener.getsockname()[1], "reconnect_min_s": 0.1, "reconnect_max_s": 0.2}})
+    service = MqttService(settings, health=lambda: {"frames": 0})
+    service.start()
+    try:
+        wait_until(lambda: service.last_error and "before accepting the session" in service.last_error,
+                   what="a clear reason")
+        assert "is this an MQTT port?" in service.last_error
+    finally:
+        service.stop()
+        stop.set()
+        listener.close()
+
+
+def test_a_full_disk_while_removing_acknowledged_results_keeps_the_connection(broker, service_factory, monkeypatch):
+    """On a full disk the outbox could not forget acknowledged rows: the loop dropped the connection (the last
+    will flapped the status) and sent the same first rows again and again; later results never went out."""
+    import sqlite3
+
+    service = service_factory(broker)
+    wait_until(lambda: service.state == "connected", what="connection")
+    listener = Listener(broker, "edge/+/results")
+    real_remove, failures = service.outbox.remove, []
+
+    def full_disk(seqs):
+        if len(failures) < 3:
+            failures.append(seqs)
+            raise sqlite3.OperationalError("database or disk is full")
+        real_remove(seqs)
+
+    monkeypatch.setattr(service.outbox, "remove", full_disk)
+    produced = [service.publish_result(make_result()) for _ in range(5)]
+    listener.wait_for(lambda: len(listener.on("/results")) >= 5, what="every result, while removal fails")
+    assert failures and service.state == "connected"
+    wait_until(lambda: service.outbox.depth() == 0, what="the outbox emptied once the disk had room")
+    received = [json.loads(m.payload)["event_id"] for m in listener.on("/results")]
+    assert received[:5] == produced
+    listener.close()

@@ -135,3 +135,63 @@ def test_purge_and_an_erased_note_leave_nothing_readable_while_the_database_stay
     stored = _on_disk(tmp_path / OUTBOX_FILE)
     assert not any(event_id.encode() in stored for event_id in ids)
     outbox.close()
+
+
+def test_results_queued_after_the_outbox_file_was_deleted_are_not_lost(tmp_path, caplog):
+    """Both connections kept writing to the unlinked file: everything queued afterwards vanished at the next
+    start, with no word in the log."""
+    path = tmp_path / OUTBOX_FILE
+    outbox = Outbox(path, cap=100)
+    for n in range(3):
+        outbox.enqueue(f"before-{n}", b"{}", Urgency.ROUTINE)
+    for leftover in tmp_path.glob(OUTBOX_FILE + "*"):
+        leftover.unlink()  # someone tidies the state folder while the daemon runs
+    for n in range(2):
+        outbox.enqueue(f"after-{n}", b"{}", Urgency.URGENT)
+    assert "deleted or replaced while running" in caplog.text
+    outbox.close()
+    reopened = Outbox(path, cap=100)  # the next start
+    assert reopened.event_ids() == ["before-0", "before-1", "before-2", "after-0", "after-1"]
+    reopened.close()
+
+
+def test_a_lowered_cap_trims_the_backlog_by_the_drop_policy(tmp_path):
+    path = tmp_path / OUTBOX_FILE
+    outbox = Outbox(path, cap=100)
+    kinds = [Urgency.URGENT] * 3 + [Urgency.SOON] * 3 + [Urgency.ROUTINE] * 3
+    for n, urgency in enumerate(kinds):
+        outbox.enqueue(f"r{n}-{urgency.value}", b"{}", urgency)
+    outbox.close()
+    trimmed = Outbox(path, cap=4)  # mqtt.outbox_cap lowered, then a restart
+    kept = trimmed.event_ids()
+    assert trimmed.depth() == 4 and sum("urgent" in e for e in kept) == 3 and sum("soon" in e for e in kept) == 1
+    assert not any("routine" in e for e in kept)  # the lowest rank goes first, urgent never
+    trimmed.close()
+
+
+def test_a_removal_that_fails_is_rolled_back_and_can_be_retried(tmp_path, monkeypatch):
+    """On a full disk the delete fails at COMMIT: the transaction must not stay open (every later write
+    would fail), and the rows stay to be removed on the next try."""
+    outbox = Outbox(tmp_path / OUTBOX_FILE, cap=100)
+    outbox.enqueue("one", b"{}", Urgency.ROUTINE)
+    seqs = [row.seq for row in outbox.pending()]
+    real = outbox._sender
+
+    class FullDisk:
+        in_transaction = False
+
+        def execute(self, sql, *args):
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("database or disk is full")
+            cursor = real.execute(sql, *args)
+            FullDisk.in_transaction = real.in_transaction
+            return cursor
+
+    monkeypatch.setattr(outbox, "_sender", FullDisk())
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        outbox.remove(seqs)
+    assert not real.in_transaction and outbox.depth() == 1
+    monkeypatch.setattr(outbox, "_sender", real)
+    outbox.remove(seqs)
+    assert outbox.depth() == 0
+    outbox.close()

@@ -18,6 +18,7 @@ cap bounds the routine flood of a device that is offline for weeks). Every drop 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +66,52 @@ class Outbox:
         self._db = sqlite_files.connect(path, synchronous="FULL", setup=SCHEMA, timeout=30)
         self._sender = sqlite_files.connect(path, synchronous="NORMAL", timeout=30)
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._file = _file_id(path)
+        if self._depth > cap:
+            self._trim_to_cap()
+
+    def _reopen_if_replaced(self) -> None:
+        """The file was deleted or replaced under the open connections (someone tidying /var/lib/edge): what
+        they hold would vanish at the next start, and every result queued from now on with it. Reopen the
+        path and carry the queued rows over. Called with ``_lock`` held."""
+        if _file_id(self.path) == self._file:
+            return
+        # with their seq numbers: the publisher's place in the queue and its in-flight messages refer to them
+        rows = self._db.execute("SELECT seq, event_id, rank, payload, release_at FROM outbox ORDER BY seq").fetchall()
+        with self._sender_lock:
+            self._sender.close()
+            self._db.close()
+            self._db = sqlite_files.connect(self.path, synchronous="FULL", setup=SCHEMA, timeout=30)
+            self._sender = sqlite_files.connect(self.path, synchronous="NORMAL", timeout=30)
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("INSERT OR IGNORE INTO outbox (seq, event_id, rank, payload, release_at) "
+                             "VALUES (?, ?, ?, ?, ?)", rows)
+        self._db.execute("COMMIT")
+        self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._file = _file_id(self.path)
+        log.error("outbox %s was deleted or replaced while running: reopened it with the %d queued results",
+                  self.path, len(rows))
+
+    def _trim_to_cap(self) -> None:
+        """A cap lowered since the rows were queued (set_config, then a restart): drop by the same policy as
+        a new result would, oldest lowest rank first, never urgent."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                while self._depth > self.cap and self._make_room(NEVER_DROPPED - 1):
+                    pass
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+                raise
 
     def enqueue(self, event_id: str, payload: bytes, urgency: Urgency, release_at: float = 0.0) -> bool:
         """Store one message durably; False if the cap policy dropped this message instead of an older one."""
         rank = RANKS[Urgency(urgency)]
         with self._lock:
+            self._reopen_if_replaced()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if self._depth >= self.cap and not self._make_room(rank):
@@ -80,7 +122,8 @@ class Outbox:
                                  (event_id, rank, payload, release_at))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite has already rolled back on "database or disk is full"
+                    self._db.execute("ROLLBACK")
                 self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
                 raise
             self._depth += 1
@@ -124,8 +167,14 @@ class Outbox:
         # and this subtraction take it below zero.
         with self._lock, self._sender_lock:
             self._sender.execute("BEGIN IMMEDIATE")
-            deleted = sum(self._sender.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount for seq in seqs)
-            self._sender.execute("COMMIT")
+            try:
+                deleted = sum(self._sender.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+                              for seq in seqs)
+                self._sender.execute("COMMIT")
+            except BaseException:
+                if self._sender.in_transaction:
+                    self._sender.execute("ROLLBACK")
+                raise
             self._depth -= deleted
         self.delivered += deleted
 
@@ -147,3 +196,11 @@ class Outbox:
         with self._lock, self._sender_lock:
             self._sender.close()
             self._db.close()
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -106,7 +107,8 @@ class MqttService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_telemetry: float | None = None  # None: the first message is due (at once, or at a minute end)
-        self._last_telemetry: dict[str, Any] | None = None  # as published: what status shows while holding
+        self._last_telemetry: dict[str, Any] | None = None
+        self._removal_warned_at = float("-inf")  # as published: what status shows while holding
         self._restart_requested = False  # set and read by the command thread only
         self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
@@ -181,12 +183,23 @@ class MqttService:
         rc = self._client.loop(timeout=LOOP_TIMEOUT_S)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             refused = rc == MQTTErrorCode.MQTT_ERR_CONN_REFUSED and self.last_error
-            self._connection_lost(self.last_error if refused else f"connection lost ({rc.name})")
+            if refused:
+                reason = self.last_error
+            elif not self._session_up:  # closed before any CONNACK: paho only says "connection lost"
+                reason = (f"the broker closed the connection before accepting the session ({rc.name})"
+                          + ("; with TLS: a client certificate missing or rejected, or a TLS/plain port mismatch"
+                             if self._config.tls.active else "; is this an MQTT port?"))
+            else:
+                reason = f"connection lost ({rc.name})"
+            self._connection_lost(reason)
             self._wait_before_reconnect()
             return
         if self._acked:
-            self.outbox.remove(self._acked)
-            self._acked = []
+            try:
+                self.outbox.remove(self._acked)
+                self._acked = []
+            except sqlite3.Error as exc:  # disk full: keep them for the next turn, stay connected, keep sending
+                self._note_removal_failure(exc)
         if self._up_since is not None and time.monotonic() - self._up_since >= self._config.keepalive_s:
             self._backoff.reset()
             self._up_since = None
@@ -194,6 +207,14 @@ class MqttService:
             self._send_replies()
             self._pump()
             self._telemetry_if_due()
+
+    def _note_removal_failure(self, exc: sqlite3.Error) -> None:
+        """Acknowledged results could not be taken out of the outbox (a full disk): they stay there and may be
+        sent again after a restart (their event_id tells the duplicates apart). Logged once a minute."""
+        now = time.monotonic()
+        if now - self._removal_warned_at >= 60:
+            self._removal_warned_at = now
+            log.error("outbox: %d acknowledged result(s) not removed (%s); retrying", len(self._acked), exc)
 
     def _connect(self) -> bool:
         config = self._config
