@@ -123,6 +123,8 @@ POSITIVE = [
     ("je n'arrive pas à arrêter le saignement", "bleeding"), ("I can't get the bleeding to stop", "bleeding"),
     ("I've never seen it bleed this much", "bleeding"), ("Nunca había sangrado tanto", "bleeding"),
     ("je ne l'ai jamais vu saigner autant", "bleeding"), ("I didn't realise it was bleeding", "bleeding"),
+    ("I hadn't noticed it was bleeding.", "bleeding"), ("I didn't notice it was bleeding.", "bleeding"),
+    ("I didn't see it was bleeding until my shirt was stained.", "bleeding"),
     ("it's bleeeding", "bleeding"), ("je ne savais pas qu'il saignait", "bleeding"),
     # spoken French drops the "ne"
     ("ça guérit pas", "non_healing"), ("ça cicatrise pas", "non_healing"),
@@ -159,6 +161,7 @@ NEGATED = [
     # ... nor of the symptom itself: not having seen it bleed is not bleeding (only "didn't realise" lifts it)
     "I haven't seen it bleed.", "No, I haven't noticed it bleeding.", "No lo he visto sangrar.",
     "Je ne l'ai jamais vu saigner.", "I have not noticed it getting bigger.", "Je ne l'ai pas vu grossir.",
+    "I have never seen it bleed.",
 ]
 
 
@@ -268,6 +271,9 @@ DIAGNOSES = [
     "The result confirms melanoma.",
     "The device has diagnosed melanoma.", "Lamentablemente es un melanoma.", "La tache est un mélanome.",
     "Melanoma, for sure.", "The result is not cancer.",
+    # comfort that the first corrections of the day let through
+    "This mole is not dangerous to you.", "I'm sure everything is fine.", "Creo que todo está bien.",
+    "Je pense que tout va bien.",
     # a denied cancer is a verdict too
     "You don't have cancer.", "No, you don't have cancer.", "You do not have melanoma.", "It isn't cancer.",
     "It does not contain cancer.", "There is no cancer.", "No hay cáncer.", "Il n'y a pas de cancer.",
@@ -362,7 +368,7 @@ DELAYS = [
 NO_DOCTOR_NEEDED = [
     "You don't need a doctor.", "No need for a doctor.", "There's no need to go to the doctor.",
     "Inutile de consulter.", "Il n'est pas nécessaire de consulter.", "No tiene que ir al médico.",
-    "Pas besoin d'aller chez le médecin.",
+    "Pas besoin d'aller chez le médecin.", "You don't need a check-up for this.",
 ]
 NOT_DELAYS = [
     "Don't wait a few weeks: see a doctor soon.", "Please see a doctor within the next few days.",
@@ -426,6 +432,8 @@ def test_guard_lets_ordinary_safe_advice_through(text, lang):
     ("Is it cancer?", "No."), ("Is it cancer?", "No, it isn't."), ("Is it melanoma?", "Yes, it is."),
     ("¿Es cáncer?", "No."), ("¿Es un melanoma?", "Sí."), ("¿Es un melanoma?", "Si, lo es."),
     ("Est-ce un mélanome ?", "Non."), ("C'est un cancer ?", "Oui."), ("Is it dangerous?", "No"),
+    ("Do I have melanoma?", "Yes."), ("Should I be worried about this mole?", "No."),
+    ("¿Debo preocuparme por este lunar?", "No."), ("Dois-je m'inquiéter ?", "Non."),
 ])
 def test_a_bare_yes_or_no_to_a_question_about_a_disease_is_a_verdict(question, answer):
     verdict = screen_answer(answer, "en", "urgent", question=question)

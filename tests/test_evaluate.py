@@ -99,6 +99,13 @@ def test_a_set_without_melanomas_gives_valid_json_and_unsure_is_also_scored_as_a
     unsure = score(Outputs(close_call, invoke_ms=1.0), np.array([nv]), pack, 1)
     assert unsure["abstain_rate"] == 1.0 and unsure["operating_point"]["balanced_accuracy"] == 1.0
     assert unsure["balanced_accuracy_unsure_counted_wrong"] == 0.0
+    # an "unsure" answer on the last label (vasc) must count as a miss too (-1 once indexed the last column)
+    vasc = labels.index("vasc")
+    last = np.full((1, 2, len(labels)), -10.0, dtype=np.float32)
+    last[0, 0, vasc], last[0, 0, nv], last[0, 0, bkl] = 2.0, 1.95, 1.9  # unsure, closest vasc
+    last[0, 1, nv] = 8.0  # a confident, correct nevus
+    both = score(Outputs(last, invoke_ms=1.0), np.array([vasc, nv]), pack, 1)
+    assert both["abstain_rate"] == 0.5 and both["balanced_accuracy_unsure_counted_wrong"] == 0.5
 
 
 def test_evaluate_reads_what_spreadsheets_and_folders_hold(imagenet_pack, tmp_path, ham_images):

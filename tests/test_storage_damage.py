@@ -155,6 +155,22 @@ def test_results_queued_after_the_outbox_file_was_deleted_are_not_lost(tmp_path,
     reopened.close()
 
 
+def test_an_emptied_outbox_deleted_while_running_keeps_numbering_after_the_publishers_place(tmp_path):
+    """Usually the outbox is empty when someone deletes it; a new file numbered from 1 again put new results
+    below the publisher's last sent seq, so they were skipped until a reconnect, then sent out of order."""
+    path = tmp_path / OUTBOX_FILE
+    outbox = Outbox(path, cap=100)
+    for n in range(5):
+        outbox.enqueue(f"sent-{n}", b"{}", Urgency.ROUTINE)
+    last_sent = max(row.seq for row in outbox.pending())
+    outbox.remove([row.seq for row in outbox.pending()])  # delivered and acknowledged
+    for leftover in tmp_path.glob(OUTBOX_FILE + "*"):
+        leftover.unlink()
+    outbox.enqueue("new-0", b"{}", Urgency.URGENT)
+    assert [row.event_id for row in outbox.pending(after_seq=last_sent)] == ["new-0"]
+    outbox.close()
+
+
 def test_a_lowered_cap_trims_the_backlog_by_the_drop_policy(tmp_path):
     path = tmp_path / OUTBOX_FILE
     outbox = Outbox(path, cap=100)

@@ -236,21 +236,23 @@ _FALSE_REASSURANCE = _rx(
     r"|(?:(?:don t|do not|dont|doesn t|does not|won t|will not|needn t|need not|not) (?:really |even )?need|no need)"
     r" (?:for |of |to (?:see|visit|consult|go|get|call|make|book|have|show)(?: (?:to|it|an?|the|your|checked|seen"
     r"|looked at|by))* )?(?:(?:a|an|the|any|your) )?(?:doctors?|dermatologists?|clinicians?|nurses?|health workers?"
-    r"|gp|physicians?|medical|specialists?|clinic)"
+    r"|gp|physicians?|medical|specialists?|clinic|(?:appointments?|visit|check ?ups?)(?! (?:at|in|for walk))(?![a-z]))"
     r"|no (?:necesita|necesitas|hace falta|es necesario|tiene que|tienes que|hay que|debe|precisa)(?: (?:ir|ver"
     r"|consultar|acudir|visitar|pedir|llamar|a|al|con|una|un|el|la|de|su))* (?:medicos?|doctor\w*|dermatolog\w*"
-    r"|enfermer\w*|clinica|centro de salud|especialista)"
+    r"|enfermer\w*|clinica|centro de salud|especialista|(?:consulta|cita)(?! para (?:ir|acudir))(?![a-z]))"
     r"|(?:inutile|(?:pas|aucun|nul) besoin|(?:n est )?pas (?:necessaire|la peine|utile)) (?:de |d )(?:consulter|voir"
     r"|aller|prendre|appeler|montrer)"
     # "it is not dangerous", "no es peligroso", "ce n'est pas grave", "tout va bien", "you're fine"
     r"|(?:it|this|that|spot|lesion|mole|mark|growth|lump|patch|bump) (?:is not|s not|isn t|isnt|is nothing|s nothing)"
     r" (?:(?:very|too|at all|anything) )?(?:dangerous|serious|harmful|worrying|worrisome|concerning|alarming|bad"
-    r"|a (?:concern|problem|worry|danger|threat))(?! to )"
+    r"|a (?:concern|problem|worry|danger|threat))(?! to (?:ask|mention|check|talk|call|show|tell)(?![a-z]))"
     r"|no es (?:nada )?(?:peligros\w*|grave|preocupante|serio|malo|de cuidado|alarmante)"
     r"(?! [a-z]+(?:ar|er|ir)(?:le|la|lo|les|se)?(?![a-z]))"
     r"|(?:ce|c|cela|ca|il|elle) n est (?:pas|rien de) (?:grave|dangereu\w*|inquietant\w*|serieux|mechant\w*"
     r"|preoccupant\w*|alarmant\w*)"
-    r"|(?<!whether )(?<!if )(?<!sure )(?<!check )(?<!confirm )(?<!si )(?<!que )(?<!verifier )(?<!confirmar )"
+    r"|(?<!whether )(?<!if )(?<!make sure )(?<!make sure that )(?<!check )(?<!check that )(?<!confirm )"
+    r"(?<!confirm that )(?<!confirmar si )(?<!confirmar que )(?<!comprobar si )(?<!comprobar que )(?<!verifier si )"
+    r"(?<!verifier que )(?<!saber si )(?<!savoir si )"
     r"(?:tout va bien|tout est (?:normal|en ordre|ok)|(?:todo|toda) (?:esta|va) bien|no pasa nada|all is well"
     r"|everything (?:is|s|looks|seems) (?:fine|normal|ok|okay|good|well))"
     r"|you (?:are|re|look|seem) (?:perfectly |completely |totally )?(?:healthy|fine|ok|okay|in good health)"
@@ -492,18 +494,25 @@ _VERDICT_FOLLOWERS = frozenset({"it", "its", "this", "that", "you", "i", "es", "
 # ... about the person's own spot ("is it cancer?", "¿es esto grave?"), not a general one ("is melanoma a
 # kind of skin cancer?") ...
 _ABOUT_THEIR_SPOT = re.compile(
-    r"\b(?:it|this|that|my|mine|i have|i ve got|esto|eso|mi|tengo|c est|ce|ca|cela|mon|ma|j ai)(?![a-z0-9])"
+    r"\b(?:it|this|that|my|mine|i have|i ve got|esto|eso|este|esta|mi|tengo|c est|ce|cet|cette|ca|cela|mon|ma"
+    r"|j ai)(?![a-z0-9])"
     r"|^(?:no )?(?:es|son|sera|seria)(?![a-z0-9])")  # Spanish drops the pronoun: "¿Es cáncer?" is "is it cancer?"
 # ... and not one asking what to do: "Should I show my mole to a doctor?" "Yes, ..." is advice.
 _ASKS_WHAT_TO_DO = re.compile(
-    r"^(?:(?:so|and|but|then|ok|okay) )?(?:should|can|could|may|must|shall|do|need) (?:i|we)(?![a-z0-9])"
+    r"^(?:(?:so|and|but|then|ok|okay) )?(?:should|can|could|may|must|shall|need) (?:i|we)(?![a-z0-9])"
     r"|^(?:(?:entonces|y|pero) )?(?:debo|puedo|podria|tengo que|necesito|hay que)(?![a-z0-9])"
     r"|^(?:(?:alors|et|mais) )?(?:dois je|puis je|faut il|est ce que je|est ce qu il faut|je dois|je peux)(?![a-z0-9])")
 
 
+# "Should I be worried?", "¿Debo preocuparme?", "do I have ...": a yes/no to these is a verdict all the same.
+_ABOUT_WORRY_OR_HAVING = _rx(r"worr\w*|preocup\w*|inquiet\w*|have|tengo|j ai|have i|tiene")
+
+
 def _find_bare_verdict(answer: str, question: str) -> str | None:
     asked = _words(fold(question)).strip()
-    if not (_ASKS_FOR_VERDICT.search(asked) and _ABOUT_THEIR_SPOT.search(asked)) or _ASKS_WHAT_TO_DO.search(asked):
+    personal = _ABOUT_WORRY_OR_HAVING.search(asked)  # worry and "having" are about the person, whatever the words
+    what_to_do = _ASKS_WHAT_TO_DO.search(asked) and not personal
+    if not (_ASKS_FOR_VERDICT.search(asked) and (personal or _ABOUT_THEIR_SPOT.search(asked))) or what_to_do:
         return None
     opening = re.match(r"\W*(\w+)(\W*)(\w*)", unicodedata.normalize("NFC", answer).casefold())
     if opening is None:

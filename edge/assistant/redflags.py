@@ -112,13 +112,19 @@ _SHORT_REACH = 2  # words
 
 
 # A verb of knowing between the negation and the mention takes the negation for itself: "I didn't realise
-# it was bleeding", "no sabía que sangraba" say that it bleeds. Not a verb of seeing: "I haven't seen it
-# bleed", "je ne l'ai jamais vu saigner" say that it does not (and "never seen it bleed this much" is the
-# amount rule below). Not when the mention is quantified away either: "I didn't know of any bleeding".
-_PERCEPTION = frozenset({
+# it was bleeding", "no sabía que sangraba" say that it bleeds. So does a verb of seeing followed by a finite
+# verb: "I didn't notice it was bleeding", "I didn't see it was bleeding". Not a verb of seeing alone: "I
+# haven't seen it bleed", "je ne l'ai jamais vu saigner" say that it does not ("never seen it bleed this much"
+# is the amount rule below). Not when the mention is quantified away either: "I didn't know of any bleeding".
+_KNOWING = frozenset({
     "realise", "realised", "realising", "realize", "realized", "realizing", "know", "knew", "known", "aware",
     "sabia", "sabido", "cuenta", "savais", "savait", "compte",
 })
+_SEEING = frozenset({
+    "see", "seen", "saw", "seeing", "notice", "noticed", "noticing", "visto", "ver", "vi", "vio", "notado", "notar",
+    "note", "noto", "vu", "vue", "voir", "vois", "voit", "remarque", "remarquee", "apercu", "apercue",
+})
+_FINITE = frozenset({"was", "were", "is", "s", "had", "has", "been", "estaba", "era", "etait", "est"})
 _QUANTIFIERS = frozenset({"any", "ningun", "ninguna", "ninguno", "aucun", "aucune", "de", "d"})
 # ... and so does a measure of amount after the mention: "I've never seen it bleed this much", "nunca había
 # sangrado tanto" (but "así que" is "so that").
@@ -132,8 +138,9 @@ def _negated_before(text: str, start: int) -> bool:
         if word in _SCOPE_ENDS or count >= _NEGATION_REACH:
             return False
         if word in _NEGATIONS and (word not in _SHORT_NEGATIONS or count < _SHORT_REACH):
-            between = before[len(before) - count:]
-            return not (_PERCEPTION.intersection(between) and before[-1] not in _QUANTIFIERS)
+            between = set(before[len(before) - count:])
+            lifted = _KNOWING & between or (_SEEING & between and _FINITE & between)
+            return not (lifted and before[-1] not in _QUANTIFIERS)
     return False
 
 

@@ -78,6 +78,8 @@ class Outbox:
             return
         # with their seq numbers: the publisher's place in the queue and its in-flight messages refer to them
         rows = self._db.execute("SELECT seq, event_id, rank, payload, release_at FROM outbox ORDER BY seq").fetchall()
+        # ... and the numbering goes on where it was: a new file would start at 1, below the publisher's place
+        last = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         with self._sender_lock:
             self._sender.close()
             self._db.close()
@@ -86,6 +88,9 @@ class Outbox:
         self._db.execute("BEGIN IMMEDIATE")
         self._db.executemany("INSERT OR IGNORE INTO outbox (seq, event_id, rank, payload, release_at) "
                              "VALUES (?, ?, ?, ?, ?)", rows)
+        if last is not None:
+            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
+            self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (max(last[0], 0),))
         self._db.execute("COMMIT")
         self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
         self._file = _file_id(self.path)
