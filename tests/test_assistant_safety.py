@@ -856,9 +856,28 @@ def test_llm_text_is_guarded_and_limited_to_three_sections():
     assert facts.sections["What it is"] in blocked.section("condition_overview")
 
     assert LLM_REPLACEABLE == {"condition_overview", "key_features", "prevention_tips"}
+
     for key in ("disclaimers", "recommended_actions", "confidence_meaning", "nonsense"):
         with pytest.raises(ValueError, match="may only replace"):
             build_report(result, facts, "en", llm_text={key: "Nothing here."})
+
+
+@pytest.mark.parametrize("lang,invented", [
+    ("en", "It is possible to treat melanoma successfully by Mohs surgical removal, and it can be cured."),
+    ("en", "Melanoma is often removed with a small operation."),
+    ("es", "El melanoma se puede curar con cirugía láser."),
+    ("fr", "Le mélanome se guérit bien après une ablation chirurgicale."),
+])
+def test_a_printed_report_never_carries_the_models_words_on_treatment(lang, invented):
+    """The embedded model invented treatment and outcome ("Mohs surgery ... can be cured") in the printed
+    overview; only the vetted fact sheets may speak of treatment there."""
+    from edge.assistant.report import TREATMENT_CLAIM
+
+    facts = load_facts(PACK, "mel", lang)
+    report = build_report(make_result("mel"), facts, lang, llm_text={"condition_overview": invented})
+    assert report.source == "template" and dict(report.blocked)["condition_overview"] in (TREATMENT_CLAIM,
+                                                                                         DEFINITE_DIAGNOSIS)
+    assert invented not in report.markdown()
 
 
 def test_raised_urgency_overrides_the_usual_advice_of_a_routine_fact_sheet():

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from edge.assistant.facts import FactSheet
-from edge.assistant.guard import DISCLAIMER, resolve_lang, screen_answer
+from edge.assistant.guard import DISCLAIMER, fold, resolve_lang, screen_answer
 from edge.assistant.symptoms import Adjustment
 from edge.types import Result, Urgency
 
@@ -553,6 +553,20 @@ def _template_sections(result: Result, facts: FactSheet, lang: str, urgency: Urg
     return sections, lead
 
 
+TREATMENT_CLAIM = "treatment_claim"
+# Treatment, cure and outcome, in the three languages. The small model invents them ("Mohs surgery ... can
+# be cured"); in a report that is printed and taken home, only the vetted fact sheets may speak of them.
+_TREATMENT_CLAIM = re.compile(
+    r"\b(?:cur(?:e|ed|es|ing|able)|treat\w*|surg\w*|laser\w*|remov\w*|excis\w*|mohs|chemo\w*|radiother\w*"
+    r"|radiation|prognos\w*|surviv\w*|biops\w*"
+    r"|curar\w*|curabl\w*|cura|tratamient\w*|tratar\w*|tratad\w*|cirug\w*|quirurg\w*|extirp\w*|pronostic\w*"
+    r"|supervivenc\w*|guer\w*|traitement\w*|traiter|traite|traitee|chirurg\w*|ablation|exerese|survie)(?![a-z0-9])")
+
+
+def _folded_words(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", fold(text))
+
+
 def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjustment | None = None,
                  llm_text: dict[str, str] | None = None) -> Report:
     """A report for ``result`` in ``lang``; ``llm_text`` may rewrite only the sections in ``LLM_REPLACEABLE``."""
@@ -578,6 +592,12 @@ def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjus
         if not verdict.safe:
             log.warning("report %s: LLM text for %s blocked (%s); template kept", result.id[:8], key, verdict.reason)
             blocked.append((key, verdict.reason or "blocked"))
+            continue
+        claim = _TREATMENT_CLAIM.search(_folded_words(text))
+        if claim:  # a printed report says nothing about treatment or outcome that a clinician did not write
+            log.warning("report %s: LLM text for %s talks about treatment (%r); template kept", result.id[:8], key,
+                        claim.group(0))
+            blocked.append((key, TREATMENT_CLAIM))
             continue
         sections[key] = f"{lead}\n\n{text}" if key == "condition_overview" else text
         source = "llm"
