@@ -307,13 +307,14 @@ def check_env_keys(environ: dict[str, str]) -> None:
         if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
             continue
         path = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
-        if not _is_setting_path(Settings, path):
+        if not is_setting_path(Settings, path):
             unknown.append(key)
     if unknown:
         raise ConfigError("unknown setting in environment: " + ", ".join(sorted(unknown)))
 
 
-def _is_setting_path(model: type[BaseModel], path: list[str]) -> bool:
+def is_setting_path(model: type[BaseModel], path: list[str]) -> bool:
+    """Whether ``path`` (``["mqtt", "port"]``) names a setting or a section of ``model``."""
     head, rest = path[0], path[1:]
     field = model.model_fields.get(head)
     if field is None:
@@ -321,7 +322,7 @@ def _is_setting_path(model: type[BaseModel], path: list[str]) -> bool:
     if not rest:
         return True
     annotation = field.annotation
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and _is_setting_path(annotation, rest)
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel) and is_setting_path(annotation, rest)
 
 
 SECRET_MARKERS = ("password", "secret", "token")

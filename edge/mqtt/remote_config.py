@@ -19,7 +19,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
-from edge.config import Settings, is_secret_key, load_settings
+from edge.config import Settings, is_secret_key, is_setting_path, load_settings
 from edge.errors import ConfigError
 
 log = logging.getLogger("edge.mqtt")
@@ -66,17 +66,6 @@ def read_overlay(state_dir: Path) -> dict[str, Any]:
 
 def remote_settable(path: str) -> bool:
     return any(path == key or path.startswith(key + ".") for key in REMOTE_KEYS)
-
-
-def known_paths(model: type = Settings, parent: str = "") -> set[str]:
-    """Every setting's dotted path, and every section's."""
-    paths = set()
-    for name, field in model.model_fields.items():
-        path = parent + name
-        paths.add(path)
-        if isinstance(field.annotation, type) and hasattr(field.annotation, "model_fields"):
-            paths |= known_paths(field.annotation, path + ".")
-    return paths
 
 
 def with_overlay(settings: Settings) -> Settings:
@@ -136,9 +125,8 @@ def check_update(values: Any) -> dict[str, Any]:
     if not isinstance(values, dict) or not values:
         raise ConfigError("set_config needs a non-empty object of settings, e.g. {\"log_level\": \"DEBUG\"}")
     nested = expand_dotted(values)
-    known = known_paths()
     for path in leaf_paths(nested):
-        if path not in known:
+        if not is_setting_path(Settings, path.split(".")):
             raise ConfigError(f"{path}: unknown setting")
         if not remote_settable(path):
             raise ConfigError(f"{path}: can only be changed in the device's local configuration")
