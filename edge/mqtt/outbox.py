@@ -17,9 +17,12 @@ cap bounds the routine flood of a device that is offline for weeks). Every drop 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +65,31 @@ class Outbox:
         self.delivered = 0
         self._lock = threading.Lock()  # the writer connection and the depth counter
         self._sender_lock = threading.Lock()
-        # The writer opens first: a damaged file is set aside there, before the sender connects.
-        self._db = sqlite_files.connect(path, synchronous="FULL", setup=SCHEMA, timeout=30)
-        self._sender = sqlite_files.connect(path, synchronous="NORMAL", timeout=30)
-        self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._db, self._sender = self._connect()
+        self._depth = self._count()
         self._file = _file_id(path)
         if self._depth > cap:
             self._trim_to_cap()
+
+    def _connect(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        """The writer and the sender. The writer opens first: a damaged file is set aside there, before the
+        sender connects."""
+        writer = sqlite_files.connect(self.path, synchronous="FULL", setup=SCHEMA, timeout=30)
+        return writer, sqlite_files.connect(self.path, synchronous="NORMAL", timeout=30)
+
+    def _count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write transaction on the writer connection (``_lock`` held): on any error the depth is counted
+        again from the file, whatever the transaction had changed of it."""
+        try:
+            with _transaction(self._db):
+                yield
+        except BaseException:
+            self._depth = self._count()
+            raise
 
     def _reopen_if_replaced(self) -> None:
         """The file was deleted or replaced under the open connections (someone tidying /var/lib/edge): what
@@ -83,16 +104,14 @@ class Outbox:
         with self._sender_lock:
             self._sender.close()
             self._db.close()
-            self._db = sqlite_files.connect(self.path, synchronous="FULL", setup=SCHEMA, timeout=30)
-            self._sender = sqlite_files.connect(self.path, synchronous="NORMAL", timeout=30)
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.executemany("INSERT OR IGNORE INTO outbox (seq, event_id, rank, payload, release_at) "
-                             "VALUES (?, ?, ?, ?, ?)", rows)
-        if last is not None:
-            self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
-            self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (max(last[0], 0),))
-        self._db.execute("COMMIT")
-        self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            self._db, self._sender = self._connect()
+        with self._writing():
+            self._db.executemany("INSERT OR IGNORE INTO outbox (seq, event_id, rank, payload, release_at) "
+                                 "VALUES (?, ?, ?, ?, ?)", rows)
+            if last is not None:
+                self._db.execute("DELETE FROM sqlite_sequence WHERE name = 'outbox'")
+                self._db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (max(last[0], 0),))
+        self._depth = self._count()
         self._file = _file_id(self.path)
         log.error("outbox %s was deleted or replaced while running: reopened it with the %d queued results",
                   self.path, len(rows))
@@ -100,37 +119,23 @@ class Outbox:
     def _trim_to_cap(self) -> None:
         """A cap lowered since the rows were queued (set_config, then a restart): drop by the same policy as
         a new result would, oldest lowest rank first, never urgent."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                while self._depth > self.cap and self._make_room(NEVER_DROPPED - 1):
-                    pass
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-                raise
+        with self._lock, self._writing():
+            while self._depth > self.cap and self._make_room(NEVER_DROPPED - 1):
+                pass
 
     def enqueue(self, event_id: str, payload: bytes, urgency: Urgency, release_at: float = 0.0) -> bool:
         """Store one message durably; False if the cap policy dropped this message instead of an older one."""
         rank = RANKS[Urgency(urgency)]
         with self._lock:
             self._reopen_if_replaced()
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if self._depth >= self.cap and not self._make_room(rank):
-                    self._db.execute("ROLLBACK")
-                    self._count_drop(f"new {Urgency(urgency).value} result {event_id[:8]}")
-                    return False
-                self._db.execute("INSERT INTO outbox (event_id, rank, payload, release_at) VALUES (?, ?, ?, ?)",
-                                 (event_id, rank, payload, release_at))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite has already rolled back on "database or disk is full"
-                    self._db.execute("ROLLBACK")
-                self._depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-                raise
+            with self._writing():
+                room = self._depth < self.cap or self._make_room(rank)
+                if room:
+                    self._db.execute("INSERT INTO outbox (event_id, rank, payload, release_at) VALUES (?, ?, ?, ?)",
+                                     (event_id, rank, payload, release_at))
+            if not room:  # nothing was written: an empty transaction, committed
+                self._count_drop(f"new {Urgency(urgency).value} result {event_id[:8]}")
+                return False
             self._depth += 1
         return True
 
@@ -171,15 +176,9 @@ class Outbox:
         # The depth lock is held across the delete: a purge (clear) in between would otherwise zero the depth
         # and this subtraction take it below zero.
         with self._lock, self._sender_lock:
-            self._sender.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._sender):
                 deleted = sum(self._sender.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
                               for seq in seqs)
-                self._sender.execute("COMMIT")
-            except BaseException:
-                if self._sender.in_transaction:
-                    self._sender.execute("ROLLBACK")
-                raise
             self._depth -= deleted
         self.delivered += deleted
 
@@ -201,6 +200,19 @@ class Outbox:
         with self._lock, self._sender_lock:
             self._sender.close()
             self._db.close()
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any error (unless SQLite already did, as on a full disk)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
