@@ -161,10 +161,7 @@ class Assistant:
         return adjust_urgency(result.urgency, ticked, lang, red_flags=check_red_flags(said) if said else None)
 
     def _llm_answer(self, message: str, result: Result, lang: str, history: list[dict],
-                    abandoned: Callable[[], bool] | None = None,
-                    adjustment: Adjustment | None = None) -> Iterator[ChatEvent]:
-        adjustment = adjustment or self.answer_adjustment(result, (), history, lang)
-        urgency = adjustment.urgency.value
+                    abandoned: Callable[[], bool] | None, adjustment: Adjustment) -> Iterator[ChatEvent]:
         messages = self._messages(message, result, lang, history, adjustment)
         pending, emitted = "", []
         try:
@@ -174,13 +171,9 @@ class Assistant:
                 pending += piece
                 *complete, pending = SENTENCE_END.split(pending)
                 for sentence in complete:
-                    if wrong_language(sentence, lang):
-                        yield from self._wrong_language(result, lang, adjustment, bool(emitted))
-                        return
-                    verdict = screen_answer(" ".join([*emitted, sentence]), lang, urgency, question=message)
-                    if not verdict.safe:
-                        yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
-                        yield ChatEvent("done", {"source": "guard"})
+                    ending = self._ending(sentence, emitted, message, result, lang, adjustment)
+                    if ending:
+                        yield from ending
                         return
                     emitted.append(sentence)
                     yield ChatEvent("token", {"text": sentence + " "})
@@ -194,20 +187,29 @@ class Assistant:
             yield from self._fact_sheet_answer(result, lang, str(exc), adjustment)
             return
         tail = pending.strip()
-        if tail and wrong_language(tail, lang):
-            yield from self._wrong_language(result, lang, adjustment, bool(emitted))
-            return
         if tail:
-            verdict = screen_answer(" ".join([*emitted, tail]), lang, urgency, question=message)
-            if not verdict.safe:
-                yield ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason})
-                yield ChatEvent("done", {"source": "guard"})
+            ending = self._ending(tail, emitted, message, result, lang, adjustment)
+            if ending:
+                yield from ending
                 return
             yield ChatEvent("token", {"text": tail + " "})
         yield ChatEvent("token", {"text": "\n\n" + DISCLAIMER[lang]})
         yield ChatEvent("done", {"source": "llm", **self.llm.stats()})
 
-    def _wrong_language(self, result: Result, lang: str, adjustment: Adjustment | None,
+    def _ending(self, sentence: str, emitted: list[str], message: str, result: Result, lang: str,
+                adjustment: Adjustment) -> list[ChatEvent]:
+        """The events that end the answer at ``sentence`` instead of showing it: the fact sheet when the
+        model wrote the wrong language, the guard's replacement when the answer so far is unsafe; none when
+        the sentence may be shown."""
+        if wrong_language(sentence, lang):
+            return list(self._wrong_language(result, lang, adjustment, bool(emitted)))
+        verdict = screen_answer(" ".join([*emitted, sentence]), lang, adjustment.urgency.value, question=message)
+        if not verdict.safe:
+            return [ChatEvent("replace", {"text": verdict.text, "reason": verdict.reason}),
+                    ChatEvent("done", {"source": "guard"})]
+        return []
+
+    def _wrong_language(self, result: Result, lang: str, adjustment: Adjustment,
                         shown: bool) -> Iterator[ChatEvent]:
         # the answer's text is not logged: the model's words can echo the patient's
         log.warning("LLM answered in another language than %s: falling back to the fact sheet", lang)
@@ -216,7 +218,7 @@ class Assistant:
         yield from self._fact_sheet_answer(result, lang, "the model answered in another language", adjustment)
 
     def _fact_sheet_answer(self, result: Result, lang: str, why: str,
-                           adjustment: Adjustment | None = None) -> Iterator[ChatEvent]:
+                           adjustment: Adjustment) -> Iterator[ChatEvent]:
         yield ChatEvent("notice", {"text": NOTICES.get(lang, NOTICES["en"]), "reason": why})
         try:
             facts = self.facts(result.label, lang)
@@ -225,7 +227,7 @@ class Assistant:
             facts = None
         if facts is not None:
             yield ChatEvent("token", {"text": facts.sections["What it is"].strip() + "\n\n"})
-            if adjustment is not None and adjustment.raised:
+            if adjustment.raised:
                 # the sheet's usual next step is for the result's own tier: the raised tier's advice replaces it
                 next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
             else:
