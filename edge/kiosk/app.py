@@ -123,7 +123,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     @app.after_request
     def _never_cached(response: Response) -> Response:
-        """No API answer (a result, the history and its notes) may stay in a browser's cache."""
+        """No API answer (a result, a saliency map, a report, a chat stream, the history and its notes) may
+        stay in a browser's cache: every response under /api/ is no-store, so no route needs to say it."""
         if request.path.startswith("/api/"):
             response.headers["Cache-Control"] = "no-store"
         return response
@@ -273,8 +274,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
     @app.get("/api/saliency/<result_id>.png")
     def saliency(result_id: str):
         sessions.result(result_id)
-        return Response(screening.saliency_png(result_id), mimetype="image/png",
-                        headers={"Cache-Control": "no-store"})
+        return Response(screening.saliency_png(result_id), mimetype="image/png")
 
     @app.post("/api/session/new")
     def new_patient():
@@ -324,7 +324,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
                                   abandoned=request.environ.get("waitress.client_disconnected"))
         session.chat.append({"role": "user", "content": message})
         return Response(stream_with_context(_sse(events, session, message)), mimetype="text/event-stream",
-                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+                        headers={"X-Accel-Buffering": "no"})
 
     @app.get("/api/report/<result_id>")
     def report(result_id: str):
@@ -341,7 +341,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
                                        overviews=session.overviews)
         # The report page carries its own CSP <meta>; the headers say it again for whatever reads the response
         # (no script, no fetches, shown only inside this kiosk) and stop content sniffing.
-        headers = {"X-Report-Source": built.source, "Cache-Control": "no-store",
+        headers = {"X-Report-Source": built.source,
                    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
                    "X-Content-Type-Options": "nosniff"}
         if fmt == "md":

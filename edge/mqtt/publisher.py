@@ -107,8 +107,8 @@ class MqttService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_telemetry: float | None = None  # None: the first message is due (at once, or at a minute end)
-        self._last_telemetry: dict[str, Any] | None = None
-        self._removal_warned_at = float("-inf")  # as published: what status shows while holding
+        self._last_telemetry: dict[str, Any] | None = None  # as published: what status shows while holding
+        self._removal_warned_at = float("-inf")  # a failed outbox removal is logged at most once a minute
         self._restart_requested = False  # set and read by the command thread only
         self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
