@@ -252,6 +252,36 @@ def test_center_square_crop_keeps_the_middle():
     assert np.all(pre(image) == 200)
 
 
+@pytest.mark.parametrize(("frame", "box"), [
+    ((480, 640), (0, 0, 480, 640)),  # a 4:3 frame: all of it
+    ((720, 1280), (0, 160, 720, 1120)),  # 16:9: the central 4:3 (960 wide)
+    ((400, 400), (50, 0, 350, 400)),  # a square: the central band, full width
+    ((640, 480), (140, 0, 500, 480)),  # portrait: a landscape band across the middle
+])
+def test_center_crop_keeps_the_inputs_aspect_ratio(frame, box):
+    from edge.vision.preprocess import crop_box
+
+    spec = InputSpec(width=192, height=144, crop="center")
+    assert crop_box(*frame, spec) == box
+    top, left, bottom, right = crop_box(*frame, spec.model_copy(update={"crop_fraction": 0.5}))
+    assert (bottom - top) * 2 == box[2] - box[0] and (right - left) * 2 == box[3] - box[1]
+    assert (top + bottom, left + right) == (box[0] + box[2], box[1] + box[3])  # still centred
+
+
+def test_center_crop_feeds_a_4_3_model_the_whole_4_3_frame():
+    from edge.inference.base import TensorSpec
+
+    pre = Preprocessor(InputSpec(width=16, height=12, crop="center", mean=(0, 0, 0), std=(1, 1, 1)),
+                       TensorSpec((1, 12, 16, 3), np.dtype(np.float32)))
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[:, :2] = 200  # the left edge, which a square crop would drop
+    assert pre(image).shape == (1, 12, 16, 3)
+    assert np.all(pre(image)[0, :, :2] == 200) and np.all(pre(image)[0, :, 2:] == 0)
+    wide = np.zeros((12, 24, 3), np.uint8)  # 2:1: its central 4:3 (16 columns) only
+    wide[:, 4:20] = 100
+    assert np.all(pre(wide) == 100)
+
+
 def test_classify_cli_json_grace_hopper(imagenet_pack):
     result = run_edge("classify", "--json", "--model", str(imagenet_pack), str(GRACE_HOPPER))
     assert result.returncode == 0, result.stderr

@@ -75,6 +75,13 @@ def test_bad_view_counts_and_non_square_inputs_are_refused(tmp_path):
         load_pack(pack)
 
 
+def test_a_non_square_input_allows_one_or_four_views():
+    from edge.inference.manifest import InputSpec, view_counts
+
+    assert view_counts(InputSpec(width=160, height=160)) == (1, 4, 8)
+    assert view_counts(InputSpec(width=192, height=144, crop="center")) == (1, 4)
+
+
 @pytest.mark.parametrize("views", [1, 4, 8])
 def test_classifier_averages_the_logits_of_exactly_the_packs_views(tmp_path, views):
     """The skin model on a real lesion: the device's probabilities are the softmax of the mean of the raw

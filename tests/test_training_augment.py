@@ -18,7 +18,7 @@ def _batches(mixup: float, steps: int = 6, targets=None, images=None, **config_f
         images = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(64)]
     labels = np.array([i % 3 for i in range(64)], np.int32)
     probability, weights = sampling_plan(labels, 3)
-    config = TrainConfig(input_size=32, batch_size=8, mixup=mixup, crop_min=0.6, **config_fields)
+    config = TrainConfig(**{"input_size": 32, "batch_size": 8, "mixup": mixup, "crop_min": 0.6, **config_fields})
     targets = training_targets(labels, 3, None, 0.0) if targets is None else targets
     dataset = make_train_dataset(tf, images, labels, targets, probability, weights, config, epoch_seed=5,
                                  steps=steps)
@@ -91,3 +91,32 @@ def test_channel_gain_tints_each_crop_within_its_range():
     # two channels at most exp(0.2) / exp(-0.2) apart, widened by up to 15 % each by the saturation and
     # contrast jitter that follow
     assert max(spreads) <= 0.4 * 1.15 ** 2 + 0.02
+
+
+def test_a_4_3_input_trains_on_flipped_whole_frames_never_turned():
+    """--input-height: crops keep the input's 4:3 shape, and with --crop-min 1 each is the whole frame,
+    flipped or not but never turned a quarter (which would not keep the shape)."""
+    ramp = np.tile(np.linspace(0, 255, 160).astype(np.uint8)[None, :, None], (120, 1, 3))  # dark left, bright right
+    batches = _batches(0.0, images=[ramp] * 64, input_height=24, crop_min=1.0)
+    for x, _, _ in batches:
+        assert x.shape == (8, 24, 32, 3)
+        across, down = np.abs(np.diff(x.mean(axis=(1, 3)), axis=1)), np.abs(np.diff(x.mean(axis=(2, 3)), axis=1))
+        assert np.all(across.mean(axis=1) > 20 * down.mean(axis=1) + 1e-3)  # still a left-right ramp
+    ends = [np.sign(x[:, :, -1].mean(axis=(1, 2)) - x[:, :, 0].mean(axis=(1, 2))) for x, _, _ in batches]
+    assert set(np.concatenate(ends)) == {-1.0, 1.0}  # mirrored left-right some of the time
+
+
+def test_a_4_3_model_takes_the_devices_crop_of_each_image(ham_images):
+    """Val and calibration inputs of a 4:3 model are the device's own preprocessing of each image."""
+    import cv2
+
+    from edge.inference.manifest import InputSpec
+    from edge.training.train import TrainConfig, input_spec, model_inputs
+    from edge.vision.preprocess import crop_resize
+
+    config = TrainConfig(input_size=64, input_height=48)
+    assert input_spec(config) == InputSpec(width=64, height=48, crop="center")
+    image = cv2.cvtColor(cv2.imread(str(ham_images[0])), cv2.COLOR_BGR2RGB)
+    x = model_inputs([image], config)
+    assert x.shape == (1, 48, 64, 3)
+    np.testing.assert_allclose(x[0], crop_resize(image, input_spec(config)).astype(np.float32) / 127.5 - 1.0)

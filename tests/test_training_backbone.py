@@ -12,12 +12,13 @@ keras = pytest.importorskip("keras")
 
 
 def test_recalibrated_batchnorm_computes_what_the_identity_did(ham_images):
-    from edge.training.train import (TrainConfig, build_model, center_square, load_image, recalibrate_batchnorm,
-                                     setup_tensorflow, to_model_input)
+    from edge.training.train import (TrainConfig, build_model, load_image, model_inputs, recalibrate_batchnorm,
+                                     setup_tensorflow)
 
     keras_module, _ = setup_tensorflow(1)
-    _, backbone = build_model(keras_module, TrainConfig(input_size=96, batchnorm="recalibrated"), 7, IMAGENET_MODEL)
-    images = to_model_input(np.stack([center_square(load_image(p, 96), 96) for p in ham_images[:48]]))
+    config = TrainConfig(input_size=96, batchnorm="recalibrated")
+    _, backbone = build_model(keras_module, config, 7, IMAGENET_MODEL)
+    images = model_inputs([load_image(p, 96) for p in ham_images[:48]], config)
     before = backbone(images[32:], training=False).numpy()
     recalibrate_batchnorm(keras_module, backbone, images[:32])
     after = backbone(images[32:], training=False).numpy()
@@ -31,13 +32,14 @@ def test_reestimated_batchnorm_statistics_are_the_mean_over_the_images(ham_image
     """After weight averaging, each trainable BN's moving statistics are re-measured: for the first BN (its
     input does not depend on other BNs) the moving mean must be the exact mean of its input over all images,
     whatever it held before, and the momentum used for training must be restored."""
-    from edge.training.train import (BN_MOMENTUM, TrainConfig, build_model, center_square, load_image,
+    from edge.training.train import (BN_MOMENTUM, TrainConfig, build_model, load_image, model_inputs,
                                      recalibrate_batchnorm, reestimate_batchnorm, set_backbone_trainable,
-                                     setup_tensorflow, to_model_input)
+                                     setup_tensorflow)
 
     keras_module, _ = setup_tensorflow(1)
-    _, backbone = build_model(keras_module, TrainConfig(input_size=96, batchnorm="recalibrated"), 7, IMAGENET_MODEL)
-    images = to_model_input(np.stack([center_square(load_image(p, 96), 96) for p in ham_images[:48]]))
+    config = TrainConfig(input_size=96, batchnorm="recalibrated")
+    _, backbone = build_model(keras_module, config, 7, IMAGENET_MODEL)
+    images = model_inputs([load_image(p, 96) for p in ham_images[:48]], config)
     recalibrate_batchnorm(keras_module, backbone, images[:16])
     set_backbone_trainable(keras_module, backbone, True, bn_trains=True)
     bn = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))

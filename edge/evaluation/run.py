@@ -20,7 +20,7 @@ from edge.evaluation.metrics import summarise
 from edge.inference import Classifier, ModelPack
 from edge.inference.classifier import postprocess, tta_views
 from edge.inference.decision import OUT_OF_DISTRIBUTION, decide_batch
-from edge.inference.manifest import TEST_TIME_VIEW_COUNTS
+from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, view_counts
 from edge.types import Urgency
 from edge.vision.decode import read_image_file
 
@@ -155,7 +155,8 @@ def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=
              view_options=TEST_TIME_VIEW_COUNTS, threads: int = 2, raw: dict | None = None,
              quality=None) -> dict:
     """Score every available variant under each count of test-time views (``VIEW_NAMES``); variants the
-    pack lacks are reported as such. ``shipped`` names the views the pack's decision uses.
+    pack lacks are reported as such. ``shipped`` names the views the pack's decision uses. View counts the
+    pack's input does not allow (8 transposes, so only a square input has them) are left out.
 
     ``raw``, when given, receives ``{variant: (y, Outputs)}`` for plots.
     """
@@ -164,6 +165,7 @@ def evaluate(pack: ModelPack, paths: list[Path], labels: list[str], *, variants=
     if unknown:
         raise EdgeError(f"labels {unknown} are not in model {pack.manifest.name}")
     y = np.array([index[label] for label in labels])
+    view_options = tuple(v for v in view_options if v in view_counts(pack.manifest.input))
     images = load_images(paths)
     report: dict = {"model": pack.info().to_json(), "n_images": len(paths),
                     "class_counts": {k: int((y == i).sum()) for k, i in index.items()},

@@ -35,16 +35,23 @@ class InputSpec(_Strict):
 
     width: int = Field(ge=8, le=2048)
     height: int = Field(ge=8, le=2048)
-    crop: Literal["center_square", "none"] = Field(
-        "center_square", description="center_square: crop the central square before resizing; none: stretch."
+    crop: Literal["center_square", "center", "none"] = Field(
+        "center_square",
+        description="center_square: crop the central square before resizing; center: the largest central "
+                    "rectangle with the input's own aspect ratio (a 4:3 model sees all of a 4:3 frame); none: stretch.",
     )
-    crop_fraction: float = Field(1.0, gt=0.1, le=1.0, description="Side of the crop relative to the short side.")
+    crop_fraction: float = Field(1.0, gt=0.1, le=1.0, description="Size of the crop relative to the largest one.")
     color_constancy: Literal["none", "shades_of_gray"] = Field(
         "none", description="shades_of_gray: neutralise the light's colour in the crop (edge.vision.color)."
     )
     color_constancy_power: float = Field(6.0, ge=1.0, le=16.0, description="Minkowski norm of Shades of Gray.")
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+
+
+def view_counts(spec: InputSpec) -> tuple[int, ...]:
+    """The test-time view counts an input allows: 8 views include the transpose, which only a square keeps."""
+    return TEST_TIME_VIEW_COUNTS if spec.width == spec.height else tuple(v for v in TEST_TIME_VIEW_COUNTS if v != 8)
 
 
 class OutputSpec(_Strict):
@@ -138,7 +145,7 @@ class Manifest(_Strict):
         stray = set(self.decision.label_weights) - set(self.labels)
         if stray:
             raise ValueError(f"decision.label_weights names labels the model does not have: {sorted(stray)}")
-        if self.decision.test_time_views == 8 and self.input.width != self.input.height:
+        if self.decision.test_time_views not in view_counts(self.input):
             raise ValueError("decision.test_time_views 8 transposes the input: it needs a square input")
         if self.decision.temperature != 1.0 and self.output.activation != "none":
             raise ValueError("decision.temperature needs logits: set output.activation to 'none'")

@@ -49,11 +49,12 @@ def read_tflite_convs(tflite_path: Path) -> list[tuple[str, np.ndarray, np.ndarr
     return convs
 
 
-def build_backbone(input_size: int, tflite_path: Path):
-    """A Keras MobileNetV2 (no top) carrying the ImageNet weights; BatchNorm layers frozen as identities."""
+def build_backbone(tflite_path: Path, height: int, width: int):
+    """A Keras MobileNetV2 (no top) for ``height`` x ``width`` inputs carrying the ImageNet weights (the
+    convolutions do not depend on the input size); BatchNorm layers frozen as identities."""
     import keras
 
-    model = keras.applications.MobileNetV2(input_shape=(input_size, input_size, 3), include_top=False,
+    model = keras.applications.MobileNetV2(input_shape=(height, width, 3), include_top=False,
                                            weights=None, alpha=1.0)
     convs = read_tflite_convs(tflite_path)
     if len(convs) != BACKBONE_CONVS + 1:

@@ -25,9 +25,9 @@ import numpy as np
 from edge.evaluation.metrics import balanced_accuracy, fit_temperature
 from edge.evaluation.run import collect_outputs, load_images, open_variant
 from edge.inference.decision import decide_indices, logsumexp, softmax
-from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, DecisionSpec, InputSpec, OutputSpec, write_pack
+from edge.inference.manifest import DecisionSpec, OutputSpec, view_counts, write_pack
 from edge.training.data import Sample, write_split
-from edge.training.train import TrainConfig, load_image, model_inputs, setup_tensorflow
+from edge.training.train import TrainConfig, input_spec, load_image, model_inputs, setup_tensorflow
 from edge.types import Urgency
 
 log = logging.getLogger("edge.train")
@@ -142,7 +142,7 @@ def cross_fitted_score(logits: np.ndarray, y: np.ndarray, groups: np.ndarray, la
 def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
     """Test-time views, temperature, operating point and abstention, fitted on val through the int8 model.
 
-    Each count of views (1, 4, 8) gets its own temperature and operating point; the pack ships the fewest
+    Each count of views (1, 4, and 8 for a square input) gets its own temperature and operating point; the pack ships the fewest
     views within ``VIEWS_MIN_GAIN`` of the best *cross-fitted* val balanced accuracy at the operating point
     (``cross_fitted_score``): the number a user actually gets, estimated on images the decision was not
     fitted on (more views cost more invokes).
@@ -151,11 +151,12 @@ def fit_decision(pack, val: list[Sample]) -> tuple[DecisionSpec, dict]:
     y = np.array([labels.index(s.label) for s in val])
     groups = np.array([s.group for s in val])
     classifier = open_variant(pack, "int8")
-    outputs = collect_outputs(classifier, load_images([s.path for s in val]), views=max(TEST_TIME_VIEW_COUNTS))
+    options = view_counts(pack.manifest.input)
+    outputs = collect_outputs(classifier, load_images([s.path for s in val]), views=max(options))
     classifier.close()
     k = len(labels)
     candidates = {}
-    for views in TEST_TIME_VIEW_COUNTS:
+    for views in options:
         logits = outputs.logits(views)
         temperature = fit_temperature(y, logits)
         p = softmax(logits, temperature)
@@ -223,8 +224,7 @@ def finish_pack(model, config: TrainConfig, split: dict[str, list[Sample]], labe
     display, urgency = label_tables(labels)
     common = dict(model_files={"cpu": tflite, "jetson": onnx}, labels=labels, name=name, version=version,
                   licence=licence, display_names=display, urgency=urgency,
-                  input_spec=InputSpec(width=config.input_size, height=config.input_size, crop="center_square",
-                                       color_constancy=config.color_constancy),
+                  input_spec=input_spec(config),
                   output=OutputSpec(activation="none"),
                   description="MobileNetV2 fine-tuned on HAM10000 dermoscopy; a screening aid, not a diagnosis.")
     out = Path(out)

@@ -4,6 +4,11 @@ The recipe, and why:
 
 * **160 px input.** Measured on 2 cores (batch 32): a full fine-tune runs at 28 images/s at 160 px versus 14
   at 224 px, and HAM10000's images are 200x150, so 224 px would only upsample them further.
+* **Square or whole-frame input** (``--input-height``, 0 by default: square). A square model sees the
+  central square of a frame and drops its sides (a quarter of a 4:3 frame); with ``--input-size 192
+  --input-height 144`` the model sees the whole 4:3 frame (the pack's crop is ``center``: the largest central
+  rectangle of the model's aspect ratio). A non-square input has no 90-degree rotations in training and no
+  8-view (transposed) test-time augmentation.
 * **Frozen-backbone warm-up, then fine-tuning.** By default every block trains; the shipped pack trains
   blocks 3-16 only (``--trainable-from-block 3``), because fine-tuned early blocks lose ~6 points of
   balanced accuracy in full-integer int8 (measured with identity and with recalibrated BatchNorm; see the
@@ -15,8 +20,9 @@ The recipe, and why:
   ``1/sqrt(n_class)`` (classes appear in proportion to ``sqrt(n_class)``) *and* weights the loss by
   ``1/sqrt(n_class)``: balanced in expectation, without repeating the 115 dermatofibroma images 40 times
   per epoch as full oversampling would.
-* **Augmentation for dermoscopy:** random square crops (``--crop-min``-100 % of the short side, anywhere),
-  horizontal and vertical flips, 90-degree rotations (lesions have no up), brightness/contrast/saturation
+* **Augmentation for dermoscopy:** random crops of the input's shape (``--crop-min``-100 % of the largest
+  one that fits, anywhere), horizontal and vertical flips, 90-degree rotations for a square input (lesions
+  have no up), brightness/contrast/saturation
   jitter (devices and lighting differ); optionally a random gain per colour channel (``--channel-gain G``:
   each of R, G, B times ``exp(U(-G, G))``, the tint of another lamp or white balance) and mixup of image
   pairs (``--mixup``).
@@ -46,8 +52,10 @@ import numpy as np
 
 from edge.errors import EdgeError
 from edge.evaluation.metrics import balanced_accuracy
+from edge.inference.manifest import InputSpec
 from edge.training.data import Sample, class_counts
 from edge.vision.color import DEFAULT_POWER, ILLUMINANT_FLOOR, shades_of_gray
+from edge.vision.preprocess import crop_resize
 
 log = logging.getLogger("edge.train")
 BN_MOMENTUM = 0.99  # recalibrated BatchNorm's moving averages (see recalibrate_batchnorm)
@@ -55,7 +63,8 @@ BN_MOMENTUM = 0.99  # recalibrated BatchNorm's moving averages (see recalibrate_
 
 @dataclass
 class TrainConfig:
-    input_size: int = 160
+    input_size: int = 160  # the input's width (and height, for a square input)
+    input_height: int = 0  # 0: a square input; else the input is input_size wide and this high (see above)
     batch_size: int = 32
     warmup_epochs: int = 2
     finetune_epochs: int = 10
@@ -124,14 +133,22 @@ def load_images(samples: list[Sample], short_side: int) -> list[np.ndarray]:
     return images
 
 
-def center_square(image: np.ndarray, size: int) -> np.ndarray:
-    """What the device feeds the model: the central square, resized (as ``edge.vision.preprocess``)."""
-    height, width = image.shape[:2]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = image[top:top + side, left:left + side]
-    interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interpolation)
+def input_shape(config: TrainConfig) -> tuple[int, int]:
+    """(height, width) of the model's input."""
+    return config.input_height or config.input_size, config.input_size
+
+
+def input_spec(config: TrainConfig) -> InputSpec:
+    """How the device turns a frame into this model's input: the pack's ``input`` (mean/std are the defaults,
+    ``to_model_input``'s scaling)."""
+    height, width = input_shape(config)
+    return InputSpec(width=width, height=height, crop="center_square" if width == height else "center",
+                     color_constancy=config.color_constancy)
+
+
+def device_view(image: np.ndarray, config: TrainConfig) -> np.ndarray:
+    """What the device feeds the model: its crop of ``image``, resized, by ``edge.vision.preprocess`` itself."""
+    return crop_resize(image, input_spec(config))
 
 
 def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
@@ -139,10 +156,10 @@ def to_model_input(images_uint8: np.ndarray) -> np.ndarray:
 
 
 def model_inputs(images, config: TrainConfig) -> np.ndarray:
-    """(n, size, size, 3) float inputs for ``images``: what the device feeds the model (``Preprocessor``)."""
+    """(n, height, width, 3) float inputs for ``images``: what the device feeds the model (``Preprocessor``)."""
     def view(image: np.ndarray) -> np.ndarray:
-        square = center_square(image, config.input_size)
-        return shades_of_gray(square) if config.color_constancy == "shades_of_gray" else square
+        crop = device_view(image, config)
+        return shades_of_gray(crop) if config.color_constancy == "shades_of_gray" else crop
 
     return to_model_input(np.stack([view(image) for image in images]))
 
@@ -188,18 +205,24 @@ def make_train_dataset(tf, images, labels_idx, targets, probability, class_weigh
     n_classes = len(class_weights)
     signature = (tf.TensorSpec((None, None, 3), tf.uint8), tf.TensorSpec((n_classes,), tf.float32),
                  tf.TensorSpec((), tf.float32))
-    size = config.input_size
+    height, width = input_shape(config)
+    aspect = width / height
     seed_base = epoch_seed * 1_000_003
 
     def augment(index, image, target, weight):
         seeds = tf.stack([tf.cast(seed_base, tf.int64), index])
         s = lambda k: tf.random.experimental.stateless_split(seeds, 8)[k]  # noqa: E731
         shape = tf.shape(image)
-        short = tf.minimum(shape[0], shape[1])
-        side = tf.cast(tf.cast(short, tf.float32) * tf.random.stateless_uniform((), s(0), config.crop_min, 1.0),
-                       tf.int32)
-        crop = tf.image.stateless_random_crop(image, tf.stack([side, side, 3]), s(1))
-        x = tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True) / 255.0
+        scale = tf.random.stateless_uniform((), s(0), config.crop_min, 1.0)
+        if height == width:
+            short = tf.minimum(shape[0], shape[1])
+            rows = cols = tf.cast(tf.cast(short, tf.float32) * scale, tf.int32)
+        else:  # the largest rectangle of the input's aspect that fits (as the device's crop), scaled
+            fit = tf.minimum(tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32) / aspect)
+            rows = tf.minimum(tf.cast(fit * scale, tf.int32), shape[0])
+            cols = tf.minimum(tf.cast(fit * aspect * scale, tf.int32), shape[1])
+        crop = tf.image.stateless_random_crop(image, tf.stack([rows, cols, 3]), s(1))
+        x = tf.image.resize(tf.cast(crop, tf.float32), (height, width), antialias=True) / 255.0
         if config.color_constancy == "shades_of_gray":
             x = shades_of_gray_tf(tf, x)
         if config.channel_gain > 0:
@@ -207,7 +230,8 @@ def make_train_dataset(tf, images, labels_idx, targets, probability, class_weigh
             x = x * tf.exp(tf.random.stateless_uniform((3,), tint, -config.channel_gain, config.channel_gain))
         x = tf.image.stateless_random_flip_left_right(x, s(2))
         x = tf.image.stateless_random_flip_up_down(x, s(3))
-        x = tf.image.rot90(x, tf.random.stateless_uniform((), s(4), 0, 4, dtype=tf.int32))
+        if height == width:  # a quarter turn would not keep a non-square input's shape
+            x = tf.image.rot90(x, tf.random.stateless_uniform((), s(4), 0, 4, dtype=tf.int32))
         x = tf.image.stateless_random_brightness(x, 0.1, s(5))
         x = tf.image.stateless_random_contrast(x, 0.85, 1.15, s(6))
         x = tf.image.stateless_random_saturation(x, 0.85, 1.15, s(7))
@@ -239,8 +263,9 @@ def make_train_dataset(tf, images, labels_idx, targets, probability, class_weigh
 def build_model(keras, config: TrainConfig, n_classes: int, pretrained: Path):
     from edge.training.backbone import build_backbone
 
-    backbone, _ = build_backbone(config.input_size, pretrained)
-    inputs = keras.Input((config.input_size, config.input_size, 3), name="image")
+    height, width = input_shape(config)
+    backbone, _ = build_backbone(pretrained, height, width)
+    inputs = keras.Input((height, width, 3), name="image")
     # identity BatchNorm must never see batch statistics; recalibrated BatchNorm trains like any BN
     features = backbone(inputs, training=False) if config.batchnorm == "identity" else backbone(inputs)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(features)

@@ -1,6 +1,7 @@
 """Frame -> model input tensor, exactly as the pack's manifest says.
 
-Crop the central square (or a fraction of it), resize with area interpolation, optionally neutralise the
+Crop the central square, or the largest central rectangle of the model's aspect ratio (or a fraction of
+either), resize with area interpolation, optionally neutralise the
 light's colour (``edge.vision.color``), normalise with the manifest's mean/std, and quantise with the
 backend's input tensor parameters. For an integer input the normalise+quantise steps are one affine map per
 channel, so they are folded into a 256-entry lookup table: one gather per pixel instead of four float
@@ -25,9 +26,26 @@ def crop_box(height: int, width: int, spec: InputSpec) -> tuple[int, int, int, i
     """(top, left, bottom, right) of the region the model sees."""
     if spec.crop == "none":
         return 0, 0, height, width
-    side = max(1, round(min(height, width) * spec.crop_fraction))
-    top, left = (height - side) // 2, (width - side) // 2
-    return top, left, top + side, left + side
+    if spec.crop == "center":  # the largest rectangle of the input's aspect ratio that fits, then the fraction
+        aspect = spec.width / spec.height
+        fit_height = min(height, width / aspect)
+        rows = max(1, min(height, round(fit_height * spec.crop_fraction)))
+        cols = max(1, min(width, round(fit_height * aspect * spec.crop_fraction)))
+    else:
+        rows = cols = max(1, round(min(height, width) * spec.crop_fraction))
+    top, left = (height - rows) // 2, (width - cols) // 2
+    return top, left, top + rows, left + cols
+
+
+def crop_resize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The region the model sees, at the model's size: area interpolation to shrink, linear to enlarge.
+    Training makes its val and calibration inputs with this too, so they are what the device feeds."""
+    top, left, bottom, right = crop_box(image.shape[0], image.shape[1], spec)
+    region = image[top:bottom, left:right]
+    if region.shape[:2] == (spec.height, spec.width):
+        return np.ascontiguousarray(region)
+    shrinking = region.shape[0] > spec.height
+    return cv2.resize(region, (spec.width, spec.height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 _CHANNELS = np.arange(3)
@@ -51,13 +69,7 @@ class Preprocessor:
         self._inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
 
     def crop_resize(self, image: np.ndarray) -> np.ndarray:
-        top, left, bottom, right = crop_box(image.shape[0], image.shape[1], self.spec)
-        region = image[top:bottom, left:right]
-        size = (self.spec.width, self.spec.height)
-        if region.shape[:2] == (self.spec.height, self.spec.width):
-            return np.ascontiguousarray(region)
-        shrinking = region.shape[0] > self.spec.height
-        return cv2.resize(region, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        return crop_resize(image, self.spec)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         require_rgb_uint8(image)
