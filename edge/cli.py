@@ -150,8 +150,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     checks = run_checks(settings)
     for check in checks:
         print(check.line())
-    failed_required = [c for c in checks if not c.ok and c.required]
-    print(f"{len(checks) - sum(not c.ok for c in checks)} passed, {sum(not c.ok for c in checks)} failed"
+    failed_required = [c for c in checks if c.failed and c.required]
+    absent = sum(c.absent and not c.ok for c in checks)
+    print(f"{sum(c.ok for c in checks)} passed, {sum(c.failed for c in checks)} failed"
+          f"{f', {absent} optional not present' if absent else ''}"
           f"{' (required checks failed)' if failed_required else ''}")
     return EXIT_FAILED if failed_required else EXIT_OK
 

@@ -1,4 +1,8 @@
-"""``edge doctor``: one pass/fail line per part, so an operator sees which part is wrong on a bad day."""
+"""``edge doctor``: one pass/fail line per part, so an operator sees which part is wrong on a bad day.
+
+Optional hardware this machine does not have and the settings do not ask for (no Coral plugged in, not a
+Jetson, no CSI or USB camera) is shown as ``[ -- ]``, not as a failure: a failure is something to fix.
+"""
 
 from __future__ import annotations
 
@@ -31,22 +35,40 @@ class Check:
     ok: bool
     detail: str
     required: bool = False
+    absent: bool = False  # optional hardware that is not here and not asked for: neither a pass nor a fault
+
+    @property
+    def failed(self) -> bool:
+        return not self.ok and not self.absent
 
     def line(self) -> str:
-        return f"[{'PASS' if self.ok else 'FAIL'}] {self.name}: {self.detail}"
+        mark = " -- " if self.absent and not self.ok else "PASS" if self.ok else "FAIL"
+        return f"[{mark}] {self.name}: {self.detail}"
 
 
 def run_checks(settings: Settings) -> list[Check]:
+    coral = _edgetpu_hardware(wanted=settings.inference.backend == "coral")
     return [
         _state_dir(settings.state_dir),
         *_cameras(settings),
         _camera_permissions(),
         _runtime(),
-        _edgetpu_hardware(),
-        *_model_and_backends(settings),
+        coral,
+        *_model_and_backends(settings, coral_absent=coral.absent),
         *_broker(settings),
         *_systemd_unit(),
     ]
+
+
+def is_jetson(release: Path = Path("/etc/nv_tegra_release"),
+              device_tree: Path = Path("/proc/device-tree/model")) -> bool:
+    """An NVIDIA Jetson (L4T writes nv_tegra_release; the device tree names the board)."""
+    if release.exists():
+        return True
+    try:
+        return "jetson" in device_tree.read_text(errors="replace").lower()
+    except OSError:
+        return False
 
 
 def _user() -> str:
@@ -67,7 +89,8 @@ def _camera_permissions(dev: Path = Path("/dev")) -> Check:
     """Whether this user may open the camera nodes (V4L2 and libcamera open them read-write)."""
     nodes = sorted(dev.glob("video*")) + sorted(dev.glob("media*"))
     if not nodes:
-        return Check("camera permissions", False, f"nothing checked: no {dev}/video* or {dev}/media* device")
+        return Check("camera permissions", False, f"nothing to check: no {dev}/video* or {dev}/media* device",
+                     absent=True)
     denied = [node for node in nodes if not os.access(node, os.R_OK | os.W_OK)]
     if denied:
         groups = sorted({_group_of(node) for node in denied})
@@ -91,7 +114,7 @@ def _cameras(settings: Settings) -> list[Check]:
     cam = settings.camera
     found, probes = probe_auto(replay_dir=cam.replay_dir, shared_dir=settings.shared_dir,
                                width=cam.width, height=cam.height, fps=cam.fps)
-    checks = [Check(f"camera {p.spec}", p.ok, p.detail) for p in probes]
+    checks = [Check(f"camera {p.spec}", p.ok, p.detail, absent=p.absent) for p in probes]
     chosen = found.spec if found else "none: uploads only"
     checks.append(Check("camera choice", found is not None, f"auto would use {chosen} (configured: {cam.source})"))
     if cam.source.strip() not in ("auto", "none"):
@@ -120,7 +143,10 @@ def _runtime() -> Check:
     return Check("tflite runtime", True, module.__name__.split(".")[0], required=True)
 
 
-def _edgetpu_hardware(sys_usb: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev")) -> Check:
+def _edgetpu_hardware(sys_usb: Path = Path("/sys/bus/usb/devices"), dev: Path = Path("/dev"),
+                      wanted: bool = False) -> Check:
+    """A Coral on USB or PCIe, and whether this user can open it. None at all is ``absent`` unless the settings
+    ask for the coral backend (``wanted``)."""
     found, nodes = [], []
     for device in sorted(sys_usb.glob("*")):
         try:
@@ -144,10 +170,14 @@ def _edgetpu_hardware(sys_usb: Path = Path("/sys/bus/usb/devices"), dev: Path = 
                          f"{', '.join(denied)} (install firmware_config/etc/udev/rules.d/99-edge.rules, which gives "
                          "group edge access, and unplug the Coral once)")
         return Check("edge tpu hardware", True, ", ".join(found))
-    return Check("edge tpu hardware", False, "no Coral USB (1a6e:089a, 18d1:9302) or PCIe (/dev/apex_*) device")
+    return Check("edge tpu hardware", False, "no Coral USB (1a6e:089a, 18d1:9302) or PCIe (/dev/apex_*) device",
+                 absent=not wanted)
 
 
-def _model_and_backends(settings: Settings) -> list[Check]:
+def _model_and_backends(settings: Settings, coral_absent: bool = False) -> list[Check]:
+    """The pack, its files, and each backend. A backend for hardware that is not here (no Coral, not a Jetson)
+    and not configured is ``absent``; with the hardware there, or asked for, its failure is a failure."""
+    absent = {"coral": coral_absent, "jetson": not is_jetson() and settings.inference.backend != "jetson"}
     try:
         pack = load_pack(settings.inference.model_dir)
     except ModelError as exc:
@@ -159,7 +189,8 @@ def _model_and_backends(settings: Settings) -> list[Check]:
         try:
             backend = backend_class(name)(pack, getattr(settings.inference, name))
         except EdgeError as exc:
-            checks.append(Check(f"backend {name}", False, str(exc), required=name == "cpu"))
+            checks.append(Check(f"backend {name}", False, str(exc), required=name == "cpu",
+                                absent=absent.get(name, False)))
             continue
         checks.append(Check(f"backend {name}", True, backend.describe(), required=name == "cpu"))
         backend.close()

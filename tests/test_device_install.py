@@ -225,7 +225,8 @@ def test_doctor_camera_permissions_name_the_nodes_the_user_cannot_open(dev_folde
     (dev_folder / "video0").chmod(0o666)
     assert as_nobody(_camera_permissions, dev_folder).ok
     nothing = _camera_permissions(dev_folder / "empty")
-    assert not nothing.ok and nothing.detail.startswith("nothing checked: no ")  # not a PASS for an unmade check
+    assert not nothing.ok and nothing.detail.startswith("nothing to check: no ")  # not a PASS for an unmade check
+    assert nothing.absent and not nothing.failed and nothing.line().startswith("[ -- ]")  # nor a fault
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to user nobody needs root")
@@ -242,10 +243,13 @@ def test_doctor_checks_the_coral_usb_node_permissions(dev_folder, tmp_path):
     for folder in (dev_folder / "bus", dev_folder / "bus/usb", node.parent):
         folder.chmod(0o755)
     check = as_nobody(_edgetpu_hardware, sys_usb, dev_folder)
-    assert not check.ok and "USB 18d1:9302" in check.detail and str(node) in check.detail
+    assert check.failed and "USB 18d1:9302" in check.detail and str(node) in check.detail  # there, unusable
     node.chmod(0o666)
     assert as_nobody(_edgetpu_hardware, sys_usb, dev_folder).ok
-    assert _edgetpu_hardware(tmp_path / "none", tmp_path / "none").detail.startswith("no Coral USB")
+    none = _edgetpu_hardware(tmp_path / "none", tmp_path / "none")
+    assert none.detail.startswith("no Coral USB") and none.absent and not none.failed  # optional, not here
+    wanted = _edgetpu_hardware(tmp_path / "none", tmp_path / "none", wanted=True)  # backend = "coral"
+    assert wanted.failed and wanted.line().startswith("[FAIL] edge tpu hardware")
 
 
 def test_doctor_broker_check_makes_a_real_mqtt_connection(tmp_path):
@@ -271,3 +275,19 @@ def test_doctor_reads_the_unit_state_from_systemctl_show():
                         "NRestarts=5\nResult=watchdog\nStatusText=\n")
     assert not failed.ok and "last result watchdog" in failed.detail
     assert unit_check("LoadState=not-found\n").detail.startswith("not installed")
+
+
+def test_jetson_and_raspberry_pi_are_told_by_the_device_tree(tmp_path):
+    """Whether a missing backend or camera is a fault depends on the board: a Pi without picamera2 is
+    broken, a PC without it is not; the same for a Jetson and its ONNX Runtime providers."""
+    from edge.camera.auto import _has_csi_hardware
+    from edge.doctor import is_jetson
+
+    model = tmp_path / "model"
+    assert not is_jetson(tmp_path / "no-release", model) and not _has_csi_hardware(model)  # no device tree
+    model.write_bytes(b"Raspberry Pi 5 Model B Rev 1.0\x00")
+    assert _has_csi_hardware(model) and not is_jetson(tmp_path / "no-release", model)
+    model.write_bytes(b"NVIDIA Jetson Orin Nano Developer Kit\x00")
+    assert is_jetson(tmp_path / "no-release", model) and not _has_csi_hardware(model)
+    (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 3.0\n")
+    assert is_jetson(tmp_path / "nv_tegra_release", tmp_path / "absent")

@@ -35,14 +35,22 @@ def list_v4l2_devices() -> list[str]:
     return sorted(glob.glob("/dev/video*"), key=number)
 
 
+def _has_csi_hardware(device_tree: Path = Path("/proc/device-tree/model")) -> bool:
+    """Whether this could have a CSI camera at all: a Raspberry Pi (where a missing picamera2 is a fault)."""
+    try:
+        return "raspberry pi" in device_tree.read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
 def probe_picamera2(*, width: int, height: int, fps: float) -> tuple[CameraSource | None, ProbeResult]:
     """A CSI camera is usable when picamera2 imports and libcamera lists at least one camera."""
     try:
         cameras = list_csi_cameras(import_picamera2())
     except CameraUnavailable as exc:
-        return None, ProbeResult(PICAMERA2_SPEC, False, str(exc))
+        return None, ProbeResult(PICAMERA2_SPEC, False, str(exc), absent=not _has_csi_hardware())
     if not cameras:
-        return None, ProbeResult(PICAMERA2_SPEC, False, "picamera2 is installed but lists no CSI camera")
+        return None, ProbeResult(PICAMERA2_SPEC, False, "picamera2 is installed but lists no CSI camera", absent=True)
     model = cameras[0].get("Model", "unknown model") if isinstance(cameras[0], dict) else "camera"
     source = Picamera2Source(width=width, height=height, fps=fps)
     return source, ProbeResult(PICAMERA2_SPEC, True, f"{len(cameras)} CSI camera(s), using 0 ({model})")
@@ -95,7 +103,8 @@ def _probe_sources(
         return source
     devices = list_v4l2_devices()
     if not devices:
-        _record(results, ProbeResult(f"{OPENCV_PREFIX}/dev/video*", False, "no V4L2 devices (/dev/video*)"))
+        _record(results, ProbeResult(f"{OPENCV_PREFIX}/dev/video*", False, "no V4L2 devices (/dev/video*)",
+                                     absent=True))
     for device in devices:
         result = probe_v4l2_device(device, width=width, height=height, fps=fps)
         _record(results, result)

@@ -29,6 +29,7 @@ class ProbeResult:
     spec: str
     ok: bool
     detail: str
+    absent: bool = False  # nothing of the kind on this machine (no CSI camera, no /dev/video*), not a fault
 
 
 class CameraSource(abc.ABC):
