@@ -291,7 +291,7 @@ def load_settings(
         return Settings(**(overrides or {}))
     except ValidationError as exc:
         where = f"{config_file}: " if config_file else ""
-        raise ConfigError(where + format_validation_error(exc)) from None
+        raise ConfigError(where + format_validation_error(exc, environ if use_environment else None)) from None
     except SettingsError as exc:  # an EDGE_… value pydantic-settings could not parse (lists/sections are JSON)
         raise ConfigError(f"environment: {exc}: a list or a section is written as JSON, "
                           'e.g. EDGE_MQTT__COMMANDS__ADMIN_KEYS=\'["<base64 key>"]\'') from None
@@ -335,13 +335,30 @@ def is_secret_key(key: str) -> bool:
     return any(word in SECRET_MARKERS for word in words) and words[-1] != "file"
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, naming the setting. The offending value is quoted only when it is a plain value
-    of a setting that is not a secret: these messages reach the journal and MQTT replies, and a section's
-    value (a dict) can hold the broker password."""
+def env_variable_for(loc: tuple, environ: dict[str, str] | None) -> str | None:
+    """The ``EDGE_…`` variable in ``environ`` that set the setting at ``loc`` (or the section holding it),
+    if one did: the environment wins over the file, so that is where a bad value came from."""
+    if not environ:
+        return None
+    names = {key.upper(): key for key in environ if key.upper().startswith(ENV_PREFIX)}
+    parts = [str(part) for part in loc if isinstance(part, str)]
+    for end in range(len(parts), 0, -1):
+        name = names.get(ENV_PREFIX + ENV_NESTING.join(parts[:end]).upper())
+        if name is not None:
+            return name
+    return None
+
+
+def format_validation_error(exc: ValidationError, environ: dict[str, str] | None = None) -> str:
+    """One line per problem, naming the setting, and the ``EDGE_…`` variable when one set it. The offending
+    value is quoted only when it is a plain value of a setting that is not a secret: these messages reach the
+    journal and MQTT replies, and a section's value (a dict) can hold the broker password."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
+        variable = env_variable_for(error["loc"], environ)
+        if variable is not None:
+            key += f" (environment variable {variable})"
         value = error.get("input")
         if error["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")

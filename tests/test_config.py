@@ -94,8 +94,20 @@ def test_camera_source_form_is_checked_at_load(source, ok):
 
 def test_bad_env_value(monkeypatch):
     monkeypatch.setenv("EDGE_INFERENCE__CPU__THREADS", "many")
-    with pytest.raises(ConfigError, match=r"inference\.cpu\.threads"):
+    with pytest.raises(ConfigError, match=r"inference\.cpu\.threads \(environment variable EDGE_INFERENCE__CPU__THREADS\)"):
         load_settings()
+
+
+def test_a_bad_value_names_where_it_came_from(tmp_path, monkeypatch):
+    """The same bad port from the file names the file only; from an EDGE_ variable (which wins over the file),
+    the variable: an operator looking only in config.toml would not find it."""
+    config = write(tmp_path, "[kiosk]\nport = 99999\n")
+    with pytest.raises(ConfigError) as from_file:
+        load_settings(config)
+    assert str(from_file.value).startswith(f"{config}: kiosk.port: ") and "environment" not in str(from_file.value)
+    monkeypatch.setenv("EDGE_KIOSK__PORT", "99999")
+    with pytest.raises(ConfigError, match=r"kiosk\.port \(environment variable EDGE_KIOSK__PORT\): "):
+        load_settings(write(tmp_path, "[kiosk]\nport = 8080\n"))
 
 
 def test_env_list_that_is_not_json_is_a_config_error(monkeypatch):
