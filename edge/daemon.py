@@ -20,6 +20,7 @@ from edge.service import SystemdService, liveness, local_url, stall_limit_s
 log = logging.getLogger("edge")
 TRIAL_INFERENCE_LIMIT_S = 10.0  # a normal inference takes milliseconds, a saliency map about a second
 LOOP_STOP_S = 5.0  # how long a stop waits for the camera loop before closing everything without it
+FIRST_OPEN_WAIT_S = 5.0  # the start-up line waits this long for the camera's first open to say how it went
 
 
 class Daemon:
@@ -149,7 +150,6 @@ class Daemon:
         if self.server is not None:
             self.server.start()
             log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.port)
-        log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
         # READY=1 once the kiosk answers and the camera delivered (see edge.service); WATCHDOG=1 while frames flow.
         self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.port)
                            if self.server is not None else None)
@@ -175,6 +175,11 @@ class Daemon:
 
         thread = threading.Thread(target=loop, name="pipeline", daemon=True)
         thread.start()
+        if self.pipeline.camera is not None:  # the loop opens the camera first: report what that gave
+            deadline = time.monotonic() + FIRST_OPEN_WAIT_S
+            while not (self.pipeline.camera.tried.wait(0.1) or stop.is_set() or time.monotonic() > deadline):
+                pass
+        log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
         while thread.is_alive() and not stop.wait(0.5):
             pass
         thread.join(LOOP_STOP_S)

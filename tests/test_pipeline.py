@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -114,6 +115,11 @@ def test_edge_run_cli_replays_and_exits_cleanly(imagenet_pack, replay_folder, tm
     assert result.returncode == 0, result.stderr
     assert result.stderr.count(" result ") >= 3
     assert (tmp_path / "state").is_dir()
+    # the start-up line reports the camera as the loop opened it, not "down" before the first open
+    [running] = [line for line in result.stderr.splitlines() if " running: " in line]
+    health = json.loads(running.split(" running: ", 1)[1])
+    assert health["status"] == "ok" and health["camera"]["state"] == "ok", running
+    assert health["camera"]["spec"] == f"file:{replay_folder}"
 
 
 def test_edge_run_without_camera_says_so_and_stops_on_sigterm(imagenet_pack, tmp_path):

@@ -67,6 +67,7 @@ class ResilientSource:
         self.last_error: str | None = None
         self.reopen_attempts = 0
         self.first_index = 0  # index of the first frame the current device delivers (frames before are older)
+        self.tried = threading.Event()  # set once the first open has been attempted: state means something
 
     def describe(self) -> str:
         detail = f": {self.last_error}" if self.state == STATE_DOWN and self.last_error else ""
@@ -142,10 +143,12 @@ class ResilientSource:
         # whatever stops a camera from opening is retried with backoff, never fatal
         except Exception as exc:  # noqa: BLE001
             self._went_down(exc)
+            self.tried.set()
             return False
         self._source = source
         self.first_index = self._delivered
         self._came_up()
+        self.tried.set()
         return True
 
     def _came_up(self) -> None:
