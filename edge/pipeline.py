@@ -17,6 +17,7 @@ from typing import Callable
 
 from edge.camera import ResilientSource, open_source, probe_auto
 from edge.camera.base import CameraSource, ProbeResult
+from edge.camera.resilient import STATE_FINISHED, STATE_OK, STATE_STALLED
 from edge.config import Settings
 from edge.errors import BackendUnavailable, EdgeError, ModelError
 from edge.inference import Classifier, load_pack
@@ -210,7 +211,7 @@ class Pipeline:
                 stop.wait(wait)
 
     def _more_frames_can_come(self) -> bool:
-        return self.camera is not None and self.camera.state != "finished"
+        return self.camera is not None and self.camera.state != STATE_FINISHED
 
     def camera_state(self) -> str | None:
         """The camera's state, with "stalled" for one that says ok but has sent nothing for ``CAMERA_STALL_S``
@@ -218,8 +219,9 @@ class Pipeline:
         if self.camera is None:
             return None
         state = self.camera.state
-        if state == "ok" and self.last_frame_at is not None and time.monotonic() - self.last_frame_at > CAMERA_STALL_S:
-            return "stalled"
+        if state == STATE_OK and self.last_frame_at is not None and \
+                time.monotonic() - self.last_frame_at > CAMERA_STALL_S:
+            return STATE_STALLED
         return state
 
     def _skip_failed_frame(self, exc: Exception) -> None:
@@ -239,7 +241,7 @@ class Pipeline:
             camera = {"spec": self.camera.spec, "state": state, "last_error": self.camera.last_error,
                       "reopen_attempts": self.camera.reopen_attempts}
         return {
-            "status": "ok" if self.classifier and (self.camera is None or state == "ok") else "degraded",
+            "status": "ok" if self.classifier and (self.camera is None or state == STATE_OK) else "degraded",
             "uptime_s": round(time.monotonic() - self.started, 1),
             "camera": camera,
             "inference": self.classifier.health() if self.classifier else {"error": self.model_error},

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from edge.camera.resilient import STATE_FINISHED, STATE_OK
+
 if TYPE_CHECKING:  # pragma: no cover
     from edge.pipeline import Pipeline
 
@@ -160,7 +162,7 @@ def liveness(pipeline: "Pipeline", now: float, stall_s: float) -> Liveness:
         return Liveness(False, f"an inference has been running for more than {INFERENCE_STUCK_S:g} s")
     if pipeline.camera is None:
         return Liveness(True, "no camera: the loop is alive")
-    if pipeline.camera.state == "finished":  # a replay without looping ended: no frames are expected
+    if pipeline.camera.state == STATE_FINISHED:  # a replay without looping ended: no frames are expected
         return Liveness(True, "the camera source has finished: the loop is alive")
     if pipeline.last_frame_at is None:
         return Liveness(True, "the camera has not delivered a frame since start: the loop is alive")
@@ -175,7 +177,7 @@ def describe(pipeline: "Pipeline", kiosk_url: str | None) -> tuple[bool, str]:
     camera = pipeline.camera
     if camera is None:
         parts.append("no camera (uploads only)")
-    elif camera.state == "ok":
+    elif camera.state == STATE_OK:
         parts.append(f"camera {camera.spec} ok")
     else:
         fine = False

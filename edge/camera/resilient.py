@@ -29,6 +29,7 @@ JITTER = 0.1  # +-10% so a fleet of devices does not retry a shared resource in 
 STATE_OK = "ok"
 STATE_DOWN = "down"
 STATE_FINISHED = "finished"  # a replay without looping reached its end: never reopened
+STATE_STALLED = "stalled"  # reported by the pipeline: says ok, but no frame for a while (edge.pipeline)
 
 
 class ResilientSource:
