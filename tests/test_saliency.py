@@ -72,3 +72,41 @@ def test_saliency_of_a_model_whose_input_is_not_square():
     assert saliency.heatmap.shape == (160, 224) and saliency.overlay.shape == (160, 224, 3)
     peak_y, peak_x = np.unravel_index(np.argmax(saliency.heatmap), saliency.heatmap.shape)
     assert peak_y >= 80 and peak_x >= 150
+
+
+@pytest.mark.parametrize("shape", [(160, 160), (144, 192)])
+def test_the_heatmap_peaks_at_the_centre_of_the_patch_that_mattered(shape):
+    """When hiding one patch, and only that one, lowers the score, the heatmap must peak at that patch's
+    centre (the grid used to be stretched over the view, which put cells up to 10 px from their patches).
+    Patches are found from the occluded images themselves, not from the code's own formula."""
+    from edge.vision.saliency import occlusion_saliency
+
+    height, width = shape
+    view = np.random.default_rng(0).integers(40, 80, (height, width, 3), dtype=np.uint8)
+    fill = view.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    unchanged = np.any(view != fill, axis=2)
+
+    def patch_centre(image: np.ndarray) -> tuple[float, float]:
+        ys, xs = np.nonzero(np.all(image == fill, axis=2) & unchanged)
+        return (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+
+    centres: list[tuple[float, float]] = []
+
+    def record(image: np.ndarray) -> np.ndarray:  # a first pass only to learn where the patches go
+        if not np.array_equal(image, view):
+            centres.append(patch_centre(image))
+        return np.array([0.5, 0.5])
+
+    occlusion_saliency(view, record, target=0)
+    rows, cols = sorted({c[0] for c in centres}), sorted({c[1] for c in centres})
+    assert len(rows) == len(cols) == 8
+    for i, j in ((1, 6), (6, 1), (3, 4), (5, 5)):  # inner patches: beyond the outer ones the map is held flat
+        chosen = (rows[i], cols[j])
+
+        def score(image: np.ndarray, chosen=chosen) -> np.ndarray:
+            mattered = not np.array_equal(image, view) and patch_centre(image) == chosen
+            return np.array([0.2, 0.8]) if mattered else np.array([0.9, 0.1])
+
+        heatmap = occlusion_saliency(view, score, target=0).heatmap
+        peak = np.unravel_index(np.argmax(heatmap), heatmap.shape)
+        assert abs(peak[0] - chosen[0]) <= 1 and abs(peak[1] - chosen[1]) <= 1, (shape, chosen, peak)
