@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from edge.camera import ResilientSource, open_source, probe_auto
 from edge.camera.base import CameraSource, ProbeResult
 from edge.camera.resilient import STATE_FINISHED, STATE_OK, STATE_STALLED
@@ -131,13 +133,24 @@ class Pipeline:
         """Classify one frame and hand the result to every consumer. Serialised: one model, one caller.
         ``wait=False`` (the camera loop's automatic classification) gives up at once, returning None, when
         the model is busy with a kiosk request: the loop must keep reading frames for the live preview."""
+        classified = self._classify(frame, quality, wait=wait)
+        return classified[0] if classified is not None else None
+
+    def classify_keeping_view(self, frame: Frame, quality: Quality) -> tuple[Result, np.ndarray]:
+        """``classify``, and the model-sized crop the model saw (``Classifier.view``): what the kiosk keeps
+        for saliency instead of the photo, cropped once, by the classifier that made the result."""
+        classified = self._classify(frame, quality, wait=True)
+        assert classified is not None  # only a non-waiting call gives up
+        return classified
+
+    def _classify(self, frame: Frame, quality: Quality, *, wait: bool) -> tuple[Result, np.ndarray] | None:
         if self.classifier is None:
             raise ModelError(f"classification is unavailable: {self.model_error}")
         if not self._lock.acquire(blocking=wait):
             return None
         try:
             with self._inferring():
-                result = self.classifier.classify(frame.image, quality)
+                result, view = self.classifier.classify_keeping_view(frame.image, quality)
         finally:
             self._lock.release()
         self.counters.classifications += 1
@@ -147,13 +160,7 @@ class Pipeline:
                 consumer(result)
             except Exception:  # a broken consumer must not stop screening; it is logged with its traceback
                 log.exception("result consumer %r failed", consumer)
-        return result
-
-    def view(self, image):
-        """The model-sized crop of ``image`` (``Classifier.view``), to keep for saliency."""
-        if self.classifier is None:
-            raise ModelError(f"classification is unavailable: {self.model_error}")
-        return self.classifier.view(image)
+        return result, view
 
     def saliency(self, image, target: int | None = None, *, cropped: bool = False):
         if self.classifier is None:

@@ -80,8 +80,8 @@ class PipelineScreening:
         quality = self.pipeline.assess(frame)
         if not quality.ok:
             raise RetakeNeeded(quality)
-        result = self.pipeline.classify(frame, quality)
-        view = self.pipeline.view(frame.image)  # held for saliency instead of the photo: 77 kB, not megabytes
+        # the model's view is held for saliency instead of the photo: 77 kB, not megabytes
+        result, view = self.pipeline.classify_keeping_view(frame, quality)
         with self._lock:
             self._images[result.id] = (view, result)
             while len(self._images) > HELD_RESULTS:

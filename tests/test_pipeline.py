@@ -287,3 +287,27 @@ def test_automatic_classification_never_waits_for_a_kiosk_inference(imagenet_pac
         assert pipeline.step().result is not None  # the model is free again: classified as before
     finally:
         pipeline.close()
+
+
+def test_an_upload_is_cropped_once_and_the_held_view_is_what_the_model_saw(imagenet_pack, ham_images, monkeypatch):
+    """The kiosk keeps the model's view of an upload for saliency: the very crop the result came from, not a
+    second crop of the photo made afterwards."""
+    from edge.pipeline import open_classifier
+    from edge.screening import PipelineScreening
+    from edge.vision import preprocess
+
+    settings = settings_for(imagenet_pack, "none", pipeline={"auto_classify": False})
+    pipeline = Pipeline(settings, None, *open_classifier(settings))
+    screening = PipelineScreening(pipeline)
+    crops = []
+    original = preprocess.crop_resize
+    monkeypatch.setattr(preprocess, "crop_resize", lambda image, spec: crops.append(image.shape) or original(image, spec))
+    try:
+        result = screening.classify_upload(ham_images[0].read_bytes())
+        assert len(crops) == 1, crops
+        view, held = screening._images[result.id]  # noqa: SLF001 - what the kiosk holds for this result
+        assert held is result and view.shape == (224, 224, 3)
+        again = pipeline.classifier.scores(view, cropped=True).probabilities
+        assert [float(p) for p in again] == pytest.approx(list(result.probabilities.values()), abs=1e-6)
+    finally:
+        pipeline.close()
