@@ -56,6 +56,7 @@ class _Request:
     cancelled: threading.Event = field(default_factory=threading.Event)
     prefill: bool = False
     forget: bool = False
+    handled: threading.Event = field(default_factory=threading.Event)  # a forget request: the worker is done
 
 
 class LlmOwner:
@@ -101,10 +102,11 @@ class LlmOwner:
         self._requests.put(request)
 
     def forget(self) -> threading.Event:
-        """Queue a wipe of the model's memory of the last conversation (a new patient): set when done."""
+        """Queue a wipe of the model's memory of the last conversation (a new patient). The event is set once
+        the worker has wiped it, or, at shutdown, skipped the wipe because the model is being freed anyway."""
         request = _Request([], max_tokens=0, temperature=0.0, forget=True)
         self._requests.put(request)
-        return request.cancelled  # set by the worker once the wipe ran (or was refused at shutdown)
+        return request.handled
 
     def _forget(self) -> None:
         """Drop every token of the previous conversation: llama.cpp keeps the last prompt and answer both in
@@ -162,7 +164,7 @@ class LlmOwner:
                 except Exception:  # noqa: BLE001 - logged; the next answer still works from a rewound model
                     log.exception("could not clear the model's memory of the last conversation")
                 finally:
-                    request.cancelled.set()
+                    request.handled.set()
                 continue
             if request.cancelled.is_set():
                 continue
@@ -190,6 +192,7 @@ class LlmOwner:
             if request is not None:
                 request.tokens.put(LlmUnavailable("the assistant is shutting down"))
                 request.cancelled.set()
+                request.handled.set()
 
     def _generate(self, request: _Request) -> None:
         started = time.monotonic()
