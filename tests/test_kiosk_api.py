@@ -491,6 +491,28 @@ def test_new_patient_clears_everything(kiosk, client):
     assert kiosk.screening.stats()["held_images"] == 0  # the images themselves are gone, not only the ids
 
 
+def test_a_result_analysed_across_new_patient_is_not_the_next_persons(kiosk, client, ham_images, monkeypatch):
+    """New patient pressed (or the page reloaded) while a photo was being analysed: its result must not land
+    in the next person's session (their symptoms, chat and report), nor its crop stay held for them."""
+    screening = kiosk.screening
+    analyse = screening.classify_upload
+
+    def new_patient_meanwhile(data: bytes):
+        result = analyse(data)
+        kiosk.sessions.new_patient()  # what /api/session/new does, between the analysis and its answer
+        return result
+
+    monkeypatch.setattr(screening, "classify_upload", new_patient_meanwhile)
+    held_before = screening.stats()["held_images"]
+    response = upload(client, ham_images[1].read_bytes())
+    assert_json_error(response, 409, match="new patient session started")
+    assert response.get_json()["saved_to_history"] is True  # the health worker's log still has the screening
+    assert screening.stats()["held_images"] == 0 <= held_before  # its crop is not kept for the next person
+    assert client.post("/api/session/touch").get_json() == {"active": False}  # the new session is empty
+    monkeypatch.setattr(screening, "classify_upload", analyse)
+    assert upload(client, ham_images[1].read_bytes()).status_code == 200  # the next person's own photo is fine
+
+
 def test_a_person_still_reading_keeps_their_session(kiosk, client, monkeypatch):
     """The page's keep-alive (sent when someone scrolls or types on a result) holds off the idle timeout.
     The session's clock is driven by the test: no real-time margin for a loaded machine to eat."""

@@ -238,7 +238,8 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
 
     @app.post("/api/capture")
     def capture():
-        return _result_response(screening.capture())
+        session = sessions.touch()
+        return _result_response(screening.capture(), session)
 
     @app.post("/api/classify")
     def classify():
@@ -248,10 +249,14 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         data = upload.read(settings.limits.max_bytes + 1)
         if len(data) > settings.limits.max_bytes:
             raise ApiError(413, "image is larger than the upload limit")
-        return _result_response(screening.classify_upload(data))
+        session = sessions.touch()
+        return _result_response(screening.classify_upload(data), session)
 
-    def _result_response(result):
-        sessions.add(result)
+    def _result_response(result, session):
+        current = sessions.add(result, started_in=session)
+        if not current:  # New patient (or a reload) while it was analysed: not the next person's result
+            screening.forget([result.id])
+            log.info("result %s discarded: a new patient session started while it was analysed", result.id[:8])
         saved = None
         if history is not None:
             try:
@@ -260,6 +265,9 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             except sqlite3.Error as exc:  # e.g. a full SD card: the person still gets the result
                 log.error("could not save screening %s to the local history: %s", result.id[:8], exc)
                 saved = False
+        if not current:
+            raise ApiError(409, "a new patient session started while this photo was analysed: its result was not "
+                                "added to the new session", **({} if saved is None else {"saved_to_history": saved}))
         lang = language()
         if assistant is not None:
             assistant.prepare(result, lang)

@@ -71,11 +71,17 @@ class SessionKeeper:
         self.cleared += 1
         self._on_clear(ids)
 
-    def add(self, result: Result) -> None:
-        session = self.touch()
+    def add(self, result: Result, started_in: PatientSession | None = None) -> bool:
+        """Put ``result`` in the current session. With ``started_in`` (the session its request began in, from
+        ``touch``), a result whose session was cleared meanwhile (New patient, a page load, expiry) is not
+        added to the next person's: False."""
+        self.touch()
         with self._lock:
-            session.results[result.id] = result
+            if started_in is not None and started_in is not self._session:
+                return False
+            self._session.results[result.id] = result
             self._arm_locked()
+            return True
 
     def _arm_locked(self) -> None:
         """Schedule an expiry check for when the session would time out (one timer at a time)."""
