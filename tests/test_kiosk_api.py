@@ -451,6 +451,28 @@ def test_an_idle_session_expires_even_when_no_request_comes():
         sessions.close()
 
 
+def test_what_a_request_queues_for_its_session_never_lands_after_the_sessions_wipe():
+    """The assistant is prepared with a result only while the result's session is still the current one, under
+    the lock a clear takes: a New patient cannot slip its wipe in before the previous person's prefill."""
+    from mqtt_broker import make_result
+
+    from edge.kiosk.session import SessionKeeper
+
+    events = []
+    sessions = SessionKeeper(60, lambda ids: events.append(("wipe", ids)))
+    try:
+        session = sessions.touch()
+        result = make_result()
+        assert sessions.add(result, started_in=session)
+        assert sessions.while_current(session, lambda: events.append(("prepare", result.id)))
+        sessions.new_patient()
+        assert not sessions.while_current(session, lambda: events.append(("prepare", "late")))
+        assert not sessions.add(make_result(), started_in=session)  # nor is a late result added to the next
+        assert events == [("prepare", result.id), ("wipe", [result.id])]
+    finally:
+        sessions.close()
+
+
 def test_no_api_answer_may_be_cached_by_the_browser(client):
     """Results and the history (with the health worker's notes) must not outlive a purge in a cache."""
     result = capture(client)
@@ -505,7 +527,7 @@ def test_a_result_analysed_across_new_patient_is_not_the_next_persons(kiosk, cli
     monkeypatch.setattr(screening, "classify_upload", new_patient_meanwhile)
     held_before = screening.stats()["held_images"]
     response = upload(client, ham_images[1].read_bytes())
-    assert_json_error(response, 409, match="new patient session started")
+    assert_json_error(response, 410, match="new patient session started")
     assert response.get_json()["saved_to_history"] is True  # the health worker's log still has the screening
     assert screening.stats()["held_images"] == 0 <= held_before  # its crop is not kept for the next person
     assert client.post("/api/session/touch").get_json() == {"active": False}  # the new session is empty

@@ -265,12 +265,14 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
             except sqlite3.Error as exc:  # e.g. a full SD card: the person still gets the result
                 log.error("could not save screening %s to the local history: %s", result.id[:8], exc)
                 saved = False
-        if not current:
-            raise ApiError(409, "a new patient session started while this photo was analysed: its result was not "
+        if not current:  # 410: the page shows "the session was cleared"
+            raise ApiError(410, "a new patient session started while this photo was analysed: its result was not "
                                 "added to the new session", **({} if saved is None else {"saved_to_history": saved}))
         lang = language()
-        if assistant is not None:
-            assistant.prepare(result, lang)
+        # queued under the session lock: a New patient arriving meanwhile wipes the model after this, not before
+        if assistant is not None and not sessions.while_current(session, lambda: assistant.prepare(result, lang)):
+            log.info("result %s: the session was cleared while it was saved; the assistant is not prepared with it",
+                     result.id[:8])
         body = result.to_json()
         body["urgency_text"] = i18n.text(lang, f"urgency.{result.urgency.value}")
         body["next_step"] = i18n.text(lang, f"next.{result.urgency.value}")

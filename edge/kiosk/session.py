@@ -83,6 +83,15 @@ class SessionKeeper:
             self._arm_locked()
             return True
 
+    def while_current(self, session: PatientSession, action: Callable[[], None]) -> bool:
+        """Run ``action`` (something quick: it holds the session lock) only if ``session`` is still the current
+        one, ordered against a clear: what it queues cannot land after the wipe that a clear queues."""
+        with self._lock:
+            if session is not self._session:
+                return False
+            action()
+            return True
+
     def _arm_locked(self) -> None:
         """Schedule an expiry check for when the session would time out (one timer at a time)."""
         if self._closed or self._timer is not None or not self._session.results:

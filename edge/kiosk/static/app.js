@@ -118,7 +118,7 @@
     if (status === 0) return "error.network";
     if (status === 413) return context === "chat" ? "chat.too_long" : "error.too_large";
     if (status === 400 && context === "upload") return "error.unreadable";
-    if (status === 404) return "error.expired";
+    if (status === 404 || status === 410) return "error.expired"; // 410: analysed across a New patient
     if (status === 409) return "error.unavailable";
     return "error.generic";
   }
