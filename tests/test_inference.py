@@ -242,6 +242,18 @@ def test_quantisation_lookup_table_matches_the_formula(imagenet_pack):
     np.testing.assert_array_equal(tensor[0], expected.astype(np.uint8))
 
 
+@pytest.mark.parametrize("image", [np.zeros((50, 60), np.uint8), np.zeros((50, 60, 4), np.uint8),
+                                   np.zeros((50, 60, 3), np.float32)])
+def test_classify_refuses_an_image_that_is_not_rgb_uint8(imagenet_pack, image):
+    """Grey, RGBA or float pixels are a caller's bug: a clear ValueError, not an OpenCV assertion deep inside."""
+    classifier = open_classifier(imagenet_pack, "cpu")
+    try:
+        with pytest.raises(ValueError, match="expected an RGB uint8 image"):
+            classifier.classify(image, Quality())
+    finally:
+        classifier.close()
+
+
 def test_center_square_crop_keeps_the_middle():
     from edge.inference.base import TensorSpec
 

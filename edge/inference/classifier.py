@@ -18,6 +18,7 @@ from edge.errors import BackendFailed, BackendUnavailable, ModelError
 from edge.inference.base import AUTO_ORDER, Backend, backend_class
 from edge.inference.decision import decide, softmax
 from edge.inference.manifest import TEST_TIME_VIEW_COUNTS, ModelPack
+from edge.vision.color import require_rgb_uint8
 from edge.types import Quality, Result, Urgency
 from edge.vision.preprocess import Preprocessor
 
@@ -225,7 +226,8 @@ class Classifier:
 
     def view(self, image: np.ndarray) -> np.ndarray:
         """The model-sized crop of ``image``: what the model sees, and all that saliency needs later (a
-        160 px view is 77 kB; the photo it came from can be 120 MB)."""
+        160x160 view is 77 kB; the photo it came from can be 120 MB)."""
+        require_rgb_uint8(image)
         return self._preprocess.crop_resize(image)
 
     def saliency(self, image: np.ndarray, target: int | None = None, *, cropped: bool = False):
