@@ -290,8 +290,8 @@ def load_settings(
     try:
         return Settings(**(overrides or {}))
     except ValidationError as exc:
-        where = f"{config_file}: " if config_file else ""
-        raise ConfigError(where + format_validation_error(exc, environ if use_environment else None)) from None
+        raise ConfigError(format_validation_error(exc, environ if use_environment else None, overrides or {},
+                                                  config_file)) from None
     except SettingsError as exc:  # an EDGE_… value pydantic-settings could not parse (lists/sections are JSON)
         raise ConfigError(f"environment: {exc}: a list or a section is written as JSON, "
                           'e.g. EDGE_MQTT__COMMANDS__ADMIN_KEYS=\'["<base64 key>"]\'') from None
@@ -335,30 +335,51 @@ def is_secret_key(key: str) -> bool:
     return any(word in SECRET_MARKERS for word in words) and words[-1] != "file"
 
 
-def env_variable_for(loc: tuple, environ: dict[str, str] | None) -> str | None:
-    """The ``EDGE_…`` variable in ``environ`` that set the setting at ``loc`` (or the section holding it),
-    if one did: the environment wins over the file, so that is where a bad value came from."""
-    if not environ:
+def _holds(values: Any, parts: list[str]) -> bool:
+    """Whether nested dicts ``values`` have a value at the key path ``parts``."""
+    for part in parts:
+        if not isinstance(values, dict) or part not in values:
+            return False
+        values = values[part]
+    return True
+
+
+def env_variable_for(loc: tuple, environ: dict[str, str] | None, overrides: dict | None = None) -> str | None:
+    """The ``EDGE_…`` variable in ``environ`` that set the setting at ``loc`` (or the JSON section holding
+    it), if one did: the environment wins over the file, so that is where a bad value came from. A value a
+    command-line flag set (``overrides``, which win over both) is not the variable's."""
+    parts = [str(part) for part in loc if isinstance(part, str)]
+    if not environ or _holds(overrides or {}, parts):
         return None
     names = {key.upper(): key for key in environ if key.upper().startswith(ENV_PREFIX)}
-    parts = [str(part) for part in loc if isinstance(part, str)]
     for end in range(len(parts), 0, -1):
         name = names.get(ENV_PREFIX + ENV_NESTING.join(parts[:end]).upper())
-        if name is not None:
+        if name is None:
+            continue
+        if end == len(parts):
             return name
+        try:  # a section given as JSON: it is the source only if it holds this key
+            return name if _holds(json.loads(environ[name]), parts[end:]) else None
+        except ValueError:
+            return None
     return None
 
 
-def format_validation_error(exc: ValidationError, environ: dict[str, str] | None = None) -> str:
-    """One line per problem, naming the setting, and the ``EDGE_…`` variable when one set it. The offending
-    value is quoted only when it is a plain value of a setting that is not a secret: these messages reach the
-    journal and MQTT replies, and a section's value (a dict) can hold the broker password."""
+def format_validation_error(exc: ValidationError, environ: dict[str, str] | None = None,
+                            overrides: dict | None = None, config_file: Path | None = None) -> str:
+    """One line per problem, naming the setting and where its value came from: the ``EDGE_…`` variable when
+    one set it, else the config file (if any). The offending value is quoted only when it is a plain value of
+    a setting that is not a secret: these messages reach the journal and MQTT replies, and a section's value
+    (a dict) can hold the broker password."""
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
-        variable = env_variable_for(error["loc"], environ)
+        variable = env_variable_for(error["loc"], environ, overrides)
         if variable is not None:
             key += f" (environment variable {variable})"
+        elif config_file is not None and not _holds(overrides or {}, [str(p) for p in error["loc"]
+                                                                       if isinstance(p, str)]):
+            key = f"{config_file}: {key}"
         value = error.get("input")
         if error["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")

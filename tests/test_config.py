@@ -99,15 +99,32 @@ def test_bad_env_value(monkeypatch):
 
 
 def test_a_bad_value_names_where_it_came_from(tmp_path, monkeypatch):
-    """The same bad port from the file names the file only; from an EDGE_ variable (which wins over the file),
-    the variable: an operator looking only in config.toml would not find it."""
-    config = write(tmp_path, "[kiosk]\nport = 99999\n")
+    """The same bad port from the file names the file; from an EDGE_ variable (which wins over the file), the
+    variable and not the file: an operator looking only in config.toml would not find it."""
+    bad, good = tmp_path / "bad.toml", tmp_path / "good.toml"
+    bad.write_text("[kiosk]\nport = 99999\n")
+    good.write_text("[kiosk]\nport = 8080\n")
     with pytest.raises(ConfigError) as from_file:
-        load_settings(config)
-    assert str(from_file.value).startswith(f"{config}: kiosk.port: ") and "environment" not in str(from_file.value)
+        load_settings(bad)
+    assert str(from_file.value).startswith(f"{bad}: kiosk.port: ") and "environment" not in str(from_file.value)
     monkeypatch.setenv("EDGE_KIOSK__PORT", "99999")
-    with pytest.raises(ConfigError, match=r"kiosk\.port \(environment variable EDGE_KIOSK__PORT\): "):
-        load_settings(write(tmp_path, "[kiosk]\nport = 8080\n"))
+    with pytest.raises(ConfigError) as from_env:
+        load_settings(good)
+    assert str(from_env.value).startswith("kiosk.port (environment variable EDGE_KIOSK__PORT): ")  # not the file
+    monkeypatch.delenv("EDGE_KIOSK__PORT")
+    # a command-line flag wins over both: its bad value is neither the variable's nor the file's
+    monkeypatch.setenv("EDGE_CAMERA__SOURCE", "auto")
+    with pytest.raises(ConfigError) as from_flag:
+        load_settings(good, {"camera": {"source": "bogus:x"}})
+    assert str(from_flag.value).startswith("camera.source: ") and "EDGE_CAMERA__SOURCE" not in str(from_flag.value)
+    # a section variable (JSON) is named only for the keys it holds
+    monkeypatch.setenv("EDGE_KIOSK", '{"host": "127.0.0.1"}')
+    with pytest.raises(ConfigError) as section:
+        load_settings(bad)
+    assert str(section.value).startswith(f"{bad}: kiosk.port: ") and "EDGE_KIOSK" not in str(section.value)
+    monkeypatch.setenv("EDGE_KIOSK", '{"port": 99999}')
+    with pytest.raises(ConfigError, match=r"^kiosk\.port \(environment variable EDGE_KIOSK\): "):
+        load_settings(good)
 
 
 def test_env_list_that_is_not_json_is_a_config_error(monkeypatch):
