@@ -51,7 +51,8 @@ def main() -> int:
         saliency_ms = [ours.saliency(image).elapsed_ms for _ in range(5)]
         size_mb = load_pack(args.model).verified_path("cpu").stat().st_size / 1e6
     ours_p50, base_p50 = np.median(times["ours"]), np.median(times["imagenet"])
-    print(f"skin model ({ours.pack.manifest.input.width} px): invoke p50 {ours_p50:.2f} ms, "
+    spec = ours.pack.manifest.input
+    print(f"skin model ({spec.width}x{spec.height} px): invoke p50 {ours_p50:.2f} ms, "
           f"p95 {np.percentile(times['ours'], 95):.2f} ms")
     print(f"ImageNet MobileNetV2 int8 (224 px): invoke p50 {base_p50:.2f} ms, "
           f"p95 {np.percentile(times['imagenet'], 95):.2f} ms")

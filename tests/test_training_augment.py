@@ -106,6 +106,34 @@ def test_a_4_3_input_trains_on_flipped_whole_frames_never_turned():
     assert set(np.concatenate(ends)) == {-1.0, 1.0}  # mirrored left-right some of the time
 
 
+def test_a_4_3_training_crop_at_full_size_keeps_the_frames_proportions():
+    """With --crop-min 1 a 4:3 model trains on full-size 4:3 windows: on a 4:3 image the whole frame (what the
+    device feeds it), on a 16:9 image a full-height 4:3 window somewhere across it (random crops go anywhere)
+    -- never the whole 16:9 width squeezed, nor a square stretched. Found by correlating each training input
+    with the candidate regions of the same noise image (and their flips, which training adds)."""
+    import cv2
+
+    def region(image: np.ndarray, top: int, left: int, rows: int, cols: int) -> np.ndarray:
+        crop = image[top:top + rows, left:left + cols]
+        return cv2.resize(crop, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+    def similarity(x: np.ndarray, reference: np.ndarray) -> float:
+        views = (reference, reference[:, ::-1], reference[::-1], reference[::-1, ::-1])
+        return max(float(np.corrcoef(x.ravel(), view.ravel())[0, 1]) for view in views)
+
+    rng = np.random.default_rng(3)
+    for width in (192, 256):  # 4:3 and 16:9, 144 rows
+        noise = np.repeat(np.repeat(rng.integers(0, 256, (36, width // 4, 3), dtype=np.uint8), 4, 0), 4, 1)
+        windows = [region(noise, 0, left, 144, 192) for left in range(width - 192 + 1)]
+        wrong = {"square": region(noise, 0, (width - 144) // 2, 144, 144)}
+        if width != 192:  # for a 4:3 image the whole frame is the right answer
+            wrong["squeezed"] = region(noise, 0, 0, 144, width)
+        for x, _, _ in _batches(0.0, images=[noise] * 64, input_height=24, crop_min=1.0, steps=2):
+            for image in x:
+                best = max(similarity(image, window) for window in windows)
+                assert best > 0.9 and all(similarity(image, w) < best - 0.2 for w in wrong.values()), width
+
+
 def test_a_4_3_model_takes_the_devices_crop_of_each_image(ham_images):
     """Val and calibration inputs of a 4:3 model are the device's own preprocessing of each image."""
     import cv2

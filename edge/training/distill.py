@@ -8,7 +8,7 @@ The teachers' probabilities say, image by image, which wrong classes are plausib
 melanoma), which a one-hot label cannot.
 
 Teachers are run through the device's own code (their int8 ``model.tflite``, their test-time views and
-temperature), on the centre square of each training image, once before training.
+temperature), on each training image as the device crops it for them, once before training.
 
 Teachers that trained on these very images are more confident on them than on unseen ones, and their
 probabilities carry little beyond the labels. ``temperature_factor`` > 1 softens them; ``out_of_fold``

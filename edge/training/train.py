@@ -336,12 +336,17 @@ def recalibrate_batchnorm(keras, backbone, images: np.ndarray, batch_size: int =
 # --- the run ------------------------------------------------------------------------------------------------
 
 RUN_FILE = "run.json"
+# Settings added after runs were first fingerprinted: left out at their default, so a work folder made before
+# one existed still resumes (its run trained exactly as the default does).
+ADDED_LATER = frozenset({"input_height"})
 
 
 def run_fingerprint(config: TrainConfig, labels: list[str], split: dict[str, list[Sample]]) -> str:
     """What makes two runs the same run: settings, labels and the exact split (image paths per part)."""
     parts = {name: sorted(str(s.path) for s in samples) for name, samples in split.items()}
-    blob = json.dumps({"config": asdict(config), "labels": list(labels), "split": parts}, sort_keys=True)
+    settings = {key: value for key, value in asdict(config).items()
+                if not (key in ADDED_LATER and value == TrainConfig.__dataclass_fields__[key].default)}
+    blob = json.dumps({"config": settings, "labels": list(labels), "split": parts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
