@@ -50,7 +50,8 @@ def probe_picamera2(*, width: int, height: int, fps: float) -> tuple[CameraSourc
     except CameraUnavailable as exc:
         return None, ProbeResult(PICAMERA2_SPEC, False, str(exc), absent=not _has_csi_hardware())
     if not cameras:
-        return None, ProbeResult(PICAMERA2_SPEC, False, "picamera2 is installed but lists no CSI camera", absent=True)
+        return None, ProbeResult(PICAMERA2_SPEC, False, "picamera2 is installed but lists no CSI camera",
+                                 absent=not _has_csi_hardware())  # on a Pi: a loose ribbon cable, say
     model = cameras[0].get("Model", "unknown model") if isinstance(cameras[0], dict) else "camera"
     source = Picamera2Source(width=width, height=height, fps=fps)
     return source, ProbeResult(PICAMERA2_SPEC, True, f"{len(cameras)} CSI camera(s), using 0 ({model})")
