@@ -177,7 +177,8 @@ class Daemon:
         thread.start()
         if self.pipeline.camera is not None:  # the loop opens the camera first: report what that gave
             deadline = time.monotonic() + FIRST_OPEN_WAIT_S
-            while not (self.pipeline.camera.tried.wait(0.1) or stop.is_set() or time.monotonic() > deadline):
+            while not (self.pipeline.camera.tried.wait(0.1) or stop.is_set() or not thread.is_alive()
+                       or time.monotonic() > deadline):
                 pass
         log.info("edge %s running: %s", __version__, json.dumps(self.pipeline.health()))
         while thread.is_alive() and not stop.wait(0.5):

@@ -67,8 +67,9 @@ def _at_patch_centres(drops: np.ndarray, rows: np.ndarray, cols: np.ndarray, hei
     ``(i + 0.5) * height / grid``, up to half a cell away from where its patch was: the red spot shown off the
     part of the lesion that mattered.)"""
     def grid_coordinate(centres: np.ndarray, size: int) -> np.ndarray:
+        # pixel k spans [k, k + 1): its centre is k + 0.5, in the units the patch centres are given in
         step = centres[1] - centres[0] if len(centres) > 1 else 1.0
-        return np.clip((np.arange(size, dtype=np.float32) - centres[0]) / step, 0, len(centres) - 1)
+        return np.clip((np.arange(size, dtype=np.float32) + 0.5 - centres[0]) / step, 0, len(centres) - 1)
 
     map_y = np.repeat(grid_coordinate(rows, height)[:, None], width, axis=1).astype(np.float32)
     map_x = np.repeat(grid_coordinate(cols, width)[None, :], height, axis=0).astype(np.float32)
