@@ -388,34 +388,42 @@ class ModelStore:
         expected = sha256.strip().lower() if isinstance(sha256, str) else ""
         if not SHA256_PATTERN.match(expected):
             raise UpdateFailed("sha256 must be 64 hex digits", "checksum")
-        self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock(wait_s=INSTALL_LOCK_WAIT_S):
-            self._remove_leftovers()
-            staging = self.root / STAGING_DIR / secrets.token_hex(8)
-            staging.mkdir(parents=True)
-            try:
-                archive = staging / "pack.tar.gz"
-                fetch(source, archive, expected, max_bytes=max_bytes, timeout_s=timeout_s)
-                self._step("downloaded")
-                pack_dir = _pack_root(extract(archive, staging / "pack", max_bytes=max_bytes))
-                self._step("extracted")
-                key = verify_manifest_signature((pack_dir / MANIFEST_NAME).read_bytes(), manifest_signature,
-                                                manifest_key_id, admin_keys)
-                pack = check_pack(pack_dir)
-                images = self_test(pack, self.inference_settings)
-                log.info("model pack %s %s verified (signed by admin key %s, %d self-test images)",
-                         pack.manifest.name, pack.manifest.version, key, images)
-                self._step("verified")
-                archive.unlink()
-                return self._put_in_place_and_switch(pack, expected)
-            except UpdateFailed as exc:
-                log.warning("model update refused at %s: %s", exc.step, exc)
-                raise
-            except OSError as exc:
-                log.warning("model update failed: %s", exc)
-                raise UpdateFailed(f"cannot write the update to {self.root}: {exc}", "install") from None
-            finally:
-                _remove_tree(staging)
+        try:  # the store itself unwritable (permissions, a read-only or full disk): a reason, not "internal error"
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._lock(wait_s=INSTALL_LOCK_WAIT_S):
+                self._remove_leftovers()
+                staging = self.root / STAGING_DIR / secrets.token_hex(8)
+                staging.mkdir(parents=True)
+                return self._install_staged(staging, source, expected, manifest_signature, admin_keys,
+                                            manifest_key_id, max_bytes, timeout_s)
+        except OSError as exc:
+            log.warning("model update failed: %s", exc)
+            raise UpdateFailed(f"cannot write the update to {self.root}: {exc}", "install") from None
+
+    def _install_staged(self, staging: Path, source: str, expected: str, manifest_signature: str,
+                        admin_keys: Mapping[str, Ed25519PublicKey], manifest_key_id: str | None, max_bytes: int,
+                        timeout_s: float) -> InstalledPack:
+        """``install``'s steps from the download on, in ``staging`` (removed at the end), under the lock."""
+        try:
+            archive = staging / "pack.tar.gz"
+            fetch(source, archive, expected, max_bytes=max_bytes, timeout_s=timeout_s)
+            self._step("downloaded")
+            pack_dir = _pack_root(extract(archive, staging / "pack", max_bytes=max_bytes))
+            self._step("extracted")
+            key = verify_manifest_signature((pack_dir / MANIFEST_NAME).read_bytes(), manifest_signature,
+                                            manifest_key_id, admin_keys)
+            pack = check_pack(pack_dir)
+            images = self_test(pack, self.inference_settings)
+            log.info("model pack %s %s verified (signed by admin key %s, %d self-test images)",
+                     pack.manifest.name, pack.manifest.version, key, images)
+            self._step("verified")
+            archive.unlink()
+            return self._put_in_place_and_switch(pack, expected)
+        except UpdateFailed as exc:
+            log.warning("model update refused at %s: %s", exc.step, exc)
+            raise
+        finally:
+            _remove_tree(staging)
 
     def _put_in_place_and_switch(self, pack: ModelPack, archive_sha256: str) -> InstalledPack:
         manifest = pack.manifest
@@ -424,7 +432,7 @@ class ModelStore:
         current = self.current()
         info = dict(name=manifest.name, version=manifest.version, archive_sha256=archive_sha256,
                     model_sha256=manifest.files["cpu"].sha256, path=target)
-        if current == target:
+        if current == target and self._verifies(current):  # a damaged copy is replaced by this fresh one
             trial = self._trial_or_none()
             log.info("model pack %s is already current: nothing to switch", name)
             return InstalledPack(**info, previous=trial.previous if trial else _name(self.previous()),
@@ -446,7 +454,10 @@ class ModelStore:
         self._step("switched")
         log.warning("model pack switched to %s (known-good for rollback: %s); on trial until the daemon "
                     "confirms it healthy", name, _name(known_good) or "the configured inference.model_dir")
-        self._collect_garbage(keep={target, known_good, current})  # current: the daemon may still run it
+        try:  # the switch is done: a failed clean-up must not be reported as "nothing changed"
+            self._collect_garbage(keep={target, known_good, current})  # current: the daemon may still run it
+        except OSError as exc:
+            log.error("model pack %s installed, but removing unused packs failed: %s", name, exc)
         return InstalledPack(**info, previous=_name(known_good), already_current=False)
 
     def _known_good(self, current: Path | None) -> Path | None:
@@ -472,9 +483,25 @@ class ModelStore:
                 self._settle_trial()
         except UpdateFailed as exc:  # another process holds the lock: decide without changing anything
             log.error("model store busy (%s): choosing a pack without updating the trial", exc)
-        except OSError as exc:
+            return self._uncounted_start(fallback)
+        except OSError as exc:  # e.g. a full or read-only disk: the boot count could not be written
             log.error("model store %s: %s: choosing a pack without updating the trial", self.root, exc)
+            return self._uncounted_start(fallback)
         return self.active_dir(fallback)
+
+    def _uncounted_start(self, fallback: Path) -> Path:
+        """A start whose boot could not be counted must not load a pack on trial: if that pack crashes the
+        daemon, no count would ever reach the rollback, and systemd would give up on a device that has a
+        known-good pack. It loads the trial's known-good pack (else the configured one) instead."""
+        trial, current = self._trial_or_none(), self.current()
+        if trial is None or current is None or current.name != trial.pack:
+            return self.active_dir(fallback)
+        known_good = self.root / trial.previous if trial.previous else None
+        log.error("model pack %s is on trial but this start could not be counted: starting %s instead",
+                  trial.pack, known_good.name if known_good else "the configured inference.model_dir")
+        if known_good is not None and self._verifies(known_good):
+            return known_good.resolve()
+        return Path(fallback)
 
     def _settle_trial(self) -> None:
         current = self.current()
@@ -719,8 +746,11 @@ def watch_trial(store: ModelStore, running: Path, classifier, *, stop: threading
             if now - healthy_since >= healthy_after_s:
                 try:
                     store.commit(running)
-                except (OSError, EdgeError):
-                    log.exception("could not commit model pack %s", trial.pack)
+                except (OSError, EdgeError) as exc:  # e.g. an install holds the lock: a trial left uncommitted
+                    if str(exc) != said:  # would be rolled back after a few ordinary restarts, so keep trying
+                        log.error("could not commit model pack %s yet (%s); trying again", trial.pack, exc)
+                    said = str(exc)
+                    continue
                 return
 
     thread = threading.Thread(target=commit_when_healthy, name="model-trial", daemon=True)

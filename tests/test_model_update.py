@@ -223,6 +223,13 @@ def wrong_selftest_label(pack_dir: Path) -> None:
     (pack_dir / "selftest" / "expected.json").write_text(json.dumps(expected))
 
 
+def whole_frame_input(pack_dir: Path) -> None:
+    """A manifest for a 4:3 model around the 160x160 model file: a pack built wrong."""
+    manifest = json.loads((pack_dir / "model.json").read_text())
+    manifest["input"].update(width=192, height=144, crop="center")
+    (pack_dir / "model.json").write_text(json.dumps(manifest))
+
+
 def bomb(tmp_path: Path, update: Update) -> dict:
     """Small archive, huge when unpacked: 64 MB of zeros beside the pack (limit below is 48 MB)."""
     path = tmp_path / "bomb.tar.gz"
@@ -270,6 +277,8 @@ REFUSED = {
         t, k, make={"labels": ["a", "b", "c"]})),
     "self-test label mismatch": ("selftest", "expected", lambda u, t, k: signed_pack(
         t, k, make={"selftest": 2}, edits=[wrong_selftest_label])),
+    "input size does not match the model": ("selftest", "192x144 does not match the model's 160x160",
+                                            lambda u, t, k: signed_pack(t, k, edits=[whole_frame_input])),
 }
 
 
@@ -454,6 +463,71 @@ def test_a_pack_on_trial_that_no_longer_verifies_is_rolled_back_at_once(store, s
     assert resolve_model_dir(settings) == first.path.resolve() and store.trial() is None
 
 
+def test_a_start_that_cannot_be_counted_never_runs_the_pack_on_trial(store, settings, keys, updates, monkeypatch):
+    """With the boot count unwritable (a full or read-only disk) every start used to load the pack on trial:
+    a pack that crashes the daemon was never rolled back, and systemd gave up on the device."""
+    import errno
+
+    first = updates["1.0.0"].install(store, keys)
+    store.commit()
+    second = updates["2.0.0"].install(store, keys)
+
+    def disk_full(self, name, value):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelStore, "_write_json", disk_full)
+        for _ in range(6):
+            assert resolve_model_dir(settings) == first.path.resolve()
+    assert store.trial().pack == second.path.name and store.trial().boots == 0  # still on trial, uncounted
+    assert resolve_model_dir(settings) == second.path.resolve() and store.trial().boots == 1  # disk freed
+
+
+def test_reinstalling_the_current_pack_repairs_a_damaged_copy(store, settings, keys, updates):
+    """The current pack's model file rots on the SD card (the daemon falls back to the previous pack); the
+    administrator sends the same update again. It used to answer "already installed" and change nothing."""
+    first = updates["1.0.0"].install(store, keys)
+    store.commit()
+    second = updates["2.0.0"].install(store, keys)
+    resolve_model_dir(settings)
+    store.commit()
+    (second.path / "model.tflite").write_bytes(b"bit rot")
+    assert resolve_model_dir(settings) == first.path.resolve()  # what the daemon falls back to meanwhile
+    again = updates["2.0.0"].install(store, keys)
+    assert not again.already_current and again.path == second.path
+    started = resolve_model_dir(settings)
+    assert started == second.path.resolve() and store.trial().pack == second.path.name  # on trial again
+    assert_loads(started, settings)
+    assert updates["2.0.0"].install(store, keys).already_current  # an intact current pack: nothing to do
+
+
+def test_a_clean_up_failing_after_the_switch_still_reports_the_install(store, settings, keys, updates, monkeypatch):
+    """The new pack is current (and on trial) once the link is switched: an error removing old packs after that
+    used to reach the administrator as "refused, the current model is unchanged", with no restart."""
+    import errno
+
+    updates["1.0.0"].install(store, keys)
+    store.commit()
+
+    def denied(keep):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(store, "_collect_garbage", denied)
+    installed = updates["2.0.0"].install(store, keys)
+    assert not installed.already_current and store.current() == installed.path
+    assert store.trial().pack == installed.path.name
+
+
+def test_a_store_that_cannot_be_written_is_a_reason_not_an_internal_error(tmp_path, keys, updates):
+    """The models folder cannot be made (here a file is in its way; on a device: permissions, a read-only or
+    full disk): the administrator reads why, at the install step, instead of "internal error"."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "models").write_text("not a folder")
+    with pytest.raises(UpdateFailed, match="cannot write the update to") as failure:
+        updates["2.0.0"].install(ModelStore(tmp_path / "state"), keys)
+    assert failure.value.step == "install"
+
+
 def test_manual_rollback_and_commit(store, settings, keys, updates):
     first = updates["1.0.0"].install(store, keys)
     store.commit()
@@ -490,6 +564,26 @@ def test_watch_trial_commits_a_pack_that_runs_healthily(store, settings, keys, u
     thread.join(5)
     classifier.close()
     assert store.trial() is None and store.current().resolve() == running and restarts == []
+
+
+def test_watch_trial_keeps_trying_to_commit_while_the_store_is_busy(store, settings, keys, updates, monkeypatch):
+    """A commit that fails (another update holds the lock past the wait) used to end the watch for good: the
+    healthy pack stayed on trial and was rolled back after a few ordinary restarts."""
+    running, classifier = running_a_pack_on_trial(store, settings, keys, updates)
+    commit, attempts = store.commit, []
+
+    def busy_twice(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise UpdateFailed("model store is busy", "install")
+        return commit(*args, **kwargs)
+
+    monkeypatch.setattr(store, "commit", busy_twice)
+    thread = watch_trial(store, running, classifier, stop=threading.Event(), restart=lambda: None,
+                         healthy_after_s=0.2)
+    thread.join(10)
+    classifier.close()
+    assert len(attempts) == 3 and store.trial() is None and store.current().resolve() == running
 
 
 def test_watch_trial_commits_only_after_a_healthy_stretch(store, settings, keys, updates):
