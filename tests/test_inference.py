@@ -103,6 +103,32 @@ def test_backend_failing_during_inference_falls_back_to_cpu(imagenet_pack, grace
     assert "falling back to cpu" in caplog.text
 
 
+def test_an_accelerator_variant_that_does_not_fit_the_manifest_falls_back_to_cpu(imagenet_pack, monkeypatch):
+    """A Coral/Jetson model compiled for another input size than the manifest's: the CPU runs the pack (it
+    used to be a ValueError out of Classifier.open, which stopped the daemon at start)."""
+    from edge.inference.base import TensorSpec
+
+    class OtherSizeTpu(CpuBackend):
+        name = "coral"
+        variant = "cpu"
+
+        def __init__(self, pack, settings):
+            super().__init__(pack, CpuSettings(threads=1))
+            self.input_spec = TensorSpec((1, 144, 192, 3), self.input_spec.dtype, self.input_spec.scale,
+                                         self.input_spec.zero_point)
+
+    monkeypatch.setitem(registry._REGISTRY, "coral", OtherSizeTpu)
+    classifier = open_classifier(imagenet_pack, "coral")
+    try:
+        assert classifier.backend_name == "cpu"
+        assert "manifest input 224x224 does not match the model's 192x144" in classifier.fallback_reason
+    finally:
+        classifier.close()
+    with pytest.raises(ModelError, match="does not match"):  # and with no other backend left, a clear ModelError
+        monkeypatch.setitem(registry._REGISTRY, "cpu", OtherSizeTpu)
+        open_classifier(imagenet_pack, "cpu")
+
+
 def test_an_accelerator_failing_with_no_usable_cpu_model_says_so(tmp_path, imagenet_pack, grace_hopper, monkeypatch):
     """On an accelerator device the CPU file is only opened at fallback time: if it is damaged, the error says
     both things, health says so, and the accelerator is kept (to be tried again), not closed and reused."""

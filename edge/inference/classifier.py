@@ -121,9 +121,17 @@ class Classifier:
                 if name == "cpu":
                     raise
                 continue
-            probes.append(Probe(name, True, chosen.describe()))
+            try:
+                classifier = cls(pack, chosen, probes + [Probe(name, True, chosen.describe())], backend_settings)
+            except ModelError as exc:  # this variant does not fit the manifest: the next backend may
+                chosen.close()
+                probes.append(Probe(name, False, str(exc)))
+                log.warning("backend %s unusable: %s", name, exc)
+                if name == "cpu":
+                    raise
+                continue
             log.info("backend %s loaded: %s", name, chosen.describe())
-            return cls(pack, chosen, probes, backend_settings)
+            return classifier
         raise AssertionError("unreachable: cpu is always the last probe")
 
     @property
@@ -143,7 +151,10 @@ class Classifier:
 
     def _use(self, backend: Backend) -> None:
         self._backend = backend
-        self._preprocess = Preprocessor(self.pack.manifest.input, backend.input_spec)
+        try:
+            self._preprocess = Preprocessor(self.pack.manifest.input, backend.input_spec)
+        except ValueError as exc:  # the manifest's input does not fit this variant's model: a bad pack
+            raise ModelError(f"model pack {self.pack.manifest.name} ({backend.variant}): {exc}") from None
         self.model_info = self.pack.info(backend.variant)
         n_out = int(np.prod(backend.output_spec.shape))
         if n_out != len(self.pack.manifest.labels):
