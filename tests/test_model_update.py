@@ -758,6 +758,41 @@ def test_model_update_over_mqtt_installs_replies_and_restarts(device, admin_key,
     assert load_pack(store.current()).manifest.version == "2.0.0" and store.trial().boots == 0
 
 
+def test_status_tells_the_administrator_about_trials_and_rollbacks(device, admin_key, updates):
+    """An update answered "ok, restarting" can be rolled back later (a crash loop, a pack the daemon cannot
+    open): the status reply says what is installed, what is on trial, and the last rollback and why."""
+    service, _ = device
+    assert send(service, admin_key, updates["2.0.0"].args)["ok"]
+    status = admin.send(service.settings.mqtt, admin_key, "status", {}, device=service.device_id,
+                        timeout_s=20, ttl_s=60)[0]["result"]["model_updates"]
+    store = ModelStore.from_settings(service.settings)
+    assert status["current"] == store.current().name and status["trial"]["pack"] == store.current().name
+    assert status["trial"]["boots"] == 0 and status["last_rollback"] is None
+    installed = store.current().name
+    store.rollback(f"crash loop: the daemon at {service.settings.state_dir} kept failing")
+    status = admin.send(service.settings.mqtt, admin_key, "status", {}, device=service.device_id,
+                        timeout_s=20, ttl_s=60)[0]["result"]["model_updates"]
+    assert status["current"] is None and status["trial"] is None  # back on the configured pack
+    assert status["last_rollback"]["pack"] == installed
+    assert "crash loop" in status["last_rollback"]["reason"]
+    assert str(service.settings.state_dir) not in status["last_rollback"]["reason"]  # no paths go out
+
+
+def test_a_model_update_is_refused_while_a_restart_is_pending(updates):
+    """A second update queued behind one that is about to restart the device would be cut off with no reply;
+    it is refused at once, with the reason."""
+    from edge.mqtt import actions
+
+    class Restarting:
+        restart_pending = True
+
+        def install_model(self, *args):
+            raise AssertionError("must not install while a restart is pending")
+
+    with pytest.raises(actions.CommandFailed, match="about to restart.*unchanged"):
+        actions.model_update(updates["2.0.0"].args, Restarting())
+
+
 def test_a_corrupted_model_update_over_mqtt_is_refused_and_changes_nothing(device, admin_key, updates, tmp_path):
     service, restarts = device
     store = ModelStore.from_settings(service.settings)

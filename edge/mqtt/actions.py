@@ -42,6 +42,9 @@ class Runtime(Protocol):
 
     def schedule_restart(self) -> None: ...
 
+    @property
+    def restart_pending(self) -> bool: ...
+
     def install_model(self, source: str, sha256: str, manifest_signature: str,
                       manifest_key_id: str | None) -> InstalledPack: ...
 
@@ -138,6 +141,9 @@ def model_update(args: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
     slow download holds other commands back (for at most the download timeout, plus 10 s if the source goes
     quiet), never the connection."""
     source, sha256, signature, key_id = _model_update_args(args)
+    if runtime.restart_pending:  # the restart would cut this install short, and its reply with it
+        raise CommandFailed("model update refused (busy): the device is about to restart for an earlier command; "
+                            "send it again once the device is back; the current model is unchanged")
     try:
         installed = runtime.install_model(source, sha256, signature, key_id)
     except UpdateFailed as exc:

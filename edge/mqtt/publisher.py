@@ -29,7 +29,7 @@ from paho.mqtt.enums import MQTTErrorCode
 
 from edge import __version__
 from edge.config import Settings
-from edge.errors import ConfigError
+from edge.errors import ConfigError, EdgeError
 from edge.mqtt import actions
 from edge.mqtt.commands import CommandVerifier
 from edge.mqtt.connection import Backoff, Will, check_files, make_client
@@ -39,7 +39,7 @@ from edge.mqtt.nonces import NONCE_FILE, NonceStore
 from edge.mqtt.outbox import OUTBOX_FILE, Outbox
 from edge.mqtt.payloads import encode, result_payload
 from edge.mqtt.signing import load_admin_keys
-from edge.mqtt.telemetry import FrameRate, telemetry_payload
+from edge.mqtt.telemetry import FrameRate, telemetry_payload, without_paths
 from edge.mqtt.topics import Topics
 from edge.types import Result
 
@@ -424,16 +424,31 @@ class MqttService:
         (classifications, queue depth, delivered) are those of the last telemetry, sent at a minute end:
         a status command answered at once would otherwise time a screening to the second."""
         mqtt_health = {key: value for key, value in self.health().items() if key != "broker"}  # no addresses
+        updates = self._model_updates()
         if not self.settings.mqtt.results.hold_until_minute_end:
             return {"device_id": self.device_id, "software_version": __version__, "mqtt": mqtt_health,
-                    "telemetry": self._telemetry()}
+                    "telemetry": self._telemetry(), "model_updates": updates}
         for key in ("queue_depth", "delivered", "dropped"):
             mqtt_health.pop(key, None)
         telemetry = self._last_telemetry
         if telemetry is None:  # none sent yet (just started): the machine's state now, without the counters
             telemetry = {key: value for key, value in self._telemetry().items() if key not in SCREENING_COUNTERS}
         return {"device_id": self.device_id, "software_version": __version__, "mqtt": mqtt_health,
-                "telemetry": telemetry}
+                "telemetry": telemetry, "model_updates": updates}
+
+    def _model_updates(self) -> dict[str, Any] | None:
+        """What the model store holds: the current and previous packs, a pack on trial (and its starts), the
+        last rollback and why: an update that was accepted and later rolled back shows here."""
+        from edge.updates import ModelStore
+
+        try:
+            state = ModelStore.from_settings(self.settings).status()
+        except (OSError, EdgeError) as exc:
+            return {"error": without_paths(str(exc))}
+        if state.get("last_rollback"):
+            state["last_rollback"] = {**state["last_rollback"],
+                                      "reason": without_paths(state["last_rollback"].get("reason"))}
+        return state
 
     def apply_live(self, settings: Settings, changed: list[str]) -> None:
         self.settings = settings
@@ -455,6 +470,11 @@ class MqttService:
 
     def schedule_restart(self) -> None:
         self._restart_requested = True
+
+    @property
+    def restart_pending(self) -> bool:
+        """An earlier command asked for a restart (a model update, ``restart``) that has not happened yet."""
+        return self._restart_requested or self._restart_deadline is not None
 
     def install_model(self, source: str, sha256: str, manifest_signature: str,
                       manifest_key_id: str | None):
