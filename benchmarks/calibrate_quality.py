@@ -121,6 +121,27 @@ def darker_skin(rgb: np.ndarray, luma_gain: float = 0.45) -> np.ndarray:
     return cv2.cvtColor(np.clip(ycrcb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
 
 
+# The darkest Monk Skin Tone swatch (MST 10, #292420) has luma 37; in light 15 % dimmer than the swatch's it is
+# 31.5. Whole frames recoloured to that mean luma must pass: a mean-luma floor above it refused every photo of
+# the darkest skin as "too dark", however well lit (a review measured 150 of 150).
+DARKEST_SKIN_LUMA = 37.0 * 0.85
+
+
+def to_mean_luma(rgb: np.ndarray, target: float) -> np.ndarray:
+    """The frame's luma scaled so its mean is ``target``, chroma (Cr, Cb) kept: the same lesion on darker skin."""
+    ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycrcb[..., 0] *= target / max(float(ycrcb[..., 0].mean()), 1.0)
+    return cv2.cvtColor(np.clip(ycrcb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+
+
+def vignetted(rgb: np.ndarray, diameter: float = 0.9) -> np.ndarray:
+    """A dermatoscope's round field of view: black outside a centred circle ``diameter`` x the frame height."""
+    height, width = rgb.shape[:2]
+    mask = np.zeros((height, width), np.uint8)
+    cv2.circle(mask, (width // 2, height // 2), round(diameter * height / 2), 1, -1)
+    return rgb * mask[..., None]
+
+
 def with_noise(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return np.clip(rgb + rng.normal(0.0, sigma, rgb.shape), 0, 255).astype(np.uint8)
 
@@ -131,6 +152,8 @@ VARIANTS = {
     "dark": lambda rgb, rng: scaled(rgb, 0.15),
     "bright": lambda rgb, rng: scaled(rgb, 2.5),
     "darker_skin": lambda rgb, rng: darker_skin(rgb),
+    "darkest_skin": lambda rgb, rng: to_mean_luma(rgb, DARKEST_SKIN_LUMA),
+    "vignette": lambda rgb, rng: vignetted(rgb),
     # extras: reported, never used to choose a threshold
     "blurred+noise2": lambda rgb, rng: with_noise(blurred(rgb), 2.0, rng),
     "darker_skin_rgb": lambda rgb, rng: scaled(rgb, 0.45),
@@ -218,14 +241,17 @@ def choose_skin_box(pixels: np.ndarray, base: QualitySettings) -> QualitySetting
 
 def choose_thresholds(sel: dict[str, dict[str, np.ndarray]], base: QualitySettings) -> QualitySettings:
     good = {m: np.concatenate([sel["original"][m], sel["darker_skin"][m]]) for m in METRICS}
+    # the exposure floor must also pass the darkest skin tone and a dermatoscope's round field of view
+    exposure_good = np.concatenate([good["luma_mean"], sel["darkest_skin"]["luma_mean"], sel["vignette"]["luma_mean"]])
     chosen = {}
-    for key, metric, fail_set, fail_is_low in (
-        ("blur_min", "sharpness", "blurred", True),
-        ("luma_mean_min", "luma_mean", "dark", True),
-        ("bright_fraction_max", "bright_fraction", "bright", False),
+    for key, metric, fail_set, fail_is_low, passing in (
+        ("blur_min", "sharpness", "blurred", True, good["sharpness"]),
+        ("luma_mean_min", "luma_mean", "dark", True, exposure_good),
+        ("bright_fraction_max", "bright_fraction", "bright", False, good["bright_fraction"]),
     ):
-        print(f"  {key}: midpoint of {metric} (originals + darker skin) vs {fail_set}")
-        chosen[key] = midpoint(good[metric], sel[fail_set][metric], fail_is_low)
+        what = "originals + darker skin" + (" + darkest skin + vignette" if key == "luma_mean_min" else "")
+        print(f"  {key}: midpoint of {metric} ({what}) vs {fail_set}")
+        chosen[key] = midpoint(passing, sel[fail_set][metric], fail_is_low)
     # The clipped-white fraction separates the overexposed set on its own; the mean-luma ceiling only needs
     # to stay clear of every good frame (very pale skin is legitimately bright).
     chosen["luma_mean_max"] = min(float(good["luma_mean"].max()) + 10.0, 250.0)
@@ -260,7 +286,7 @@ def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
         rejected = sum(bool(issues) for issues in ver[variant])
         note = " (extra)" if variant not in ("blurred", "dark", "bright") else ""
         print(f"| {variant}{note} | {issue.value} | {hit / n:.1%} | {rejected / n:.1%} | {n} |")
-    for variant in ("darker_skin", "darker_skin_rgb"):
+    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "vignette"):
         skin = sum(QualityIssue.NOT_SKIN not in issues for issues in ver[variant])
         passed = sum(not issues for issues in ver[variant])
         note = " (extra)" if variant.endswith("rgb") else ""
@@ -273,7 +299,7 @@ def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
         by_dx[dx][1] += 1
     print("\noriginal pass rate by dx: " + ", ".join(f"{dx} {p}/{t}" for dx, (p, t) in sorted(by_dx.items())))
     print("original failures: " + (", ".join(f"{dx}:{'+'.join(i.value for i in iss)}" for dx, iss in fails) or "none"))
-    for variant in ("darker_skin", "darker_skin_rgb"):
+    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "vignette"):
         counts = defaultdict(int)
         for issues in ver[variant]:
             counts["+".join(i.value for i in issues) or "pass"] += 1

@@ -24,7 +24,8 @@ from edge.types import Quality, QualityIssue
 from edge.vision.quality import InvalidImage, QualitySettings, assess
 
 ANALYSIS = (256, 192)  # HAM images are 200x150; degradations are defined at long side 256 (DEGRADE_SIZE)
-METRIC_NAMES = {"luma_mean", "dark_fraction", "bright_fraction", "skin_fraction", "sharpness"}
+METRIC_NAMES = {"luma_mean", "dark_fraction", "bright_fraction", "skin_fraction", "sharpness", "field_of_view"}
+DARKEST_SKIN_LUMA = 37.0  # Monk Skin Tone 10 (#292420)
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -98,6 +99,51 @@ def test_darker_skin_tone_still_counts_as_skin(skin):
     # failing the same way (NOT_SKIN, BLUR), so darkening the tone never changed a verdict there.
     assert verdicts.count(()) >= 19
     assert set(verdicts) <= {(), (QualityIssue.UNDEREXPOSED,)}
+
+
+def _with_mean_luma(image: np.ndarray, target: float) -> np.ndarray:
+    """The same lesion on a skin of another tone: luma scaled to mean ``target``, chroma kept."""
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycrcb[..., 0] *= target / ycrcb[..., 0].mean()
+    return cv2.cvtColor(np.clip(ycrcb + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+
+
+def test_the_darkest_skin_in_good_light_is_not_too_dark(skin):
+    """A floor of mean luma 42 refused every photo of the darkest Monk tone (luma 37) as "add more light",
+    however well lit. Whole frames at that tone, and in light 15 % dimmer, must pass the exposure check; the
+    x0.15 darkening of the same frames (light skin, about 3 stops under) is still refused."""
+    for image in skin:
+        for light in (1.0, 0.85):
+            issues = _issues(_with_mean_luma(image, DARKEST_SKIN_LUMA * light))
+            assert QualityIssue.UNDEREXPOSED not in issues, (light, issues)
+        assert _issues(_scaled(image, 0.15)) == (QualityIssue.UNDEREXPOSED,)
+
+
+def _vignetted(image: np.ndarray, diameter: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    mask = np.zeros((height, width), np.uint8)
+    cv2.circle(mask, (width // 2, height // 2), round(diameter * height / 2), 1, -1)
+    return image * mask[..., None]
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720), (1920, 1080)])
+def test_a_dermatoscopes_round_field_of_view_is_not_underexposure(skin, size):
+    """The black outside a dermatoscope's circle made every such frame UNDEREXPOSED (half the frame crushed
+    black), and on 16:9 cameras always: exposure is measured inside the field of view."""
+    for image in skin:
+        frame = _vignetted(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), 0.95)
+        quality = assess(frame, QualitySettings())
+        assert quality.ok, (size, quality.issues, quality.metrics)
+        assert 0.3 < quality.metrics["field_of_view"] < 0.7
+
+
+def test_a_frame_mostly_black_is_still_too_dark(skin):
+    """A tiny lit spot in a black frame (a covered lens, a finger on it) is not a field of view to judge by:
+    the whole frame is, and it is UNDEREXPOSED; so is a dim frame whose dark corners touch the edge."""
+    assert _issues(_vignetted(skin[0], 0.3)) == (QualityIssue.UNDEREXPOSED,)
+    dim = _scaled(skin[0], 0.15)
+    dim[:40, :60] = 0  # a dark region in a corner
+    assert _issues(dim) == (QualityIssue.UNDEREXPOSED,)
 
 
 @pytest.mark.parametrize("name", ["cat", "bird"])

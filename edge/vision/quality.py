@@ -5,7 +5,8 @@ a 640x480 frame, measured in ``benchmarks/quality_calibration.md``): the frame i
 is ``analysis_size`` (160) pixels, converted once to YCrCb, and measured there with OpenCV calls on 8-bit masks
 and small float32 images:
 
-* exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel);
+* exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel), all
+  inside the field of view: a black border around it (a dermatoscope's round vignette) is left out;
 * skin -- the fraction of colour-measurable pixels whose chroma (Cr, Cb) falls in the skin/lesion band;
 * sharpness -- how much fine detail the sharpest parts of the frame hold (see ``_sharpness``).
 
@@ -34,6 +35,10 @@ __all__ = ["InvalidImage", "QualitySettings", "assess", "measure"]
 # Smallest frame side we accept, and the most elongated frame: below/above these a frame is not a camera image.
 MIN_SIDE = 16
 MAX_ASPECT = 8.0
+# A black region touching the frame's edge is outside the field of view (a dermatoscope's round vignette, a
+# lens hood) and is left out of the exposure measures, unless the field of view left is smaller than this
+# share of the frame: then the frame is mostly black and judged as a whole.
+MIN_FIELD_OF_VIEW = 0.3
 
 # Sharpness is measured per tile on a TILES x TILES grid; tiles whose coarse structure carries less energy than
 # FLAT_TILE_ENERGY (grey levels squared, for a frame of mean luma 128; scaled with the square of the frame's
@@ -76,7 +81,11 @@ class QualitySettings(BaseModel):
         "of the frame); below it the frame is reported as BLUR.",
     )
     luma_mean_min: float = Field(
-        42.0, ge=0.0, le=255.0, description="Mean luma (0-255) below which the frame is UNDEREXPOSED."
+        31.0,
+        ge=0.0,
+        le=255.0,
+        description="Mean luma (0-255) of the field of view below which the frame is UNDEREXPOSED. It must stay "
+        "below the darkest skin's own luma (Monk 10 is 37): 42 refused every photo of the darkest skin.",
     )
     luma_mean_max: float = Field(
         237.0, ge=0.0, le=255.0, description="Mean luma (0-255) above which the frame is OVEREXPOSED."
@@ -155,14 +164,17 @@ def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
     small = _resize_long_side(image, settings.analysis_size)
     ycrcb = cv2.cvtColor(small, cv2.COLOR_RGB2YCrCb)
     luma, cr, cb = cv2.split(ycrcb)
-    pixels = luma.size
-    luma_mean = float(cv2.mean(luma)[0])
-    crushed = cv2.countNonZero(cv2.inRange(luma, 0, settings.dark_level))
-    unclipped = cv2.countNonZero(cv2.inRange(small, (0, 0, 0), (settings.bright_level - 1,) * 3))
+    crushed_mask = cv2.inRange(luma, 0, settings.dark_level)
+    view = _field_of_view(crushed_mask)
+    pixels = cv2.countNonZero(view)
+    luma_mean = float(cv2.mean(luma, mask=view)[0])
+    crushed = cv2.countNonZero(cv2.bitwise_and(crushed_mask, view))
+    clipped = cv2.bitwise_not(cv2.inRange(small, (0, 0, 0), (settings.bright_level - 1,) * 3))
     return {
         "luma_mean": luma_mean,
         "dark_fraction": crushed / pixels,
-        "bright_fraction": (pixels - unclipped) / pixels,
+        "bright_fraction": cv2.countNonZero(cv2.bitwise_and(clipped, view)) / pixels,
+        "field_of_view": pixels / luma.size,
         "skin_fraction": _skin_fraction(ycrcb, luma, cr, cb, settings),
         "sharpness": _sharpness(luma, luma_mean, settings.analysis_size),
     }
@@ -224,6 +236,21 @@ def _resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     if (width, height) != double:
         image = cv2.resize(image, double, interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+
+
+def _field_of_view(crushed: np.ndarray) -> np.ndarray:
+    """255 where the frame shows the scene: everywhere but the crushed-black regions that touch its edge (the
+    outside of a dermatoscope's round field of view). When that leaves less than ``MIN_FIELD_OF_VIEW`` of the
+    frame, the whole frame (mostly black: too dark, or the lens covered)."""
+    count, labels = cv2.connectedComponents(crushed, connectivity=8)
+    if count <= 1:
+        return np.full(crushed.shape, 255, np.uint8)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge > 0]  # 0 is the background (not crushed)
+    outside = np.isin(labels, edge)
+    if outside.mean() > 1.0 - MIN_FIELD_OF_VIEW:
+        return np.full(crushed.shape, 255, np.uint8)
+    return np.where(outside, 0, 255).astype(np.uint8)
 
 
 def _skin_fraction(
