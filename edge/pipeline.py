@@ -110,6 +110,7 @@ class Pipeline:
         # since when the model has been running (None while idle). Monotonic seconds.
         self.last_turn_at: float | None = None
         self.inference_started_at: float | None = None
+        self.camera_call_since: float | None = None  # while the loop is inside camera.read() (open included)
         self.latest: Step | None = None  # the newest frame with its verdict, for the live preview
         self._consumers: list[ResultConsumer] = []
         self._lock = threading.Lock()
@@ -179,7 +180,11 @@ class Pipeline:
     def step(self) -> Step:
         if self.camera is None:
             return Step(None)
-        frame = self.camera.read()
+        self.camera_call_since = time.monotonic()
+        try:
+            frame = self.camera.read()
+        finally:
+            self.camera_call_since = None
         if frame is None:
             self.counters.camera_down_reads += 1
             return Step(None)
@@ -226,8 +231,11 @@ class Pipeline:
         if self.camera is None:
             return None
         state = self.camera.state
-        if state == STATE_OK and self.last_frame_at is not None and \
-                time.monotonic() - self.last_frame_at > CAMERA_STALL_S:
+        if state != STATE_OK:
+            return state
+        # a frame so long ago, or none yet from a read (or open) that has not returned for that long
+        since = self.last_frame_at if self.last_frame_at is not None else self.camera_call_since
+        if since is not None and time.monotonic() - since > CAMERA_STALL_S:
             return STATE_STALLED
         return state
 

@@ -156,6 +156,10 @@ def liveness(pipeline: "Pipeline", now: float, stall_s: float) -> Liveness:
     loop_stall_s = max(stall_s, LOOP_STALL_MIN_S)
     turned = pipeline.last_turn_at
     if turned is None or now - turned > loop_stall_s:
+        if turned is not None and pipeline.last_frame_at is None and pipeline.camera_call_since is not None:
+            # The camera's very first open or read has not returned (a wedged driver): a restart cannot
+            # fix that, and the watchdog would only repeat it until systemd gave up, uploads and all.
+            return Liveness(True, "the camera has not returned its first frame: uploads only")
         return Liveness(False, f"the pipeline loop has not turned for more than {loop_stall_s:.1f} s")
     busy_since = pipeline.inference_started_at
     if busy_since is not None and now - busy_since > INFERENCE_STUCK_S:
@@ -177,6 +181,9 @@ def describe(pipeline: "Pipeline", kiosk_url: str | None) -> tuple[bool, str]:
     camera = pipeline.camera
     if camera is None:
         parts.append("no camera (uploads only)")
+    elif camera.state == STATE_OK and pipeline.last_frame_at is None:
+        fine = False
+        parts.append(f"camera {camera.spec} opened but has sent no frame, uploads only")
     elif camera.state == STATE_OK:
         parts.append(f"camera {camera.spec} ok")
     else:

@@ -24,8 +24,8 @@ import pytest
 from edge.config import load_settings
 from edge.paths import PROJECT_ROOT
 from edge.pipeline import Pipeline
-from edge.service import (INFERENCE_STUCK_S, Notifier, SystemdService, liveness, local_url, log_handler,
-                          stall_limit_s, under_systemd, watchdog_period_s)
+from edge.service import (INFERENCE_STUCK_S, Notifier, SystemdService, describe, liveness, local_url,
+                          log_handler, stall_limit_s, under_systemd, watchdog_period_s)
 
 UNITS = PROJECT_ROOT / "systemd"
 JETSON_DROP_IN = PROJECT_ROOT / "firmware_config/jetson/edge.service.d/jetson.conf"
@@ -181,6 +181,10 @@ def test_edge_unit_is_a_hardened_notify_service_that_restarts_on_exit_75():
     assert unit["NoNewPrivileges"] == ["yes"] and unit["CapabilityBoundingSet"] == [""]
     assert unit["ReadWritePaths"] == ["/var/lib/edge"] and unit["DevicePolicy"] == ["closed"]
     assert {"char-video4linux rw", "char-usb_device rw", "/dev/apex_0 rw"} <= set(unit["DeviceAllow"])
+    # the Pi camera (libcamera) needs the media controller and DMA heaps
+    assert {"char-media rw", "char-dma_heap rw"} <= set(unit["DeviceAllow"]), unit["DeviceAllow"]
+    assert unit["LimitCORE"] == ["0"]  # a watchdog kill (SIGABRT) must not dump a patient's photos to disk
+    assert int(unit["TimeoutStopSec"][0]) >= 50  # the parts' own stop bounds add up to about 46 s
     assert set(unit["RestrictAddressFamilies"][0].split()) >= {"AF_UNIX", "AF_INET", "AF_INET6"}
     kiosk = unit_settings(UNITS / "edge-kiosk.service")
     assert kiosk["After"][0] == "edge.service" and kiosk["Restart"] == ["always"]
@@ -276,6 +280,41 @@ def test_liveness_of_a_real_pipeline_without_camera():
     assert not state.alive and "inference" in state.reason  # a hung model stops the pings
     pipeline.inference_started_at = None
     assert not liveness(pipeline, now + 60, 1.0).alive  # a loop that stopped turning
+
+
+@pytest.mark.parametrize("frames_before", [0, 3])
+def test_a_camera_whose_first_read_never_returns_does_not_cost_the_uploads(frames_before, monkeypatch):
+    """A camera that opens but never returns its first frame (a loose CSI ribbon, a wedged GStreamer) stopped
+    the pings: the watchdog restarted the daemon, the same happened again, and systemd gave up, uploads and
+    all. A first read that never returns keeps the daemon alive and says so; a camera that delivered and
+    then hung still stops the pings (a restart may bring it back)."""
+    import edge.pipeline
+    from test_pipeline import HeldCamera
+
+    from edge.camera.resilient import ResilientSource
+
+    monkeypatch.setattr(edge.pipeline, "CAMERA_STALL_S", 0.5)
+    held = HeldCamera(frames=frames_before, spec="fake:wedged")
+    settings = load_settings(None, {"camera": {"source": "none", "fps": 20}})
+    pipeline = Pipeline(settings, camera=ResilientSource(held.factory), classifier=None, model_error="no model")
+    stop = threading.Event()
+    loop = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline")
+    loop.start()
+    try:
+        assert held.blocked.wait(10), "the fake camera never blocked"
+        time.sleep(0.6)
+        state = liveness(pipeline, time.monotonic() + 60, 1.0)
+        fine, status = describe(pipeline, None)
+        assert pipeline.health()["camera"]["state"] == "stalled" and not fine
+        if frames_before == 0:
+            assert state.alive and "first frame" in state.reason, state
+            assert "has sent no frame" in status, status
+        else:
+            assert not state.alive and "has not turned" in state.reason, state
+    finally:
+        stop.set()
+        pipeline.camera.close()  # what releases a read blocked in the driver
+        loop.join(10)
 
 
 # --- journald ------------------------------------------------------------------------------------------
