@@ -152,7 +152,8 @@ class Daemon:
             log.info("kiosk UI on http://%s:%s/", self.settings.kiosk.host, self.server.port)
         # READY=1 once the kiosk answers and the camera delivered (see edge.service); WATCHDOG=1 while frames flow.
         self.systemd.start(self.pipeline, kiosk_url=local_url(self.settings.kiosk.host, self.server.port)
-                           if self.server is not None else None)
+                           if self.server is not None else None,
+                           kiosk_running=(lambda: self.server.running) if self.server is not None else None)
         try:
             self._run_loop(stop, max_frames)
         finally:

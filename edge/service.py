@@ -242,6 +242,7 @@ class SystemdService:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_status: str | None = None
+        self._kiosk_running: Callable[[], bool] | None = None
         self.ready = False
         self.pings = 0
 
@@ -258,12 +259,16 @@ class SystemdService:
             self._last_status = text
             self.notifier.notify(STATUS=text)
 
-    def start(self, pipeline: "Pipeline", kiosk_url: str | None) -> None:
-        """Wait for the kiosk and the camera in a thread, send READY, then keep STATUS and the watchdog."""
+    def start(self, pipeline: "Pipeline", kiosk_url: str | None,
+              kiosk_running: Callable[[], bool] | None = None) -> None:
+        """Wait for the kiosk and the camera in a thread, send READY, then keep STATUS and the watchdog.
+        ``kiosk_running`` says whether the kiosk's server loop still runs: when it has stopped, the pings
+        stop too (the screen would show "cannot be reached" for good; a restart brings the kiosk back)."""
         if not self.enabled:
             return
         log.info("systemd notifications via %s%s", self.notifier.via,
                  f", watchdog every {self.watchdog_s / 2:g} s" if self.watchdog_s else ", no watchdog")
+        self._kiosk_running = kiosk_running
         self._thread = threading.Thread(target=self._run, args=(pipeline, kiosk_url), name="systemd", daemon=True)
         self._thread.start()
 
@@ -319,6 +324,8 @@ class SystemdService:
         was_alive = True
         while not self._done.wait(period):
             state = liveness(pipeline, self._clock(), stall_s)
+            if state.alive and self._kiosk_running is not None and not self._kiosk_running():
+                state = Liveness(False, "the kiosk server has stopped")
             fine, summary = describe(pipeline, kiosk_url)
             if state.alive:
                 if self.watchdog_s:

@@ -317,6 +317,36 @@ def test_a_camera_whose_first_read_never_returns_does_not_cost_the_uploads(frame
         loop.join(10)
 
 
+def test_watchdog_pings_stop_when_the_kiosk_server_has_stopped(notify_socket):
+    """After READY only the pipeline was watched: a kiosk whose server loop died left the screen at "cannot be
+    reached" for good while the pings went on. Now its death holds the pings, and systemd restarts us."""
+    settings = load_settings(None, {"camera": {"source": "none"}})
+    pipeline = Pipeline(settings, camera=None, classifier=None, model_error="no model")
+    service = SystemdService(Notifier(str(notify_socket.path), use_library=False), watchdog_s=0.4)
+    kiosk = {"running": True}
+    stop = threading.Event()
+
+    def loop_turning():  # the pipeline loop of a device without a camera
+        while not stop.wait(0.05):
+            pipeline.last_turn_at = time.monotonic()
+
+    turner = threading.Thread(target=loop_turning, name="turner")
+    turner.start()
+    try:
+        service.start(pipeline, kiosk_url=None, kiosk_running=lambda: kiosk["running"])
+        notify_socket.wait_for(lambda m: m.get("WATCHDOG") == "1", timeout=5)
+        kiosk["running"] = False
+        stalled = notify_socket.wait_for(lambda m: "kiosk server has stopped" in m.get("STATUS", ""), timeout=5)
+        assert stalled["STATUS"].startswith("stalled:")
+        quiet = time.monotonic()
+        time.sleep(0.7)
+        assert notify_socket.since(quiet, "WATCHDOG") == []  # no pings while the kiosk is down
+    finally:
+        stop.set()
+        service.stopping("stopping")
+        turner.join(5)
+
+
 # --- journald ------------------------------------------------------------------------------------------
 
 def test_journal_handler_only_under_systemd(tmp_path):
