@@ -67,6 +67,8 @@ uninstall_all() {
   if [ "$live" = 1 ]; then
     systemctl disable --now edge-kiosk.service 2>/dev/null || true
     systemctl disable --now edge.service 2>/dev/null || true
+    # the kiosk took tty1 from its login prompt (Conflicts=getty@tty1): give it back now, not at the next boot
+    systemctl start getty@tty1.service 2>/dev/null || true
   fi
   local kind path dest
   while read -r kind path; do
@@ -224,15 +226,21 @@ done < <(find "$here/firmware_config/etc" -type f -print0 | sort -z)
 
 # The kiosk unit runs the browser by its path. Debian and Raspberry Pi OS install /usr/bin/chromium (some
 # older images only chromium-browser); on Ubuntu both names are snap launchers that cage cannot run as a service.
+# Detected on every live install, not only with --kiosk: a later `setup.sh --device` (an update) rewrites the
+# kiosk unit too, and must not point it back at /usr/bin/chromium on an image that only has chromium-browser.
 browser=/usr/bin/chromium
-if [ "$live" = 1 ] && [ "$kiosk" = 1 ]; then
-  browser=$(command -v chromium || command -v chromium-browser || true)
-  [ -n "$browser" ] || die "--kiosk: no chromium or chromium-browser binary after installing the package"
-  case "$(readlink -f "$browser")" in
-    /snap/*|*/snap) die "--kiosk: $browser is a snap launcher, which cannot run under cage as a system service; install a deb build of chromium" ;;
-  esac
-  grep -qs "snap" "$browser" && [ "$(head -c 2 "$browser")" = "#!" ] \
-    && die "--kiosk: $browser only starts the chromium snap, which cannot run under cage as a system service; install a deb build of chromium"
+if [ "$live" = 1 ]; then
+  found=$(command -v chromium || command -v chromium-browser || true)
+  snap=0
+  if [ -n "$found" ]; then
+    case "$(readlink -f "$found")" in /snap/*|*/snap) snap=1 ;; esac
+    grep -qs "snap" "$found" && [ "$(head -c 2 "$found")" = "#!" ] && snap=1
+  fi
+  if [ "$kiosk" = 1 ]; then
+    [ -n "$found" ] || die "--kiosk: no chromium or chromium-browser binary after installing the package"
+    [ "$snap" = 0 ] || die "--kiosk: $found only starts the chromium snap, which cannot run under cage as a system service; install a deb build of chromium"
+  fi
+  [ -n "$found" ] && [ "$snap" = 0 ] && browser=$found
 fi
 for unit in "$here"/systemd/*.service; do
   rendered=$(render "$unit")
