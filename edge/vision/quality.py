@@ -88,7 +88,10 @@ class QualitySettings(BaseModel):
         "below the darkest skin's own luma (Monk 10 is 37): 42 refused every photo of the darkest skin.",
     )
     luma_mean_max: float = Field(
-        237.0, ge=0.0, le=255.0, description="Mean luma (0-255) above which the frame is OVEREXPOSED."
+        249.0,
+        ge=0.0,
+        le=255.0,
+        description="Mean luma (0-255) above which the frame is OVEREXPOSED. The palest skin (Monk 1) is 239.",
     )
     dark_level: int = Field(
         20, ge=0, le=254, description="Luma at or below which a pixel counts as crushed black."
@@ -100,8 +103,14 @@ class QualitySettings(BaseModel):
         250,
         ge=1,
         le=255,
-        description="A pixel with any colour channel at or above this counts as clipped (skin clips in red "
-        "first, long before its luma reaches white).",
+        description="Level (0-255) at or above which a colour channel counts as clipped (see bright_channels).",
+    )
+    bright_channels: int = Field(
+        2,
+        ge=1,
+        le=3,
+        description="A pixel counts as clipped when at least this many of its colour channels reach "
+        "bright_level. 1 refused fair skin and pink lesions whose red channel alone clips in good light.",
     )
     bright_fraction_max: float = Field(
         0.40, ge=0.0, le=1.0, description="Fraction of clipped pixels above which the frame is OVEREXPOSED."
@@ -169,7 +178,7 @@ def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
     pixels = cv2.countNonZero(view)
     luma_mean = float(cv2.mean(luma, mask=view)[0])
     crushed = cv2.countNonZero(cv2.bitwise_and(crushed_mask, view))
-    clipped = cv2.bitwise_not(cv2.inRange(small, (0, 0, 0), (settings.bright_level - 1,) * 3))
+    clipped = _clipped(small, settings.bright_level, settings.bright_channels)
     return {
         "luma_mean": luma_mean,
         "dark_fraction": crushed / pixels,
@@ -236,6 +245,14 @@ def _resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     if (width, height) != double:
         image = cv2.resize(image, double, interpolation=cv2.INTER_LINEAR)
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA)
+
+
+def _clipped(rgb: np.ndarray, level: int, channels: int) -> np.ndarray:
+    """255 where at least ``channels`` of the pixel's colour channels are at or above ``level``."""
+    count = np.zeros(rgb.shape[:2], np.uint8)
+    for channel in cv2.split(rgb):
+        count += channel >= level
+    return np.where(count >= channels, 255, 0).astype(np.uint8)
 
 
 def _field_of_view(crushed: np.ndarray) -> np.ndarray:
