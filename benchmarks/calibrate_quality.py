@@ -125,8 +125,6 @@ def darker_skin(rgb: np.ndarray, luma_gain: float = 0.45) -> np.ndarray:
 # 31.5. Whole frames recoloured to that mean luma must pass: a mean-luma floor above it refused every photo of
 # the darkest skin as "too dark", however well lit (a review measured 150 of 150).
 DARKEST_SKIN_LUMA = 37.0 * 0.85
-# The palest swatch (MST 1, #f6ede4) has luma 239: frames at that mean must not be called overexposed either.
-PALEST_SKIN_LUMA = 239.0
 
 
 def to_mean_luma(rgb: np.ndarray, target: float) -> np.ndarray:
@@ -155,7 +153,6 @@ VARIANTS = {
     "bright": lambda rgb, rng: scaled(rgb, 2.5),
     "darker_skin": lambda rgb, rng: darker_skin(rgb),
     "darkest_skin": lambda rgb, rng: to_mean_luma(rgb, DARKEST_SKIN_LUMA),
-    "palest_skin": lambda rgb, rng: to_mean_luma(rgb, PALEST_SKIN_LUMA),
     "vignette": lambda rgb, rng: vignetted(rgb),
     # extras: reported, never used to choose a threshold
     "blurred+noise2": lambda rgb, rng: with_noise(blurred(rgb), 2.0, rng),
@@ -247,20 +244,17 @@ def choose_thresholds(sel: dict[str, dict[str, np.ndarray]], base: QualitySettin
     # the exposure floor must also pass the darkest skin tone and a dermatoscope's round field of view
     exposure_good = np.concatenate([good["luma_mean"], sel["darkest_skin"]["luma_mean"], sel["vignette"]["luma_mean"]])
     chosen = {}
-    bright_good = np.concatenate([good["bright_fraction"], sel["palest_skin"]["bright_fraction"]])
     for key, metric, fail_set, fail_is_low, passing in (
         ("blur_min", "sharpness", "blurred", True, good["sharpness"]),
         ("luma_mean_min", "luma_mean", "dark", True, exposure_good),
-        ("bright_fraction_max", "bright_fraction", "bright", False, bright_good),
+        ("bright_fraction_max", "bright_fraction", "bright", False, good["bright_fraction"]),
     ):
-        what = "originals + darker skin" + {"luma_mean_min": " + darkest skin + vignette",
-                                            "bright_fraction_max": " + palest skin"}.get(key, "")
+        what = "originals + darker skin" + (" + darkest skin + vignette" if key == "luma_mean_min" else "")
         print(f"  {key}: midpoint of {metric} ({what}) vs {fail_set}")
         chosen[key] = midpoint(passing, sel[fail_set][metric], fail_is_low)
     # The clipped-white fraction separates the overexposed set on its own; the mean-luma ceiling only needs
     # to stay clear of every good frame (very pale skin is legitimately bright).
-    chosen["luma_mean_max"] = min(float(np.concatenate([good["luma_mean"], sel["palest_skin"]["luma_mean"]]).max())
-                                  + 10.0, 250.0)
+    chosen["luma_mean_max"] = min(float(good["luma_mean"].max()) + 10.0, 250.0)
     print(f"  luma_mean_max: brightest good frame + 10 (bright set p1 = {np.percentile(sel['bright']['luma_mean'], 1):.1f})")
     # Crushed-black fraction does not separate x0.15 darkening (its pixels sit just above the black level;
     # the mean catches them). It stays a design backstop: more than half the frame crushed black.
@@ -292,7 +286,7 @@ def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
         rejected = sum(bool(issues) for issues in ver[variant])
         note = " (extra)" if variant not in ("blurred", "dark", "bright") else ""
         print(f"| {variant}{note} | {issue.value} | {hit / n:.1%} | {rejected / n:.1%} | {n} |")
-    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "palest_skin", "vignette"):
+    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "vignette"):
         skin = sum(QualityIssue.NOT_SKIN not in issues for issues in ver[variant])
         passed = sum(not issues for issues in ver[variant])
         note = " (extra)" if variant.endswith("rgb") else ""
@@ -305,7 +299,7 @@ def rate_table(name: str, ver: dict[str, list[tuple]], dxs: list[str]) -> None:
         by_dx[dx][1] += 1
     print("\noriginal pass rate by dx: " + ", ".join(f"{dx} {p}/{t}" for dx, (p, t) in sorted(by_dx.items())))
     print("original failures: " + (", ".join(f"{dx}:{'+'.join(i.value for i in iss)}" for dx, iss in fails) or "none"))
-    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "palest_skin", "vignette"):
+    for variant in ("darker_skin", "darker_skin_rgb", "darkest_skin", "vignette"):
         counts = defaultdict(int)
         for issues in ver[variant]:
             counts["+".join(i.value for i in issues) or "pass"] += 1

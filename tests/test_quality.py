@@ -76,24 +76,14 @@ def test_dark_skin_frame_is_underexposed(skin):
 
 
 def test_bright_skin_frame_is_overexposed(skin):
-    verdicts = [_issues(_scaled(image, 2.5)) for image in skin]
-    assert all(verdicts)  # every one refused
-    # A pixel counts as clipped when two channels clip (red alone clips on fair skin in good light), so the
-    # one red-heavy image of the 20 (ISIC_0031906: only its red channel clips) is refused as NOT_SKIN instead.
-    assert verdicts.count((QualityIssue.OVEREXPOSED,)) >= 19
+    assert all(_issues(_scaled(image, 2.5)) == (QualityIssue.OVEREXPOSED,) for image in skin)
 
 
 def test_overexposure_is_caught_at_camera_resolution(ham_images):
-    image = _rgb(next(p for p in ham_images if p.name == "ISIC_0030906.jpg"))
-    frame = cv2.resize(_scaled(image, 2.5), (1280, 960), interpolation=cv2.INTER_LINEAR)
-    assert _issues(frame) == (QualityIssue.OVEREXPOSED,)
-
-
-def test_the_palest_skin_in_good_light_is_not_too_bright(skin):
-    """A pixel with only its red channel at 250 counted as clipped, and frames of the palest Monk tone (luma
-    239) were all OVEREXPOSED. Now most pass (calibration: 62.6 % of the report half, from 0 %)."""
-    palest = [_issues(_with_mean_luma(image, 239.0)) for image in skin]
-    assert sum(QualityIssue.OVEREXPOSED not in issues for issues in palest) >= 10, palest
+    # Skin clips in the red channel first; the clipped fraction counts any channel, so a red-heavy lesion image
+    # over-exposed at full resolution is still OVEREXPOSED rather than mistaken for not-skin.
+    red_heavy = _rgb(next(p for p in ham_images if p.name == "ISIC_0031906.jpg"))
+    assert _issues(_scaled(red_heavy, 2.5)) == (QualityIssue.OVEREXPOSED,)
 
 
 def test_darker_skin_tone_still_counts_as_skin(skin):
@@ -148,9 +138,16 @@ def test_a_dermatoscopes_round_field_of_view_is_not_underexposure(skin, size):
 
 
 def test_a_frame_mostly_black_is_still_too_dark(skin):
-    """A tiny lit spot in a black frame (a covered lens, a finger on it) is not a field of view to judge by:
-    the whole frame is, and it is UNDEREXPOSED; so is a dim frame whose dark corners touch the edge."""
-    assert _issues(_vignetted(skin[0], 0.3)) == (QualityIssue.UNDEREXPOSED,)
+    """Only a centred view inside a black surround counts as a field of view. A tiny lit spot in a black frame
+    (a finger on the lens), or black over one side (a half-covered lens, a shadow), is judged as a whole
+    frame, and it is UNDEREXPOSED, as before the field of view was measured."""
+    for image in skin:
+        assert _issues(_vignetted(image, 0.25)) == (QualityIssue.UNDEREXPOSED,)
+        for side in (0.6, 0.69):
+            covered = image.copy()
+            covered[:, : int(side * covered.shape[1])] = 0  # the left of the frame black
+            assert _issues(covered) == (QualityIssue.UNDEREXPOSED,), side
+        assert _issues(_vignetted(image, 0.6)) != (QualityIssue.UNDEREXPOSED,)  # a small dermatoscope circle
     dim = _scaled(skin[0], 0.15)
     dim[:40, :60] = 0  # a dark region in a corner
     assert _issues(dim) == (QualityIssue.UNDEREXPOSED,)

@@ -35,10 +35,13 @@ __all__ = ["InvalidImage", "QualitySettings", "assess", "measure"]
 # Smallest frame side we accept, and the most elongated frame: below/above these a frame is not a camera image.
 MIN_SIDE = 16
 MAX_ASPECT = 8.0
-# A black region touching the frame's edge is outside the field of view (a dermatoscope's round vignette, a
-# lens hood) and is left out of the exposure measures, unless the field of view left is smaller than this
-# share of the frame: then the frame is mostly black and judged as a whole.
-MIN_FIELD_OF_VIEW = 0.3
+# Black regions touching the frame's edge are outside the field of view (a dermatoscope's round vignette, a
+# lens hood) and are left out of the exposure measures, but only when what is left looks like a field of
+# view: centred (its centroid within FIELD_OF_VIEW_OFF_CENTRE of the frame's size from the centre, on both
+# axes) and at least MIN_FIELD_OF_VIEW of the frame. A half-covered lens, a shadow across one side or a dark
+# background leaves an off-centre view: that frame is judged as a whole.
+MIN_FIELD_OF_VIEW = 0.2
+FIELD_OF_VIEW_OFF_CENTRE = 0.08
 
 # Sharpness is measured per tile on a TILES x TILES grid; tiles whose coarse structure carries less energy than
 # FLAT_TILE_ENERGY (grey levels squared, for a frame of mean luma 128; scaled with the square of the frame's
@@ -88,10 +91,7 @@ class QualitySettings(BaseModel):
         "below the darkest skin's own luma (Monk 10 is 37): 42 refused every photo of the darkest skin.",
     )
     luma_mean_max: float = Field(
-        249.0,
-        ge=0.0,
-        le=255.0,
-        description="Mean luma (0-255) above which the frame is OVEREXPOSED. The palest skin (Monk 1) is 239.",
+        237.0, ge=0.0, le=255.0, description="Mean luma (0-255) above which the frame is OVEREXPOSED."
     )
     dark_level: int = Field(
         20, ge=0, le=254, description="Luma at or below which a pixel counts as crushed black."
@@ -103,14 +103,8 @@ class QualitySettings(BaseModel):
         250,
         ge=1,
         le=255,
-        description="Level (0-255) at or above which a colour channel counts as clipped (see bright_channels).",
-    )
-    bright_channels: int = Field(
-        2,
-        ge=1,
-        le=3,
-        description="A pixel counts as clipped when at least this many of its colour channels reach "
-        "bright_level. 1 refused fair skin and pink lesions whose red channel alone clips in good light.",
+        description="A pixel with any colour channel at or above this counts as clipped (skin clips in red "
+        "first, long before its luma reaches white).",
     )
     bright_fraction_max: float = Field(
         0.40, ge=0.0, le=1.0, description="Fraction of clipped pixels above which the frame is OVEREXPOSED."
@@ -178,7 +172,7 @@ def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
     pixels = cv2.countNonZero(view)
     luma_mean = float(cv2.mean(luma, mask=view)[0])
     crushed = cv2.countNonZero(cv2.bitwise_and(crushed_mask, view))
-    clipped = _clipped(small, settings.bright_level, settings.bright_channels)
+    clipped = cv2.bitwise_not(cv2.inRange(small, (0, 0, 0), (settings.bright_level - 1,) * 3))
     return {
         "luma_mean": luma_mean,
         "dark_fraction": crushed / pixels,
@@ -247,27 +241,29 @@ def _resize_long_side(image: np.ndarray, long_side: int) -> np.ndarray:
     return cv2.resize(image, target, interpolation=cv2.INTER_AREA)
 
 
-def _clipped(rgb: np.ndarray, level: int, channels: int) -> np.ndarray:
-    """255 where at least ``channels`` of the pixel's colour channels are at or above ``level``."""
-    count = np.zeros(rgb.shape[:2], np.uint8)
-    for channel in cv2.split(rgb):
-        count += channel >= level
-    return np.where(count >= channels, 255, 0).astype(np.uint8)
-
-
 def _field_of_view(crushed: np.ndarray) -> np.ndarray:
     """255 where the frame shows the scene: everywhere but the crushed-black regions that touch its edge (the
-    outside of a dermatoscope's round field of view). When that leaves less than ``MIN_FIELD_OF_VIEW`` of the
-    frame, the whole frame (mostly black: too dark, or the lens covered)."""
+    outside of a dermatoscope's round field of view), when what remains is a centred view of at least
+    ``MIN_FIELD_OF_VIEW`` of the frame; otherwise the whole frame (mostly black, or black on one side: a
+    covered lens or a shadow, which is an exposure problem, not a vignette)."""
+    whole = np.full(crushed.shape, 255, np.uint8)
     count, labels = cv2.connectedComponents(crushed, connectivity=8)
     if count <= 1:
-        return np.full(crushed.shape, 255, np.uint8)
+        return whole
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     edge = edge[edge > 0]  # 0 is the background (not crushed)
-    outside = np.isin(labels, edge)
-    if outside.mean() > 1.0 - MIN_FIELD_OF_VIEW:
-        return np.full(crushed.shape, 255, np.uint8)
-    return np.where(outside, 0, 255).astype(np.uint8)
+    if edge.size == 0:
+        return whole
+    view = np.where(np.isin(labels, edge), 0, 255).astype(np.uint8)
+    moments = cv2.moments(view, binaryImage=True)
+    height, width = crushed.shape
+    if moments["m00"] < MIN_FIELD_OF_VIEW * height * width:
+        return whole
+    off_x = abs(moments["m10"] / moments["m00"] - (width - 1) / 2) / width
+    off_y = abs(moments["m01"] / moments["m00"] - (height - 1) / 2) / height
+    if max(off_x, off_y) > FIELD_OF_VIEW_OFF_CENTRE:
+        return whole
+    return view
 
 
 def _skin_fraction(
