@@ -154,6 +154,9 @@ def stall_limit_s(watchdog_s: float | None, fps: float) -> float:
 def liveness(pipeline: "Pipeline", now: float, stall_s: float) -> Liveness:
     """Whether the pipeline is doing its job right now; the reason, in words, either way."""
     loop_stall_s = max(stall_s, LOOP_STALL_MIN_S)
+    busy_since = pipeline.inference_started_at
+    if busy_since is not None and now - busy_since > INFERENCE_STUCK_S:
+        return Liveness(False, f"an inference has been running for more than {INFERENCE_STUCK_S:g} s")
     turned = pipeline.last_turn_at
     if turned is None or now - turned > loop_stall_s:
         if turned is not None and pipeline.last_frame_at is None and pipeline.camera_call_since is not None:
@@ -161,9 +164,6 @@ def liveness(pipeline: "Pipeline", now: float, stall_s: float) -> Liveness:
             # fix that, and the watchdog would only repeat it until systemd gave up, uploads and all.
             return Liveness(True, "the camera has not returned its first frame: uploads only")
         return Liveness(False, f"the pipeline loop has not turned for more than {loop_stall_s:.1f} s")
-    busy_since = pipeline.inference_started_at
-    if busy_since is not None and now - busy_since > INFERENCE_STUCK_S:
-        return Liveness(False, f"an inference has been running for more than {INFERENCE_STUCK_S:g} s")
     if pipeline.camera is None:
         return Liveness(True, "no camera: the loop is alive")
     if pipeline.camera.state == STATE_FINISHED:  # a replay without looping ended: no frames are expected

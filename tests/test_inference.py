@@ -129,6 +129,31 @@ def test_an_accelerator_variant_that_does_not_fit_the_manifest_falls_back_to_cpu
         open_classifier(imagenet_pack, "cpu")
 
 
+def test_a_cpu_fallback_that_does_not_fit_keeps_the_accelerator(imagenet_pack, grace_hopper, monkeypatch):
+    """The accelerator fails mid-run and the CPU model does not fit the manifest: the classifier must not be
+    left half-switched (the CPU backend with the accelerator's preprocessing, the accelerator closed)."""
+    from edge.inference.base import TensorSpec
+
+    class OtherSizeCpu(CpuBackend):
+        def __init__(self, pack, settings):
+            super().__init__(pack, settings)
+            self.input_spec = TensorSpec((1, 144, 192, 3), self.input_spec.dtype, self.input_spec.scale,
+                                         self.input_spec.zero_point)
+
+    FlakyTpu.invocations = 0
+    monkeypatch.setitem(registry._REGISTRY, "coral", FlakyTpu)
+    classifier = open_classifier(imagenet_pack, "coral")
+    monkeypatch.setitem(registry._REGISTRY, "cpu", OtherSizeCpu)
+    try:
+        for _ in range(2):  # the first two invokes work on the "Coral"
+            classifier.classify(grace_hopper, Quality())
+        with pytest.raises(ModelError, match="cpu fallback cannot run"):
+            classifier.classify(grace_hopper, Quality())
+        assert classifier.backend_name == "coral" and "cannot run" in classifier.health()["fallback_reason"]
+    finally:
+        classifier.close()
+
+
 def test_an_accelerator_failing_with_no_usable_cpu_model_says_so(tmp_path, imagenet_pack, grace_hopper, monkeypatch):
     """On an accelerator device the CPU file is only opened at fallback time: if it is damaged, the error says
     both things, health says so, and the accelerator is kept (to be tried again), not closed and reused."""

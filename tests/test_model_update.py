@@ -778,6 +778,30 @@ def test_status_tells_the_administrator_about_trials_and_rollbacks(device, admin
     assert str(service.settings.state_dir) not in status["last_rollback"]["reason"]  # no paths go out
 
 
+def test_a_model_update_after_a_restart_command_is_refused_until_the_restart(device, admin_key, updates):
+    """Once the restart hook has run, the daemon spends seconds closing its parts while the command thread
+    still takes commands: an update then would be cut off with no reply. It is refused as busy."""
+    service, restarts = device
+    reply = admin.send(service.settings.mqtt, admin_key, "restart", {}, device=service.device_id,
+                       timeout_s=20, ttl_s=60)[0]
+    assert reply["ok"], reply
+    wait_until(lambda: restarts, what="the restart hook")
+    refused = send(service, admin_key, updates["2.0.0"].args)
+    assert refused["ok"] is False and "about to restart" in refused["error"], refused
+    assert ModelStore.from_settings(service.settings).current() is None  # nothing installed
+
+
+def test_status_survives_a_damaged_rollback_record(device, admin_key):
+    service, _ = device
+    store = ModelStore.from_settings(service.settings)
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / ROLLBACK_FILE).write_text("[1, 2]")  # valid JSON, not a record
+    reply = admin.send(service.settings.mqtt, admin_key, "status", {}, device=service.device_id,
+                       timeout_s=20, ttl_s=60)[0]
+    assert reply["ok"], reply
+    assert reply["result"]["model_updates"]["last_rollback"] == {"error": "the rollback record is unreadable"}
+
+
 def test_a_model_update_is_refused_while_a_restart_is_pending(updates):
     """A second update queued behind one that is about to restart the device would be cut off with no reply;
     it is refused at once, with the reason."""

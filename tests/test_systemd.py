@@ -309,6 +309,10 @@ def test_a_camera_whose_first_read_never_returns_does_not_cost_the_uploads(frame
         if frames_before == 0:
             assert state.alive and "first frame" in state.reason, state
             assert "has sent no frame" in status, status
+            pipeline.inference_started_at = time.monotonic() - INFERENCE_STUCK_S - 1  # an upload's, hung
+            hung = liveness(pipeline, time.monotonic() + 60, 1.0)
+            assert not hung.alive and "inference" in hung.reason, hung  # still a reason to restart
+            pipeline.inference_started_at = None
         else:
             assert not state.alive and "has not turned" in state.reason, state
     finally:

@@ -150,18 +150,18 @@ class Classifier:
         return self._backend.describe()
 
     def _use(self, backend: Backend) -> None:
-        self._backend = backend
-        try:
-            self._preprocess = Preprocessor(self.pack.manifest.input, backend.input_spec)
+        try:  # checked before anything is switched: a failure leaves the classifier as it was
+            preprocess = Preprocessor(self.pack.manifest.input, backend.input_spec)
         except ValueError as exc:  # the manifest's input does not fit this variant's model: a bad pack
             raise ModelError(f"model pack {self.pack.manifest.name} ({backend.variant}): {exc}") from None
-        self.model_info = self.pack.info(backend.variant)
         n_out = int(np.prod(backend.output_spec.shape))
         if n_out != len(self.pack.manifest.labels):
             raise ModelError(
                 f"model pack {self.pack.manifest.name}: model has {n_out} outputs but the manifest lists "
                 f"{len(self.pack.manifest.labels)} labels"
             )
+        self._backend, self._preprocess = backend, preprocess
+        self.model_info = self.pack.info(backend.variant)
 
     def _fall_back_to_cpu(self, reason: str) -> None:
         """Switch to the CPU backend. Its model file is opened before the failed backend is let go: on an
@@ -175,9 +175,15 @@ class Classifier:
             self.fallback_reason = f"{failed.name} failed while running: {reason}; the cpu fallback cannot load: {exc}"
             log.error("no cpu fallback: %s", exc)
             raise ModelError(f"classification failed: {self.fallback_reason}") from None
+        try:
+            self._use(cpu)  # switches nothing if the cpu model does not fit the manifest
+        except ModelError as exc:
+            cpu.close()
+            self.fallback_reason = f"{failed.name} failed while running: {reason}; the cpu fallback cannot run: {exc}"
+            log.error("no cpu fallback: %s", exc)
+            raise ModelError(f"classification failed: {self.fallback_reason}") from None
         self.fallback_reason = f"{failed.name} failed while running: {reason}"
         failed.close()
-        self._use(cpu)
         self.probes.append(Probe("cpu", True, f"fallback after {failed.name} failed"))
 
     def scores(self, image: np.ndarray, *, cropped: bool = False) -> Scores:

@@ -110,6 +110,7 @@ class MqttService:
         self._last_telemetry: dict[str, Any] | None = None  # as published: what status shows while holding
         self._removal_warned_at = float("-inf")  # a failed outbox removal is logged at most once a minute
         self._restart_requested = False  # set and read by the command thread only
+        self._restart_fired = False  # the restart hook has run: the process is on its way out
         self._commands: queue.Queue[tuple[bytes, bool]] = queue.Queue(COMMAND_BACKLOG)  # (payload, fleet)
         self._replies: queue.Queue[tuple[dict[str, Any], bool]] = queue.Queue()  # (reply, restart after it)
         self._command_thread: threading.Thread | None = None
@@ -401,6 +402,7 @@ class MqttService:
         if self._restart_deadline is None or time.monotonic() < self._restart_deadline:
             return
         self._restart_deadline, self._restart_mid = None, None
+        self._restart_fired = True
         self._restart()
 
     def _shutdown(self) -> None:
@@ -445,9 +447,11 @@ class MqttService:
             state = ModelStore.from_settings(self.settings).status()
         except (OSError, EdgeError) as exc:
             return {"error": without_paths(str(exc))}
-        if state.get("last_rollback"):
-            state["last_rollback"] = {**state["last_rollback"],
-                                      "reason": without_paths(state["last_rollback"].get("reason"))}
+        rollback = state.get("last_rollback")
+        if rollback is not None and not isinstance(rollback, dict):  # a damaged record: say so, do not fail
+            state["last_rollback"] = {"error": "the rollback record is unreadable"}
+        elif rollback:
+            state["last_rollback"] = {**rollback, "reason": without_paths(str(rollback.get("reason") or "")) or None}
         return state
 
     def apply_live(self, settings: Settings, changed: list[str]) -> None:
@@ -473,8 +477,9 @@ class MqttService:
 
     @property
     def restart_pending(self) -> bool:
-        """An earlier command asked for a restart (a model update, ``restart``) that has not happened yet."""
-        return self._restart_requested or self._restart_deadline is not None
+        """An earlier command asked for a restart (a model update, ``restart``) that has not completed: asked
+        for, due, or under way (the daemon closing its parts, while this thread still takes commands)."""
+        return self._restart_requested or self._restart_deadline is not None or self._restart_fired
 
     def install_model(self, source: str, sha256: str, manifest_signature: str,
                       manifest_key_id: str | None):
