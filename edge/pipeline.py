@@ -40,6 +40,7 @@ class Step:
 
 
 LATENCY_BUCKETS_MS = (5, 10, 20, 50, 100, 250, 500, 1000)
+CAMERA_SEARCH_S = 30.0  # with camera.source "auto" and none found: how often to look again (in a thread)
 CAMERA_STALL_S = 10.0  # a camera that says ok but has sent no frame for this long is reported "stalled"
 
 
@@ -69,8 +70,9 @@ def open_classifier(settings: Settings) -> tuple[Classifier | None, str | None]:
         return None, str(exc)
 
 
-def open_camera(settings: Settings) -> tuple[ResilientSource | None, list[ProbeResult]]:
-    """Resolve ``camera.source`` (probing for ``auto``) and wrap it so a lost device is reopened."""
+def open_camera(settings: Settings, *, quiet: bool = False) -> tuple[ResilientSource | None, list[ProbeResult]]:
+    """Resolve ``camera.source`` (probing for ``auto``) and wrap it so a lost device is reopened.
+    ``quiet``: finding nothing is not logged (the pipeline's periodic search for a camera plugged in later)."""
     cam = settings.camera
     options = dict(width=cam.width, height=cam.height, fps=cam.fps, replay_dir=cam.replay_dir,
                    shared_dir=settings.shared_dir)
@@ -81,9 +83,11 @@ def open_camera(settings: Settings) -> tuple[ResilientSource | None, list[ProbeR
     spec = cam.source
     if spec == "auto":
         found, probes = probe_auto(replay_dir=cam.replay_dir, shared_dir=settings.shared_dir,
-                                   width=cam.width, height=cam.height, fps=cam.fps)
+                                   width=cam.width, height=cam.height, fps=cam.fps, quiet=quiet)
         if found is None:
-            log.warning("no camera found (%s): uploads only", "; ".join(f"{p.spec}: {p.detail}" for p in probes))
+            if not quiet:
+                log.warning("no camera found (%s): uploads only; looking again every %g s",
+                            "; ".join(f"{p.spec}: {p.detail}" for p in probes), CAMERA_SEARCH_S)
             return None, probes
         spec = found.spec
         if spec.startswith("file:"):
@@ -114,6 +118,13 @@ class Pipeline:
         self.latest: Step | None = None  # the newest frame with its verdict, for the live preview
         self._consumers: list[ResultConsumer] = []
         self._lock = threading.Lock()
+        # camera.source "auto" found nothing at start: a camera plugged in later (or enumerated late at boot)
+        # is looked for every CAMERA_SEARCH_S, in a thread (probing V4L2 nodes can take seconds), and taken
+        # up by the loop
+        self._searching = camera is None and settings.camera.source == "auto"
+        self._search_at = time.monotonic() + CAMERA_SEARCH_S
+        self._search: threading.Thread | None = None
+        self._found: ResilientSource | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -208,6 +219,8 @@ class Pipeline:
         idle_wait = 0.5
         while not stop.is_set():
             began = self.last_turn_at = time.monotonic()
+            if self._searching:
+                self._look_for_camera(began)
             try:
                 step = self.step()
             # one bad frame (too small, a backend error) must not end screening
@@ -221,6 +234,30 @@ class Pipeline:
             wait = period - (time.monotonic() - began) if step.frame is not None else idle_wait
             if wait > 0:
                 stop.wait(wait)
+
+    def _look_for_camera(self, now: float) -> None:
+        """Take up a camera the search thread found; start another search when one is due."""
+        found, self._found = self._found, None
+        if found is not None:
+            self.camera, self._searching = found, False
+            return
+        if now < self._search_at or (self._search is not None and self._search.is_alive()):
+            return
+        self._search_at = now + CAMERA_SEARCH_S
+
+        def search() -> None:
+            try:
+                camera, probes = open_camera(self.settings, quiet=True)
+            except Exception:  # noqa: BLE001 - a probe that fails is a camera not found; try again later
+                log.debug("camera search failed", exc_info=True)
+                return
+            if camera is not None:
+                log.warning("camera found: %s; screening from it",
+                            next((probe.spec for probe in probes if probe.ok), self.settings.camera.source))
+            self._found = camera
+
+        self._search = threading.Thread(target=search, name="camera-search", daemon=True)
+        self._search.start()
 
     def _more_frames_can_come(self) -> bool:
         return self.camera is not None and self.camera.state != STATE_FINISHED

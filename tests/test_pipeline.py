@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -310,4 +311,37 @@ def test_an_upload_is_cropped_once_and_the_held_view_is_what_the_model_saw(image
         again = pipeline.classifier.scores(view, cropped=True).probabilities
         assert [float(p) for p in again] == pytest.approx(list(result.probabilities.values()), abs=1e-6)
     finally:
+        pipeline.close()
+
+
+def test_a_camera_plugged_in_after_start_is_taken_up(imagenet_pack, tmp_path, ham_images, monkeypatch):
+    """With camera.source "auto" and nothing found at start, the device stayed uploads-only until a restart
+    (a USB camera plugged in later, or enumerated late at boot). The loop now looks again, in a thread, and
+    takes up what it finds: here a replay folder that gets images after start."""
+    import edge.pipeline
+
+    monkeypatch.setattr(edge.pipeline, "CAMERA_SEARCH_S", 0.2)
+    shared = tmp_path / "shared"
+    settings = load_settings(None, {"shared_dir": str(shared), "state_dir": str(tmp_path / "state"),
+                                    "camera": {"source": "auto", "fps": 20},
+                                    "inference": {"model_dir": str(imagenet_pack), "backend": "cpu"}})
+    pipeline = Pipeline.from_settings(settings)
+    assert pipeline.camera is None  # no camera, no sample images: uploads only
+    stop = threading.Event()
+    loop = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline")
+    loop.start()
+    try:
+        time.sleep(0.5)
+        assert pipeline.camera is None  # nothing to find yet
+        images = shared / "data" / "ham10000" / "images"
+        images.mkdir(parents=True)
+        shutil.copy(ham_images[0], images / ham_images[0].name)
+        deadline = time.monotonic() + 10
+        while pipeline.counters.frames == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipeline.camera is not None and pipeline.counters.frames > 0
+        assert pipeline.health()["camera"]["spec"] == f"file:{images}"
+    finally:
+        stop.set()
+        loop.join(10)
         pipeline.close()

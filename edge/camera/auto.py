@@ -84,9 +84,10 @@ def _replay_candidates(replay_dir: Path | None, shared_dir: Path | None) -> list
     return candidates
 
 
-def _record(results: list[ProbeResult], result: ProbeResult) -> None:
+def _record(results: list[ProbeResult], result: ProbeResult, quiet: bool = False) -> None:
     results.append(result)
-    log.info("camera probe %s: %s (%s)", result.spec, "ok" if result.ok else "no", result.detail)
+    log.log(logging.DEBUG if quiet else logging.INFO, "camera probe %s: %s (%s)", result.spec,
+            "ok" if result.ok else "no", result.detail)
 
 
 def _probe_sources(
@@ -97,23 +98,24 @@ def _probe_sources(
     width: int,
     height: int,
     fps: float,
+    quiet: bool = False,
 ) -> CameraSource | None:
     source, result = probe_picamera2(width=width, height=height, fps=fps)
-    _record(results, result)
+    _record(results, result, quiet)
     if source is not None:
         return source
     devices = list_v4l2_devices()
     if not devices:
         _record(results, ProbeResult(f"{OPENCV_PREFIX}/dev/video*", False, "no V4L2 devices (/dev/video*)",
-                                     absent=True))
+                                     absent=True), quiet)
     for device in devices:
         result = probe_v4l2_device(device, width=width, height=height, fps=fps)
-        _record(results, result)
+        _record(results, result, quiet)
         if result.ok:
             return OpenCVSource(result.spec, width=width, height=height, fps=fps)
     for folder, role in _replay_candidates(replay_dir, shared_dir):
         result = probe_replay(folder, role)
-        _record(results, result)
+        _record(results, result, quiet)
         if result.ok:
             return FileSource(folder, loop=True)
     return None
@@ -126,17 +128,19 @@ def probe_auto(
     width: int = 640,
     height: int = 480,
     fps: float = 15.0,
+    quiet: bool = False,
 ) -> tuple[CameraSource | None, list[ProbeResult]]:
     """Find the best camera: picamera2, then V4L2 devices, then a replay folder, else None (uploads only).
 
     Returns the chosen source (not opened) and every probe made, in order, for health/diagnostics.
+    ``quiet``: the probes are logged at DEBUG (a periodic search for a camera plugged in later).
     """
     results: list[ProbeResult] = []
     source = _probe_sources(
-        results, replay_dir=replay_dir, shared_dir=shared_dir, width=width, height=height, fps=fps
+        results, replay_dir=replay_dir, shared_dir=shared_dir, width=width, height=height, fps=fps, quiet=quiet
     )
     if source is None:
-        log.info("camera auto: no camera found, uploads only")
+        log.log(logging.DEBUG if quiet else logging.INFO, "camera auto: no camera found, uploads only")
     else:
         log.info("camera auto: chose %s", source.describe())
     return source, results
