@@ -248,7 +248,7 @@ class Pipeline:
         def search() -> None:
             try:
                 camera, probes = open_camera(self.settings, quiet=True)
-            except Exception:  # noqa: BLE001 - a probe that fails is a camera not found; try again later
+            except Exception:  # a probe that fails is a camera not found: try again later
                 log.debug("camera search failed", exc_info=True)
                 return
             if camera is not None:
