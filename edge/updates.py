@@ -80,6 +80,12 @@ DEFAULT_HEALTHY_AFTER_S = 60.0
 TRIAL_POLL_S = 2.0  # how often a pack on trial is checked while it proves itself
 MAX_MEMBERS = 10_000
 MAX_SELFTEST_IMAGES = 50
+# A pack whose classification is this many times slower than the running pack's (measured side by side in
+# the self-test) and above SLOW_FLOOR_MS is refused: a float model or 8 views pushed by mistake would make
+# every capture on a Pi take seconds. The floor keeps fast packs out of a ratio's noise.
+MAX_SLOWDOWN = 3.0
+SLOW_FLOOR_MS = 50.0
+TIMING_RUNS = 7
 LOCK_WAIT_S = 30.0  # start-up, commit, rollback: the lock is held for at most one install
 INSTALL_LOCK_WAIT_S = 5.0  # a second install gives up rather than queue behind a download
 SIGNATURE_PURPOSE = "edge model pack manifest v1"
@@ -255,9 +261,10 @@ def check_classifier(classifier) -> None:
         raise UpdateFailed(f"self-test: probabilities sum to {probabilities.sum():.4f}, not 1", "selftest")
 
 
-def self_test(pack: ModelPack, inference_settings=None) -> int:
+def self_test(pack: ModelPack, inference_settings=None, baseline: Path | None = None) -> int:
     """Open the pack's cpu model with the real classifier; run the synthetic check and every bundled image
-    of ``selftest/expected.json``, whose labels must match. Returns how many images were checked."""
+    of ``selftest/expected.json``, whose labels must match. With ``baseline`` (the running pack's folder),
+    also refuse a pack much slower than it (``MAX_SLOWDOWN``). Returns how many images were checked."""
     from edge.inference import Classifier
     from edge.types import Quality
     from edge.vision.decode import read_image_file
@@ -278,9 +285,42 @@ def self_test(pack: ModelPack, inference_settings=None) -> int:
             if result.label != label:
                 raise UpdateFailed(f"self-test: {name} was classified {result.label!r} "
                                    f"(p={result.confidence:.2f}), expected {label!r}", "selftest")
+        if baseline is not None:
+            check_speed(classifier, baseline, inference_settings)
     finally:
         classifier.close()
     return len(expected)
+
+
+def check_speed(classifier, baseline: Path, inference_settings=None) -> None:
+    """The new pack's classification time against the running pack's, interleaved on the CPU so that load
+    from elsewhere on the device affects both alike; ``UpdateFailed`` when it is ``MAX_SLOWDOWN`` times slower
+    and above ``SLOW_FLOOR_MS``. A running pack that cannot be opened here is not a reason to refuse."""
+    import numpy as np
+
+    from edge.inference import Classifier, load_pack
+    from edge.types import Quality
+
+    try:
+        current = Classifier.open(load_pack(baseline), "cpu", _inference(inference_settings))
+    except (EdgeError, OSError) as exc:
+        log.warning("self-test: the running pack cannot be timed for comparison (%s)", exc)
+        return
+    image = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    times: dict[str, list[float]] = {"new": [], "current": []}
+    try:
+        for _ in range(TIMING_RUNS):
+            for name, model in (("new", classifier), ("current", current)):
+                started = time.perf_counter()
+                model.classify(image, Quality())
+                times[name].append((time.perf_counter() - started) * 1e3)
+    finally:
+        current.close()
+    new_ms, current_ms = float(np.median(times["new"])), float(np.median(times["current"]))
+    log.info("self-test: %.1f ms per classification, the running pack %.1f ms", new_ms, current_ms)
+    if new_ms > SLOW_FLOOR_MS and new_ms > MAX_SLOWDOWN * current_ms:
+        raise UpdateFailed(f"self-test: {new_ms:.0f} ms per classification, {new_ms / current_ms:.1f} times the "
+                           f"running pack's {current_ms:.0f} ms (the limit is {MAX_SLOWDOWN:g} times)", "selftest")
 
 
 def _expected_labels(pack: ModelPack) -> dict[str, str]:
@@ -382,7 +422,8 @@ class ModelStore:
     # -- install --------------------------------------------------------------------------------------------
     def install(self, source: str, sha256: str, manifest_signature: str,
                 admin_keys: Mapping[str, Ed25519PublicKey], *, manifest_key_id: str | None = None,
-                max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S) -> InstalledPack:
+                max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S,
+                baseline: Path | None = None) -> InstalledPack:
         """Fetch, verify, self-test and switch to the pack at ``source`` (an absolute path, ``file://`` or
         ``http(s)://`` URL of a .tar.gz). ``UpdateFailed`` leaves ``current`` and the trial as they were."""
         expected = sha256.strip().lower() if isinstance(sha256, str) else ""
@@ -395,14 +436,14 @@ class ModelStore:
                 staging = self.root / STAGING_DIR / secrets.token_hex(8)
                 staging.mkdir(parents=True)
                 return self._install_staged(staging, source, expected, manifest_signature, admin_keys,
-                                            manifest_key_id, max_bytes, timeout_s)
+                                            manifest_key_id, max_bytes, timeout_s, baseline)
         except OSError as exc:
             log.warning("model update failed: %s", exc)
             raise UpdateFailed(f"cannot write the update to {self.root}: {exc}", "install") from None
 
     def _install_staged(self, staging: Path, source: str, expected: str, manifest_signature: str,
                         admin_keys: Mapping[str, Ed25519PublicKey], manifest_key_id: str | None, max_bytes: int,
-                        timeout_s: float) -> InstalledPack:
+                        timeout_s: float, baseline: Path | None = None) -> InstalledPack:
         """``install``'s steps from the download on, in ``staging`` (removed at the end), under the lock."""
         try:
             archive = staging / "pack.tar.gz"
@@ -413,7 +454,7 @@ class ModelStore:
             key = verify_manifest_signature((pack_dir / MANIFEST_NAME).read_bytes(), manifest_signature,
                                             manifest_key_id, admin_keys)
             pack = check_pack(pack_dir)
-            images = self_test(pack, self.inference_settings)
+            images = self_test(pack, self.inference_settings, baseline=baseline)
             log.info("model pack %s %s verified (signed by admin key %s, %d self-test images)",
                      pack.manifest.name, pack.manifest.version, key, images)
             self._step("verified")

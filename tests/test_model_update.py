@@ -528,6 +528,37 @@ def test_a_store_that_cannot_be_written_is_a_reason_not_an_internal_error(tmp_pa
     assert failure.value.step == "install"
 
 
+def test_a_pack_much_slower_than_the_running_one_is_refused(store, keys, updates, tmp_path, admin_key,
+                                                               monkeypatch):
+    """Only a 10 s limit per inference guarded speed: a pack several times slower (here the same model with 8
+    test-time views against a running pack with 1) was accepted. Timed side by side in the self-test."""
+    import edge.updates
+
+    monkeypatch.setattr(edge.updates, "SLOW_FLOOR_MS", 0.0)  # this machine is fast: compare by ratio alone
+    running = tmp_path / "running"
+    shutil.copytree(updates["1.0.0"].pack_dir, running)
+    manifest = json.loads((running / "model.json").read_text())
+    manifest["decision"]["test_time_views"] = 1
+    (running / "model.json").write_text(json.dumps(manifest))
+
+    def views(count: int):
+        def edit(pack_dir: Path) -> None:
+            data = json.loads((pack_dir / "model.json").read_text())
+            data["decision"]["test_time_views"] = count
+            (pack_dir / "model.json").write_text(json.dumps(data))
+        return edit
+
+    slow = signed_pack(tmp_path / "slow", admin_key, edits=[views(8)])
+    with pytest.raises(UpdateFailed, match="times the running pack's") as failure:
+        store.install(slow["source"], slow["sha256"], slow["manifest_signature"], keys,
+                      manifest_key_id=slow["manifest_key_id"], baseline=running)
+    assert failure.value.step == "selftest" and store.current() is None
+    same = signed_pack(tmp_path / "same", admin_key, edits=[views(1)])  # as fast as the running pack
+    store.install(same["source"], same["sha256"], same["manifest_signature"], keys,
+                  manifest_key_id=same["manifest_key_id"], baseline=running)
+    assert store.current() is not None
+
+
 def test_manual_rollback_and_commit(store, settings, keys, updates):
     first = updates["1.0.0"].install(store, keys)
     store.commit()

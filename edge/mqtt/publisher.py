@@ -22,6 +22,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -488,4 +489,5 @@ class MqttService:
         from edge.updates import ModelStore
 
         return ModelStore.from_settings(self.settings).install(source, sha256, manifest_signature,
-                                                               self._admin_keys, manifest_key_id=manifest_key_id)
+                                                               self._admin_keys, manifest_key_id=manifest_key_id,
+                                                               baseline=Path(self.settings.inference.model_dir))
