@@ -148,6 +148,22 @@ def test_a_frame_mostly_black_is_still_too_dark(skin):
             covered[:, : int(side * covered.shape[1])] = 0  # the left of the frame black
             assert _issues(covered) == (QualityIssue.UNDEREXPOSED,), side
         assert _issues(_vignetted(image, 0.6)) != (QualityIssue.UNDEREXPOSED,)  # a small dermatoscope circle
+        top = image.copy()
+        top[: int(0.6 * top.shape[0])] = 0  # black across the top: touches three edges, surrounds nothing
+        assert _issues(top) == (QualityIssue.UNDEREXPOSED,)
+
+
+@pytest.mark.parametrize("shift", [(0.1, 0.0), (0.0, 0.1), (-0.1, 0.05)])
+def test_a_dermatoscope_circle_a_little_off_centre_is_still_a_field_of_view(skin, shift):
+    """A clip-on adapter is rarely aligned exactly: a circle 10 % off centre (a first version of the rule
+    refused such frames at 8 %) is still a field of view."""
+    for image in skin:
+        frame = cv2.resize(image, (1280, 720), interpolation=cv2.INTER_LINEAR)
+        mask = np.zeros(frame.shape[:2], np.uint8)
+        centre = (round(640 + shift[0] * 1280), round(360 + shift[1] * 720))
+        cv2.circle(mask, centre, round(0.85 * 720 / 2), 1, -1)
+        quality = assess(frame * mask[..., None], QualitySettings())
+        assert QualityIssue.UNDEREXPOSED not in quality.issues, (shift, quality.metrics)
     dim = _scaled(skin[0], 0.15)
     dim[:40, :60] = 0  # a dark region in a corner
     assert _issues(dim) == (QualityIssue.UNDEREXPOSED,)

@@ -402,8 +402,8 @@ class MqttService:
     def _restart_if_due(self) -> None:
         if self._restart_deadline is None or time.monotonic() < self._restart_deadline:
             return
+        self._restart_fired = True  # first: restart_pending never reads False in between
         self._restart_deadline, self._restart_mid = None, None
-        self._restart_fired = True
         self._restart()
 
     def _shutdown(self) -> None:

@@ -36,12 +36,13 @@ __all__ = ["InvalidImage", "QualitySettings", "assess", "measure"]
 MIN_SIDE = 16
 MAX_ASPECT = 8.0
 # Black regions touching the frame's edge are outside the field of view (a dermatoscope's round vignette, a
-# lens hood) and are left out of the exposure measures, but only when what is left looks like a field of
-# view: centred (its centroid within FIELD_OF_VIEW_OFF_CENTRE of the frame's size from the centre, on both
-# axes) and at least MIN_FIELD_OF_VIEW of the frame. A half-covered lens, a shadow across one side or a dark
-# background leaves an off-centre view: that frame is judged as a whole.
+# lens hood) and are left out of the exposure measures, but only when they surround what is left (they
+# touch all four edges of the frame) and what is left is roughly centred (its centroid within
+# FIELD_OF_VIEW_OFF_CENTRE of the frame's size from the centre, on both axes; a clip-on adapter is rarely
+# aligned exactly) and at least MIN_FIELD_OF_VIEW of the frame. Black over one side (a half-covered lens, a
+# shadow, a dark background) surrounds nothing: that frame is judged as a whole.
 MIN_FIELD_OF_VIEW = 0.2
-FIELD_OF_VIEW_OFF_CENTRE = 0.08
+FIELD_OF_VIEW_OFF_CENTRE = 0.15
 
 # Sharpness is measured per tile on a TILES x TILES grid; tiles whose coarse structure carries less energy than
 # FLAT_TILE_ENERGY (grey levels squared, for a frame of mean luma 128; scaled with the square of the frame's
@@ -254,7 +255,10 @@ def _field_of_view(crushed: np.ndarray) -> np.ndarray:
     edge = edge[edge > 0]  # 0 is the background (not crushed)
     if edge.size == 0:
         return whole
-    view = np.where(np.isin(labels, edge), 0, 255).astype(np.uint8)
+    outside = np.isin(labels, edge)
+    if not (outside[0].any() and outside[-1].any() and outside[:, 0].any() and outside[:, -1].any()):
+        return whole  # black on some sides only: not a surround
+    view = np.where(outside, 0, 255).astype(np.uint8)
     moments = cv2.moments(view, binaryImage=True)
     height, width = crushed.shape
     if moments["m00"] < MIN_FIELD_OF_VIEW * height * width:
