@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from edge.camera import ResilientSource, open_source, probe_auto
+from edge.camera.auto import list_v4l2_devices
 from edge.camera.base import CameraSource, ProbeResult
 from edge.camera.resilient import STATE_FINISHED, STATE_OK, STATE_STALLED
 from edge.config import Settings
@@ -40,7 +42,8 @@ class Step:
 
 
 LATENCY_BUCKETS_MS = (5, 10, 20, 50, 100, 250, 500, 1000)
-CAMERA_SEARCH_S = 30.0  # with camera.source "auto" and none found: how often to look again (in a thread)
+CAMERA_SEARCH_S = 5.0  # with camera.source "auto" and none found: how often to check for new /dev/video nodes
+SEARCH_JOIN_S = 5.0  # how long close() waits for a camera search under way
 CAMERA_STALL_S = 10.0  # a camera that says ok but has sent no frame for this long is reported "stalled"
 
 
@@ -70,9 +73,11 @@ def open_classifier(settings: Settings) -> tuple[Classifier | None, str | None]:
         return None, str(exc)
 
 
-def open_camera(settings: Settings, *, quiet: bool = False) -> tuple[ResilientSource | None, list[ProbeResult]]:
+def open_camera(settings: Settings, *, quiet: bool = False,
+                cameras_only: bool = False) -> tuple[ResilientSource | None, list[ProbeResult]]:
     """Resolve ``camera.source`` (probing for ``auto``) and wrap it so a lost device is reopened.
-    ``quiet``: finding nothing is not logged (the pipeline's periodic search for a camera plugged in later)."""
+    ``quiet``: finding nothing is not logged; ``cameras_only``: ``auto`` never falls back to a folder of
+    sample images (both for the pipeline's search for a camera plugged in later)."""
     cam = settings.camera
     options = dict(width=cam.width, height=cam.height, fps=cam.fps, replay_dir=cam.replay_dir,
                    shared_dir=settings.shared_dir)
@@ -82,12 +87,13 @@ def open_camera(settings: Settings, *, quiet: bool = False) -> tuple[ResilientSo
     probes: list[ProbeResult] = []
     spec = cam.source
     if spec == "auto":
-        found, probes = probe_auto(replay_dir=cam.replay_dir, shared_dir=settings.shared_dir,
+        found, probes = probe_auto(replay_dir=None if cameras_only else cam.replay_dir,
+                                   shared_dir=None if cameras_only else settings.shared_dir,
                                    width=cam.width, height=cam.height, fps=cam.fps, quiet=quiet)
         if found is None:
             if not quiet:
-                log.warning("no camera found (%s): uploads only; looking again every %g s",
-                            "; ".join(f"{p.spec}: {p.detail}" for p in probes), CAMERA_SEARCH_S)
+                log.warning("no camera found (%s): uploads only; a camera plugged in later is taken up",
+                            "; ".join(f"{p.spec}: {p.detail}" for p in probes))
             return None, probes
         spec = found.spec
         if spec.startswith("file:"):
@@ -124,7 +130,9 @@ class Pipeline:
         self._searching = camera is None and settings.camera.source == "auto"
         self._search_at = time.monotonic() + CAMERA_SEARCH_S
         self._search: threading.Thread | None = None
-        self._found: ResilientSource | None = None
+        self._found: queue.Queue[ResilientSource] = queue.Queue(maxsize=1)
+        self._nodes = tuple(list_v4l2_devices()) if self._searching else ()
+        self._closed = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Pipeline":
@@ -236,25 +244,34 @@ class Pipeline:
                 stop.wait(wait)
 
     def _look_for_camera(self, now: float) -> None:
-        """Take up a camera the search thread found; start another search when one is due."""
-        found, self._found = self._found, None
+        """Take up a camera the search thread found. A search runs only when the set of ``/dev/video*``
+        nodes has changed since the last one (a USB camera plugged in, a CSI driver loaded late): probing
+        the same nodes again would find nothing, hold them for seconds and make OpenCV warn on stderr."""
+        try:
+            found = self._found.get_nowait()
+        except queue.Empty:
+            found = None
         if found is not None:
             self.camera, self._searching = found, False
             return
         if now < self._search_at or (self._search is not None and self._search.is_alive()):
             return
         self._search_at = now + CAMERA_SEARCH_S
+        nodes = tuple(list_v4l2_devices())
+        if nodes == self._nodes:
+            return
+        self._nodes = nodes
 
         def search() -> None:
             try:
-                camera, probes = open_camera(self.settings, quiet=True)
-            except Exception:  # a probe that fails is a camera not found: try again later
+                camera, probes = open_camera(self.settings, quiet=True, cameras_only=True)
+            except Exception:  # a probe that fails is a camera not found: try again when nodes change
                 log.debug("camera search failed", exc_info=True)
                 return
-            if camera is not None:
+            if camera is not None and not self._closed:
                 log.warning("camera found: %s; screening from it",
                             next((probe.spec for probe in probes if probe.ok), self.settings.camera.source))
-            self._found = camera
+                self._found.put(camera)
 
         self._search = threading.Thread(target=search, name="camera-search", daemon=True)
         self._search.start()
@@ -262,12 +279,13 @@ class Pipeline:
     def _more_frames_can_come(self) -> bool:
         return self.camera is not None and self.camera.state != STATE_FINISHED
 
-    def camera_state(self) -> str | None:
+    def camera_state(self, camera: ResilientSource | None = None) -> str | None:
         """The camera's state, with "stalled" for one that says ok but has sent nothing for ``CAMERA_STALL_S``
         (a read blocked inside a driver): what health shows an operator."""
-        if self.camera is None:
+        camera = camera if camera is not None else self.camera
+        if camera is None:
             return None
-        state = self.camera.state
+        state = camera.state
         if state != STATE_OK:
             return state
         # a frame so long ago, or none yet from a read (or open) that has not returned for that long
@@ -288,12 +306,13 @@ class Pipeline:
                 log.exception("frame skipped (%d so far) after an unexpected error", count)
 
     def health(self) -> dict:
-        camera, state = None, self.camera_state()
-        if self.camera is not None:
-            camera = {"spec": self.camera.spec, "state": state, "last_error": self.camera.last_error,
-                      "reopen_attempts": self.camera.reopen_attempts}
+        source = self.camera  # one reading: a camera found by the search can appear at any moment
+        camera, state = None, self.camera_state(source)
+        if source is not None:
+            camera = {"spec": source.spec, "state": state, "last_error": source.last_error,
+                      "reopen_attempts": source.reopen_attempts}
         return {
-            "status": "ok" if self.classifier and (self.camera is None or state == STATE_OK) else "degraded",
+            "status": "ok" if self.classifier and (source is None or state == STATE_OK) else "degraded",
             "uptime_s": round(time.monotonic() - self.started, 1),
             "camera": camera,
             "inference": self.classifier.health() if self.classifier else {"error": self.model_error},
@@ -304,6 +323,9 @@ class Pipeline:
         }
 
     def close(self) -> None:
+        self._closed = True
+        if self._search is not None:
+            self._search.join(SEARCH_JOIN_S)  # a probe holds a device for at most its read timeout
         if self.camera is not None:
             self.camera.close()
         if self.classifier is not None:

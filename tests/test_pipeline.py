@@ -316,11 +316,33 @@ def test_an_upload_is_cropped_once_and_the_held_view_is_what_the_model_saw(image
 
 def test_a_camera_plugged_in_after_start_is_taken_up(imagenet_pack, tmp_path, ham_images, monkeypatch):
     """With camera.source "auto" and nothing found at start, the device stayed uploads-only until a restart
-    (a USB camera plugged in later, or enumerated late at boot). The loop now looks again, in a thread, and
-    takes up what it finds: here a replay folder that gets images after start."""
+    (a USB camera plugged in later, or enumerated late at boot). The loop now probes again when new
+    /dev/video nodes appear, and takes up what it finds. The USB camera is a fake behind the real
+    CameraSource interface; the sample images that appear meanwhile must not be taken for a camera."""
+    from edge.camera import auto
     import edge.pipeline
+    from edge.camera.base import CameraSource, ProbeResult
 
-    monkeypatch.setattr(edge.pipeline, "CAMERA_SEARCH_S", 0.2)
+    class UsbCamera(CameraSource):
+        def __init__(self, spec, **_):
+            super().__init__(spec)
+
+        def _open(self):
+            pass
+
+        def _read_bgr(self):
+            return np.full((120, 160, 3), 90, np.uint8)
+
+        def _close(self):
+            pass
+
+    nodes: list[str] = []
+    monkeypatch.setattr(edge.pipeline, "CAMERA_SEARCH_S", 0.1)
+    monkeypatch.setattr(auto, "list_v4l2_devices", lambda: list(nodes))
+    monkeypatch.setattr(edge.pipeline, "list_v4l2_devices", lambda: list(nodes))
+    monkeypatch.setattr(auto, "probe_v4l2_device", lambda device, **_: ProbeResult(f"opencv:{device}", True, "a frame"))
+    monkeypatch.setattr(auto, "OpenCVSource", UsbCamera)
+    monkeypatch.setattr(edge.pipeline, "open_source", lambda spec, **options: UsbCamera(spec))
     shared = tmp_path / "shared"
     settings = load_settings(None, {"shared_dir": str(shared), "state_dir": str(tmp_path / "state"),
                                     "camera": {"source": "auto", "fps": 20},
@@ -331,16 +353,17 @@ def test_a_camera_plugged_in_after_start_is_taken_up(imagenet_pack, tmp_path, ha
     loop = threading.Thread(target=pipeline.run, args=(stop,), name="pipeline")
     loop.start()
     try:
-        time.sleep(0.5)
-        assert pipeline.camera is None  # nothing to find yet
         images = shared / "data" / "ham10000" / "images"
         images.mkdir(parents=True)
-        shutil.copy(ham_images[0], images / ham_images[0].name)
+        shutil.copy(ham_images[0], images / ham_images[0].name)  # sample images are no camera
+        time.sleep(0.5)
+        assert pipeline.camera is None
+        nodes.append("/dev/video7")  # the USB camera is plugged in
         deadline = time.monotonic() + 10
         while pipeline.counters.frames == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert pipeline.camera is not None and pipeline.counters.frames > 0
-        assert pipeline.health()["camera"]["spec"] == f"file:{images}"
+        assert pipeline.health()["camera"]["spec"] == "opencv:/dev/video7"
     finally:
         stop.set()
         loop.join(10)
