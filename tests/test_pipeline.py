@@ -319,8 +319,8 @@ def test_a_camera_plugged_in_after_start_is_taken_up(imagenet_pack, tmp_path, ha
     (a USB camera plugged in later, or enumerated late at boot). The loop now probes again when new
     /dev/video nodes appear, and takes up what it finds. The USB camera is a fake behind the real
     CameraSource interface; the sample images that appear meanwhile must not be taken for a camera."""
-    from edge.camera import auto
     import edge.pipeline
+    from edge.camera import auto
     from edge.camera.base import CameraSource, ProbeResult
 
     class UsbCamera(CameraSource):
