@@ -438,6 +438,27 @@ def test_probe_prefers_picamera2(fake_picamera2: type[FakePicamera2], monkeypatc
     assert results == [ProbeResult("picamera2", True, "1 CSI camera(s), using 0 (imx708)")]
 
 
+def test_probe_leaves_a_usb_camera_listed_by_libcamera_to_opencv(
+    fake_picamera2: type[FakePicamera2], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libcamera lists USB (UVC) cameras too; picamera2 cannot stream them as RGB888, so a Pi with only a
+    USB camera chose picamera2 and retried it forever. USB entries are skipped: OpenCV gets the camera."""
+    usb = {"Model": "UVC Camera (046d:0825)", "Num": 0,
+           "Id": "/base/scb/pcie@7d500000/pci@0,0/usb@0,0-1:1.0-046d:0825"}
+    fake_picamera2.cameras = [usb]
+    monkeypatch.setattr(auto, "list_v4l2_devices", lambda: ["/dev/video0"])
+    monkeypatch.setattr(auto, "probe_v4l2_device", lambda device, **_: ProbeResult(f"opencv:{device}", True, "a frame"))
+    source, results = probe()
+    assert [(r.spec, r.ok) for r in results] == [("picamera2", False), ("opencv:/dev/video0", True)]
+    assert "1 USB camera(s) left to OpenCV" in results[0].detail
+    assert source is not None and source.spec == "opencv:/dev/video0"
+    csi = {"Model": "imx708", "Num": 1, "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a"}
+    fake_picamera2.cameras = [usb, csi]  # both: the CSI camera, by its own number
+    source, results = probe()
+    assert isinstance(source, Picamera2Source) and source.camera_num == 1
+    assert results[0].detail == "1 CSI camera(s), using 1 (imx708)"
+
+
 def test_probe_skips_picamera2_without_cameras_then_tries_v4l2_then_replay(
     fake_picamera2: type[FakePicamera2],
     monkeypatch: pytest.MonkeyPatch,

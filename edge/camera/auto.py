@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edge.camera.base import CameraSource, ProbeResult
 from edge.camera.opencv import GST_PREFIX, OPENCV_PREFIX, OpenCVSource
-from edge.camera.picam import PICAMERA2_SPEC, Picamera2Source, import_picamera2, list_csi_cameras
+from edge.camera.picam import PICAMERA2_SPEC, Picamera2Source, csi_only, import_picamera2, list_csi_cameras
 from edge.camera.replay import FILE_PREFIX, FileSource, has_images
 from edge.errors import CameraUnavailable
 
@@ -46,15 +46,18 @@ def _has_csi_hardware(device_tree: Path = Path("/proc/device-tree/model")) -> bo
 def probe_picamera2(*, width: int, height: int, fps: float) -> tuple[CameraSource | None, ProbeResult]:
     """A CSI camera is usable when picamera2 imports and libcamera lists at least one camera."""
     try:
-        cameras = list_csi_cameras(import_picamera2())
+        listed = list_csi_cameras(import_picamera2())
     except CameraUnavailable as exc:
         return None, ProbeResult(PICAMERA2_SPEC, False, str(exc), absent=not _has_csi_hardware())
+    cameras = csi_only(listed)
     if not cameras:
-        return None, ProbeResult(PICAMERA2_SPEC, False, "picamera2 is installed but lists no CSI camera",
+        usb = f" ({len(listed)} USB camera(s) left to OpenCV)" if listed else ""
+        return None, ProbeResult(PICAMERA2_SPEC, False, f"picamera2 is installed but lists no CSI camera{usb}",
                                  absent=not _has_csi_hardware())  # on a Pi: a loose ribbon cable, say
-    model = cameras[0].get("Model", "unknown model") if isinstance(cameras[0], dict) else "camera"
-    source = Picamera2Source(width=width, height=height, fps=fps)
-    return source, ProbeResult(PICAMERA2_SPEC, True, f"{len(cameras)} CSI camera(s), using 0 ({model})")
+    number, info = cameras[0]
+    model = info.get("Model", "unknown model") if isinstance(info, dict) else "camera"
+    source = Picamera2Source(width=width, height=height, fps=fps, camera_num=number)
+    return source, ProbeResult(PICAMERA2_SPEC, True, f"{len(cameras)} CSI camera(s), using {number} ({model})")
 
 
 def probe_v4l2_device(device: str, *, width: int, height: int, fps: float) -> ProbeResult:

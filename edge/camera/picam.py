@@ -48,6 +48,18 @@ def list_csi_cameras(module: ModuleType) -> list[dict[str, Any]]:
     return list(module.Picamera2.global_camera_info())
 
 
+def csi_only(cameras: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """(camera number, info) of the cameras that are not USB: libcamera lists USB (UVC) cameras too, with
+    "usb" in their Id, and picamera2 cannot stream them as RGB888; OpenCV takes those instead."""
+    found = []
+    for index, info in enumerate(cameras):
+        if isinstance(info, dict) and "usb" in str(info.get("Id", "")).lower():
+            continue
+        number = info.get("Num", index) if isinstance(info, dict) else index
+        found.append((number if isinstance(number, int) else index, info))
+    return found
+
+
 class Picamera2Source(CameraSource):
     """A CSI camera streaming RGB frames of a fixed size.
 
