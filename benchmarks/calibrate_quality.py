@@ -65,7 +65,7 @@ NEUTRAL = 128  # Cr and Cb of any grey
 # rejects more tan/orange non-skin, but it also drops near-neutral very pale and very dark skin (Monk 1, 2, 9, 10);
 # grey itself is kept out by the Cr floor. The trade-off table at the end of the run measures this choice.
 CRCB_SUM_FLOOR = 255
-METRICS = ("luma_mean", "dark_fraction", "bright_fraction", "skin_fraction", "sharpness")
+METRICS = ("luma_mean", "dark_fraction", "bright_fraction", "skin_fraction", "sharpness", "sharpness_directional")
 
 # Published Monk Skin Tone scale swatches (sRGB), used only as a pixel-colour diagnostic.
 MONK_SWATCHES = {
@@ -142,6 +142,15 @@ def vignetted(rgb: np.ndarray, diameter: float = 0.9) -> np.ndarray:
     return rgb * mask[..., None]
 
 
+def motion_blurred(rgb: np.ndarray, length: int, angle: float) -> np.ndarray:
+    """The camera moved ``length`` px (at DEGRADE_SIZE) in direction ``angle`` (degrees) while exposing."""
+    kernel = np.zeros((length, length), np.float32)
+    kernel[length // 2, :] = 1.0
+    turn = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), angle, 1.0)
+    kernel = cv2.warpAffine(kernel, turn, (length, length))
+    return cv2.filter2D(rgb, -1, kernel / kernel.sum())
+
+
 def with_noise(rgb: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     return np.clip(rgb + rng.normal(0.0, sigma, rgb.shape), 0, 255).astype(np.uint8)
 
@@ -158,9 +167,15 @@ VARIANTS = {
     "blurred+noise2": lambda rgb, rng: with_noise(blurred(rgb), 2.0, rng),
     "darker_skin_rgb": lambda rgb, rng: scaled(rgb, 0.45),
     "darker_skin+blurred": lambda rgb, rng: blurred(darker_skin(rgb)),
+    "motion9_0": lambda rgb, rng: motion_blurred(rgb, 9, 0),
+    "motion15_0": lambda rgb, rng: motion_blurred(rgb, 15, 0),
+    "motion15_90": lambda rgb, rng: motion_blurred(rgb, 15, 90),
+    "motion15_45": lambda rgb, rng: motion_blurred(rgb, 15, 45),
 }
 EXPECTED = {"blurred": QualityIssue.BLUR, "dark": QualityIssue.UNDEREXPOSED, "bright": QualityIssue.OVEREXPOSED,
-            "blurred+noise2": QualityIssue.BLUR, "darker_skin+blurred": QualityIssue.BLUR}  # fmt: skip
+            "blurred+noise2": QualityIssue.BLUR, "darker_skin+blurred": QualityIssue.BLUR,
+            "motion9_0": QualityIssue.BLUR, "motion15_0": QualityIssue.BLUR, "motion15_90": QualityIssue.BLUR,
+            "motion15_45": QualityIssue.BLUR}  # fmt: skip
 
 
 def non_skin_frames(size: int) -> dict[str, np.ndarray]:
@@ -246,6 +261,7 @@ def choose_thresholds(sel: dict[str, dict[str, np.ndarray]], base: QualitySettin
     chosen = {}
     for key, metric, fail_set, fail_is_low, passing in (
         ("blur_min", "sharpness", "blurred", True, good["sharpness"]),
+        ("blur_directional_min", "sharpness_directional", "blurred", True, good["sharpness_directional"]),
         ("luma_mean_min", "luma_mean", "dark", True, exposure_good),
         ("bright_fraction_max", "bright_fraction", "bright", False, good["bright_fraction"]),
     ):

@@ -8,7 +8,9 @@ and small float32 images:
 * exposure -- mean luma, the fraction of crushed-black pixels (luma) and of clipped pixels (any channel), all
   inside the field of view: a black border around it (a dermatoscope's round vignette) is left out;
 * skin -- the fraction of colour-measurable pixels whose chroma (Cr, Cb) falls in the skin/lesion band;
-* sharpness -- how much fine detail the sharpest parts of the frame hold (see ``_sharpness``).
+* sharpness -- how much fine detail the sharpest parts of the frame hold (see ``_sharpness``), in all
+  directions and, for motion blur, along the rows and along the columns separately
+  (``_directional_sharpness``).
 
 Issues are reported by root cause, in the order a user should fix them: light first (colour and sharpness
 cannot be judged in a frame that is too dark or too bright), then framing (the sharpness of a scene that is
@@ -83,6 +85,14 @@ class QualitySettings(BaseModel):
         le=10.0,
         description="Minimum sharpness (fine-detail energy relative to coarse structure in the sharpest tiles "
         "of the frame); below it the frame is reported as BLUR.",
+    )
+    blur_directional_min: float = Field(
+        0.028,
+        ge=0.0,
+        le=10.0,
+        description="Minimum of the same measure taken along the rows and along the columns separately (the "
+        "smaller of the two); below it the frame is BLUR. Motion blur smears one direction only and kept "
+        "the all-direction measure up.",
     )
     luma_mean_min: float = Field(
         31.0,
@@ -181,6 +191,7 @@ def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
         "field_of_view": pixels / luma.size,
         "skin_fraction": _skin_fraction(ycrcb, luma, cr, cb, settings),
         "sharpness": _sharpness(luma, luma_mean, settings.analysis_size),
+        "sharpness_directional": _directional_sharpness(luma, luma_mean, settings.analysis_size),
     }
 
 
@@ -194,7 +205,7 @@ def _issues(metrics: dict[str, float], settings: QualitySettings) -> tuple[Quali
         return tuple(exposure)
     if metrics["skin_fraction"] < settings.skin_min_fraction:
         return (QualityIssue.NOT_SKIN,)
-    if metrics["sharpness"] < settings.blur_min:
+    if metrics["sharpness"] < settings.blur_min or metrics["sharpness_directional"] < settings.blur_directional_min:
         return (QualityIssue.BLUR,)
     return ()
 
@@ -321,6 +332,36 @@ def _sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
     flat = _FLAT_TILE_ENERGY * (max(luma_mean, 1.0) / _FLAT_TILE_REFERENCE_LUMA) ** 2
     ratio = (fine_tiles / (coarse_tiles + np.float32(flat))).ravel()
     return _percentile(ratio, _SHARPEST_TILES_PERCENTILE)
+
+
+def _directional_sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
+    """``_sharpness``'s band ratio along the rows only and along the columns only (one-dimensional Gaussians),
+    the smaller of the two. Motion blur removes the fine detail in one direction and leaves the other: the
+    all-direction measure passed about half of the frames smeared 15 px sideways, this one none (see
+    benchmarks/quality_calibration.md)."""
+    scale = analysis_size / _BAND_REFERENCE_SIZE
+    fine_sigma, mid_sigma, coarse_sigma = (sigma * scale for sigma in _BAND_SIGMAS)
+    grey = luma.astype(np.float32)
+    rows, columns = _tile_indicators(*luma.shape)
+    flat = np.float32(_FLAT_TILE_ENERGY * (max(luma_mean, 1.0) / _FLAT_TILE_REFERENCE_LUMA) ** 2)
+    ratios = []
+    for along_rows in (True, False):
+        fine, mid, coarse = (_blur_1d(grey, sigma, along_rows) for sigma in (fine_sigma, mid_sigma, coarse_sigma))
+        cv2.subtract(fine, mid, dst=fine)
+        cv2.multiply(fine, fine, dst=fine)
+        cv2.subtract(mid, coarse, dst=mid)
+        cv2.multiply(mid, mid, dst=mid)
+        ratio = ((rows @ fine @ columns) / ((rows @ mid @ columns) + flat)).ravel()
+        ratios.append(_percentile(ratio, _SHARPEST_TILES_PERCENTILE))
+    return min(ratios)
+
+
+def _blur_1d(grey: np.ndarray, sigma: float, along_rows: bool) -> np.ndarray:
+    """A Gaussian low-pass of ``sigma`` px in one direction only."""
+    size = 2 * round(3 * sigma) + 1
+    if along_rows:
+        return cv2.GaussianBlur(grey, (size, 1), sigmaX=sigma, sigmaY=1e-6)
+    return cv2.GaussianBlur(grey, (1, size), sigmaX=1e-6, sigmaY=sigma)
 
 
 def _coarse_blur(grey: np.ndarray, sigma: float) -> np.ndarray:
