@@ -453,10 +453,16 @@ def test_probe_leaves_a_usb_camera_listed_by_libcamera_to_opencv(
     assert "1 USB camera(s) left to OpenCV" in results[0].detail
     assert source is not None and source.spec == "opencv:/dev/video0"
     csi = {"Model": "imx708", "Num": 1, "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a"}
-    fake_picamera2.cameras = [usb, csi]  # both: the CSI camera, by its own number
-    source, results = probe()
-    assert isinstance(source, Picamera2Source) and source.camera_num == 1
-    assert results[0].detail == "1 CSI camera(s), using 1 (imx708)"
+    # Picamera2(n) takes the position in global_camera_info() (it maps it to libcamera's "Num" itself):
+    # current picamera2 lists CSI cameras first, older versions in libcamera's order
+    for listed, position in (([csi, usb], 0), ([usb, csi], 1)):
+        fake_picamera2.cameras = listed
+        source, results = probe()
+        assert isinstance(source, Picamera2Source) and source.camera_num == position
+        assert results[0].detail == f"1 CSI camera(s), using {position} (imx708)"
+    pcie_uvc = {"Model": "UVC Camera", "Id": "/base/axi/pcie@120000/rp1-0c45:6366"}  # no "usb" in the path
+    fake_picamera2.cameras = [pcie_uvc]
+    assert probe()[1][0].ok is False
 
 
 def test_probe_skips_picamera2_without_cameras_then_tries_v4l2_then_replay(

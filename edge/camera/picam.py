@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from types import ModuleType
 from typing import Any
 
@@ -48,15 +49,20 @@ def list_csi_cameras(module: ModuleType) -> list[dict[str, Any]]:
     return list(module.Picamera2.global_camera_info())
 
 
+_UVC_ID = re.compile(r"-[0-9a-f]{4}:[0-9a-f]{4}$", re.IGNORECASE)  # libcamera's UVC ids end in -VID:PID
+
+
 def csi_only(cameras: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
-    """(camera number, info) of the cameras that are not USB: libcamera lists USB (UVC) cameras too, with
-    "usb" in their Id, and picamera2 cannot stream them as RGB888; OpenCV takes those instead."""
+    """(position, info) of the cameras that are not USB. libcamera lists USB (UVC) cameras too ("usb" in the
+    Id's device-tree path, or a -VID:PID suffix), and picamera2 cannot stream them as RGB888: OpenCV takes
+    those. The position in ``global_camera_info()`` is what ``Picamera2(camera_num)`` expects (it maps it to
+    libcamera's own "Num" itself)."""
     found = []
-    for index, info in enumerate(cameras):
-        if isinstance(info, dict) and "usb" in str(info.get("Id", "")).lower():
+    for position, info in enumerate(cameras):
+        camera_id = str(info.get("Id", "")) if isinstance(info, dict) else ""
+        if "usb" in camera_id.lower() or _UVC_ID.search(camera_id):
             continue
-        number = info.get("Num", index) if isinstance(info, dict) else index
-        found.append((number if isinstance(number, int) else index, info))
+        found.append((position, info))
     return found
 
 
