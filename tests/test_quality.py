@@ -73,11 +73,15 @@ def test_blurred_skin_is_blur(skin):
 
 
 def _motion_blurred(image: np.ndarray, length: int, angle: float) -> np.ndarray:
-    kernel = np.zeros((length, length), np.float32)
-    kernel[length // 2, :] = 1.0
-    turn = cv2.getRotationMatrix2D((length / 2 - 0.5, length / 2 - 0.5), angle, 1.0)
-    kernel = cv2.warpAffine(kernel, turn, (length, length))
-    return cv2.filter2D(image, -1, kernel / kernel.sum())
+    """The calibration's own motion blur (benchmarks/calibrate_quality.py), so both measure the same thing."""
+    import importlib.util
+
+    from edge.paths import PROJECT_ROOT
+
+    spec = importlib.util.spec_from_file_location("calibrate_quality", PROJECT_ROOT / "benchmarks" / "calibrate_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.motion_blurred(image, length, angle)
 
 
 def _with_hair(frame: np.ndarray, angle: float, spacing: int, seed: int) -> np.ndarray:
