@@ -189,14 +189,15 @@ def measure(image: np.ndarray, settings: QualitySettings) -> dict[str, float]:
     luma_mean = float(cv2.mean(luma, mask=view)[0])
     crushed = cv2.countNonZero(cv2.bitwise_and(crushed_mask, view))
     clipped = cv2.bitwise_not(cv2.inRange(small, (0, 0, 0), (settings.bright_level - 1,) * 3))
+    grey = luma.astype(np.float32)  # both sharpness measures work on it
     return {
         "luma_mean": luma_mean,
         "dark_fraction": crushed / pixels,
         "bright_fraction": cv2.countNonZero(cv2.bitwise_and(clipped, view)) / pixels,
         "field_of_view": pixels / luma.size,
         "skin_fraction": _skin_fraction(ycrcb, luma, cr, cb, settings),
-        "sharpness": _sharpness(luma, luma_mean, settings.analysis_size),
-        "sharpness_directional": _directional_sharpness(luma, luma_mean, settings.analysis_size),
+        "sharpness": _sharpness(grey, luma_mean, settings.analysis_size),
+        "sharpness_directional": _directional_sharpness(grey, luma_mean, settings.analysis_size),
     }
 
 
@@ -310,7 +311,7 @@ def _skin_fraction(
     return cv2.countNonZero(cv2.bitwise_and(in_box, pink_enough)) / measurable
 
 
-def _sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
+def _sharpness(grey: np.ndarray, luma_mean: float, analysis_size: int) -> float:
     """Fine-detail energy relative to coarse structure, in the sharpest tiles of the frame.
 
     Two difference-of-Gaussian bands of the luma: fine (sigma 1 to 2 px) and coarse (sigma 2 to 8 px), in
@@ -323,17 +324,28 @@ def _sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
     Both bands scale with the square of the exposure, and so does the flat-tile floor, so the measure does not
     depend on how bright the skin is.
     """
-    scale = analysis_size / _BAND_REFERENCE_SIZE
-    fine_sigma, mid_sigma, coarse_sigma = (sigma * scale for sigma in _BAND_SIGMAS)
-    grey = luma.astype(np.float32)
+    fine_sigma, mid_sigma, coarse_sigma = _band_sigmas(analysis_size)
     fine = cv2.GaussianBlur(grey, (0, 0), fine_sigma)
     mid = cv2.GaussianBlur(grey, (0, 0), mid_sigma)
     coarse = _coarse_blur(grey, coarse_sigma)
+    return _band_ratio(fine, mid, coarse, luma_mean)
+
+
+def _band_sigmas(analysis_size: int) -> tuple[float, float, float]:
+    """``_BAND_SIGMAS`` in pixels of a frame whose long side is ``analysis_size``."""
+    scale = analysis_size / _BAND_REFERENCE_SIZE
+    fine, mid, coarse = (sigma * scale for sigma in _BAND_SIGMAS)
+    return fine, mid, coarse
+
+
+def _band_ratio(fine: np.ndarray, mid: np.ndarray, coarse: np.ndarray, luma_mean: float) -> float:
+    """Fine-band over coarse-band energy per tile, from three low-passes of the luma (overwritten), and its
+    ``_SHARPEST_TILES_PERCENTILE`` over the tiles; the flat-tile floor scales with the exposure."""
     cv2.subtract(fine, mid, dst=fine)
     cv2.multiply(fine, fine, dst=fine)  # fine-band energy per pixel
     cv2.subtract(mid, coarse, dst=mid)
     cv2.multiply(mid, mid, dst=mid)  # coarse-band energy per pixel
-    rows, columns = _tile_indicators(*luma.shape)
+    rows, columns = _tile_indicators(*fine.shape)
     fine_tiles = rows @ fine @ columns  # per-tile means, as (TILES x H) @ (H x W) @ (W x TILES)
     coarse_tiles = rows @ mid @ columns
     flat = _FLAT_TILE_ENERGY * (max(luma_mean, 1.0) / _FLAT_TILE_REFERENCE_LUMA) ** 2
@@ -341,26 +353,14 @@ def _sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
     return _percentile(ratio, _SHARPEST_TILES_PERCENTILE)
 
 
-def _directional_sharpness(luma: np.ndarray, luma_mean: float, analysis_size: int) -> float:
+def _directional_sharpness(grey: np.ndarray, luma_mean: float, analysis_size: int) -> float:
     """``_sharpness``'s band ratio along the rows only and along the columns only (one-dimensional Gaussians),
     the smaller of the two. Motion blur removes the fine detail in one direction and leaves the other: the
     all-direction measure passed about half of the frames smeared 15 px sideways, this one 1-2 % (see
     benchmarks/quality_calibration.md)."""
-    scale = analysis_size / _BAND_REFERENCE_SIZE
-    fine_sigma, mid_sigma, coarse_sigma = (sigma * scale for sigma in _BAND_SIGMAS)
-    grey = luma.astype(np.float32)
-    rows, columns = _tile_indicators(*luma.shape)
-    flat = np.float32(_FLAT_TILE_ENERGY * (max(luma_mean, 1.0) / _FLAT_TILE_REFERENCE_LUMA) ** 2)
-    ratios = []
-    for along_rows in (True, False):
-        fine, mid, coarse = (_blur_1d(grey, sigma, along_rows) for sigma in (fine_sigma, mid_sigma, coarse_sigma))
-        cv2.subtract(fine, mid, dst=fine)
-        cv2.multiply(fine, fine, dst=fine)
-        cv2.subtract(mid, coarse, dst=mid)
-        cv2.multiply(mid, mid, dst=mid)
-        ratio = ((rows @ fine @ columns) / ((rows @ mid @ columns) + flat)).ravel()
-        ratios.append(_percentile(ratio, _SHARPEST_TILES_PERCENTILE))
-    return min(ratios)
+    sigmas = _band_sigmas(analysis_size)
+    return min(_band_ratio(*(_blur_1d(grey, sigma, along_rows) for sigma in sigmas), luma_mean)
+               for along_rows in (True, False))
 
 
 def _blur_1d(grey: np.ndarray, sigma: float, along_rows: bool) -> np.ndarray:
