@@ -344,12 +344,11 @@ def _holds(values: Any, parts: list[str]) -> bool:
     return True
 
 
-def env_variable_for(loc: tuple, environ: dict[str, str] | None, overrides: dict | None = None) -> str | None:
-    """The ``EDGE_…`` variable in ``environ`` that set the setting at ``loc`` (or the JSON section holding
-    it), if one did: the environment wins over the file, so that is where a bad value came from. A value a
-    command-line flag set (``overrides``, which win over both) is not the variable's."""
-    parts = [str(part) for part in loc if isinstance(part, str)]
-    if not environ or _holds(overrides or {}, parts):
+def env_variable_for(parts: list[str], environ: dict[str, str] | None) -> str | None:
+    """The ``EDGE_…`` variable in ``environ`` that set the setting at the key path ``parts`` (or the JSON
+    section holding it), if one did: the environment wins over the file, so that is where a bad value came
+    from (unless a command-line flag set it: the caller checks that)."""
+    if not environ:
         return None
     names = {key.upper(): key for key in environ if key.upper().startswith(ENV_PREFIX)}
     for end in range(len(parts), 0, -1):
@@ -374,12 +373,13 @@ def format_validation_error(exc: ValidationError, environ: dict[str, str] | None
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "(root)"
-        variable = env_variable_for(error["loc"], environ, overrides)
-        if variable is not None:
-            key += f" (environment variable {variable})"
-        elif config_file is not None and not _holds(overrides or {}, [str(p) for p in error["loc"]
-                                                                       if isinstance(p, str)]):
-            key = f"{config_file}: {key}"
+        parts = [str(part) for part in error["loc"] if isinstance(part, str)]  # list indexes are not keys
+        if not _holds(overrides or {}, parts):  # a command-line flag's value (flags win) is neither's
+            variable = env_variable_for(parts, environ)
+            if variable is not None:
+                key += f" (environment variable {variable})"
+            elif config_file is not None:
+                key = f"{config_file}: {key}"
         value = error.get("input")
         if error["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown setting")
