@@ -169,17 +169,15 @@ class Classifier:
         accelerator stays, to be tried again, and the error says both things."""
         failed = self._backend
         log.error("backend %s failed, falling back to cpu: %s", failed.name, reason)
+        cpu = None
         try:
             cpu = backend_class("cpu")(self.pack, self._backend_settings.cpu)
-        except (BackendUnavailable, ModelError) as exc:
-            self.fallback_reason = f"{failed.name} failed while running: {reason}; the cpu fallback cannot load: {exc}"
-            log.error("no cpu fallback: %s", exc)
-            raise ModelError(f"classification failed: {self.fallback_reason}") from None
-        try:
             self._use(cpu)  # switches nothing if the cpu model does not fit the manifest
-        except ModelError as exc:
-            cpu.close()
-            self.fallback_reason = f"{failed.name} failed while running: {reason}; the cpu fallback cannot run: {exc}"
+        except (BackendUnavailable, ModelError) as exc:
+            if cpu is not None:
+                cpu.close()
+            self.fallback_reason = (f"{failed.name} failed while running: {reason}; the cpu fallback cannot "
+                                    f"{'load' if cpu is None else 'run'}: {exc}")
             log.error("no cpu fallback: %s", exc)
             raise ModelError(f"classification failed: {self.fallback_reason}") from None
         self.fallback_reason = f"{failed.name} failed while running: {reason}"
