@@ -24,6 +24,7 @@ from edge.inference.manifest import load_pack
 from edge.inference.tflite import runtime_module
 from edge.mqtt.admin import AdminSession
 from edge.mqtt.connection import check_files
+from edge.paths import DEVICE_TREE_MODEL, board_model
 
 # USB ids of the Coral USB Accelerator before and after its firmware is loaded.
 CORAL_USB_IDS = {("1a6e", "089a"), ("18d1", "9302")}
@@ -60,15 +61,9 @@ def run_checks(settings: Settings) -> list[Check]:
     ]
 
 
-def is_jetson(release: Path = Path("/etc/nv_tegra_release"),
-              device_tree: Path = Path("/proc/device-tree/model")) -> bool:
+def is_jetson(release: Path = Path("/etc/nv_tegra_release"), device_tree: Path = DEVICE_TREE_MODEL) -> bool:
     """An NVIDIA Jetson (L4T writes nv_tegra_release; the device tree names the board)."""
-    if release.exists():
-        return True
-    try:
-        return "jetson" in device_tree.read_text(errors="replace").lower()
-    except OSError:
-        return False
+    return release.exists() or "jetson" in board_model(device_tree)
 
 
 def _user() -> str:

@@ -12,6 +12,15 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACK_NAME = "ham10000-mobilenetv2-int8"
 HAM10000_IMAGES = Path("data") / "ham10000" / "images"
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")  # the board's name on a Raspberry Pi or a Jetson
+
+
+def board_model(device_tree: Path = DEVICE_TREE_MODEL) -> str:
+    """The board's name from the device tree, lower-case ("" on a PC, or when it cannot be read)."""
+    try:
+        return device_tree.read_text(errors="replace").lower()
+    except OSError:
+        return ""
 
 
 def default_shared_dir() -> Path:

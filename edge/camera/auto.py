@@ -17,6 +17,7 @@ from edge.camera.opencv import GST_PREFIX, OPENCV_PREFIX, OpenCVSource
 from edge.camera.picam import PICAMERA2_SPEC, Picamera2Source, csi_only, import_picamera2, list_csi_cameras
 from edge.camera.replay import FILE_PREFIX, FileSource, has_images
 from edge.errors import CameraUnavailable
+from edge.paths import DEVICE_TREE_MODEL, board_model
 
 log = logging.getLogger("edge.camera")
 
@@ -35,12 +36,9 @@ def list_v4l2_devices() -> list[str]:
     return sorted(glob.glob("/dev/video*"), key=number)
 
 
-def _has_csi_hardware(device_tree: Path = Path("/proc/device-tree/model")) -> bool:
+def _has_csi_hardware(device_tree: Path = DEVICE_TREE_MODEL) -> bool:
     """Whether this could have a CSI camera at all: a Raspberry Pi (where a missing picamera2 is a fault)."""
-    try:
-        return "raspberry pi" in device_tree.read_text(errors="replace").lower()
-    except OSError:
-        return False
+    return "raspberry pi" in board_model(device_tree)
 
 
 def probe_picamera2(*, width: int, height: int, fps: float) -> tuple[CameraSource | None, ProbeResult]:
