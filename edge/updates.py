@@ -544,12 +544,18 @@ class ModelStore:
         trial, current = self._trial_or_none(), self.current()
         if trial is None or current is None or current.name != trial.pack:
             return self.active_dir(fallback)
-        known_good = self.root / trial.previous if trial.previous else None
+        known_good = self._trial_known_good(trial)
         log.error("model pack %s is on trial but this start could not be counted: starting %s instead",
                   trial.pack, known_good.name if known_good else "the configured inference.model_dir")
-        if known_good is not None and self._verifies(known_good):
-            return known_good.resolve()
-        return Path(fallback)
+        return known_good.resolve() if known_good is not None else Path(fallback)
+
+    def _trial_known_good(self, trial: Trial) -> Path | None:
+        """The pack a trial falls back to, if it still verifies; None: the configured pack."""
+        known_good = self.root / trial.previous if trial.previous else None
+        if known_good is not None and not self._verifies(known_good):
+            log.error("known-good pack %s does not verify either", trial.previous)
+            return None
+        return known_good
 
     def _settle_trial(self) -> None:
         current = self.current()
@@ -609,10 +615,7 @@ class ModelStore:
             return self._roll_back(trial, reason)
 
     def _roll_back(self, trial: Trial, reason: str) -> Path | None:
-        restored = self.root / trial.previous if trial.previous else None
-        if restored is not None and not self._verifies(restored):
-            log.error("known-good pack %s does not verify either", trial.previous)
-            restored = None
+        restored = self._trial_known_good(trial)
         self._set_link(CURRENT, restored)  # first: a kill after this leaves a stale marker, handled at start
         self._remove_file(PENDING_FILE)
         self._write_json(ROLLBACK_FILE, {"pack": trial.pack or None, "restored": _name(restored),
