@@ -765,7 +765,7 @@ def device(tmp_path, broker, admin_key):  # noqa: F811
                                commands={"admin_keys": [public_key_b64(admin_key.public_key())]})
     service = MqttService(settings, restart=lambda: restarts.append(time.time()))
     service.start()
-    wait_until(lambda: service.state == "connected", what="device connected")
+    wait_until(lambda: service.listening_for_commands, what="device subscribed to its commands")
     yield service, restarts
     service.stop()
 

@@ -12,6 +12,8 @@ import threading
 import time
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mqtt_broker import Listener, broker, device_settings, make_result, wait_until  # noqa: F401
 
@@ -34,7 +36,8 @@ class Device:
                                    purge=purge or (lambda: self.purges.append(time.time()) or {"history": 2}),
                                    restart=lambda: self.restarts.append(time.time()))
         self.service.start()
-        wait_until(lambda: self.service.state == "connected", what="device connected")
+        # "connected" comes at CONNACK; a command sent before the SUBACK may be lost (a CI failure did this).
+        wait_until(lambda: self.service.listening_for_commands, what="device subscribed to its commands")
         self.broker = broker
         self.key = admin_key
 
@@ -78,6 +81,31 @@ def envelope(device: Device, command: str = "restart", args: dict | None = None,
 
 def encoded(value) -> bytes:
     return json.dumps(value).encode()
+
+
+def test_health_says_whether_commands_can_arrive(device, tmp_path, admin_key):
+    assert device.service.health()["commands"] == "listening"
+    device.broker.stop()
+    wait_until(lambda: device.service.state == "disconnected", what="the broker gone")
+    assert device.service.health()["commands"] == "not subscribed"
+    device.broker.start()
+    wait_until(lambda: device.service.listening_for_commands, what="subscribed again after the broker came back")
+    assert device.send("status")["ok"]
+
+
+def test_a_refused_command_subscription_is_reported(device, caplog):
+    # mosquitto 2.0 grants every subscription to an MQTT 3.1.1 client and filters on delivery, so the
+    # refusal another broker sends (SUBACK 0x80) is handed to the service's callback directly.
+    refusal = ReasonCode(PacketTypes.SUBACK, identifier=0x80)
+    device.service._on_subscribe(device.service._client, None, 7, [ReasonCode(PacketTypes.SUBACK, identifier=1),
+                                                                   refusal], None)
+    assert "refused the command subscription" in device.service.last_error
+    assert not device.service.listening_for_commands and device.service.health()["commands"] == "not subscribed"
+    assert "administration commands cannot reach this device" in caplog.text
+    device.broker.stop()
+    device.broker.start()  # a later connection whose subscription is granted says so again
+    wait_until(lambda: device.service.listening_for_commands, what="subscribed on the next connection")
+    assert device.service.health()["commands"] == "listening" and device.service.last_error is None
 
 
 def test_status(device):

@@ -118,6 +118,7 @@ class MqttService:
         self._restart_mid: int | None = None
         self._unacked_replies: dict[int, dict[str, Any]] = {}  # mid -> reply, on the current connection
         self._restart_deadline: float | None = None
+        self._commands_granted = threading.Event()  # the broker granted this connection's command subscription
         self.state = "stopped"
         self.last_error: str | None = None
         self.connects = 0
@@ -160,7 +161,16 @@ class MqttService:
         """For the kiosk's /health: local only, so the broker address may appear; secrets never do."""
         return {"status": self.state, "device_id": self.device_id, "broker": f"{self._config.host}:{self._config.port}",
                 "queue_depth": self.outbox.depth(), "delivered": self.outbox.delivered,
-                "dropped": self.outbox.dropped, "last_error": self.last_error}
+                "dropped": self.outbox.dropped, "last_error": self.last_error,
+                "commands": "off" if self.verifier is None else
+                ("listening" if self.listening_for_commands else "not subscribed")}
+
+    @property
+    def listening_for_commands(self) -> bool:
+        """The broker has acknowledged the subscription to this device's command topics on the current
+        connection: a command published from now on reaches the device. Until then ("connected" comes first) it
+        may be lost, and a broker whose access list denies the subscription never sets this."""
+        return self._commands_granted.is_set()
 
     # -- the MQTT thread ------------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -229,6 +239,7 @@ class MqttService:
         client.max_inflight_messages_set(config.max_inflight)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_publish, client.on_message = self._on_publish, self._on_message
+        client.on_subscribe = self._on_subscribe
         try:
             client.connect(config.host, config.port, keepalive=config.keepalive_s)
         except (OSError, ValueError) as exc:
@@ -260,6 +271,7 @@ class MqttService:
     def _abandon_client(self) -> None:
         """Forget this connection's client; close its socket if paho has not (never a DISCONNECT)."""
         client, self._client = self._client, None
+        self._commands_granted.clear()
         self._inflight.clear()
         self._up_since, self._restart_mid = None, None  # message ids belong to the client that is going
         for reply in self._unacked_replies.values():
@@ -287,6 +299,7 @@ class MqttService:
         self._last_sent_seq = 0  # resend everything still in the outbox, oldest first
         self._wake.set()
         client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        self._commands_granted.clear()
         if self.verifier is not None:
             client.subscribe([(self.topics.cmd, 1), (self.topics.fleet_cmd, 1)])
         if self._config.home_assistant:
@@ -294,8 +307,18 @@ class MqttService:
                 client.publish(topic, json.dumps(config), qos=1, retain=True)
         self._next_telemetry = None
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:  # an access list that denies the topics: the device is up but no command can reach it
+            self._commands_granted.clear()
+            self.last_error = f"the broker refused the command subscription: {', '.join(refused)}"
+            log.error("%s; administration commands cannot reach this device", self.last_error)
+        else:
+            self._commands_granted.set()
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._session_up, self._up_since = False, None
+        self._commands_granted.clear()
         if not self._stop.is_set():
             self.state = "disconnected"
 
