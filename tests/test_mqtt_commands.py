@@ -12,10 +12,10 @@ import threading
 import time
 
 import pytest
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.reasoncodes import ReasonCode
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mqtt_broker import Listener, broker, device_settings, make_result, wait_until  # noqa: F401
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.mqtt import admin, remote_config
 from edge.mqtt.commands import MAX_COMMAND_BYTES
