@@ -40,6 +40,7 @@ def test_admin_keygen_send_and_watch_end_to_end(tmp_path, broker):
                                                                      "model": {"name": "ham", "version": "9.9"}}})
     service.start()
     try:
+        wait_until(lambda: service.listening_for_commands, what="device subscribed to its commands")
         broker_flags = ["--host", broker.host, "--port", str(broker.port)]
         sent = run_edge("admin", "send", *broker_flags, "--key", str(key_file), "--device", service.device_id,
                         "set_log_level", "level=INFO", timeout=30)
