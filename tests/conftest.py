@@ -45,15 +45,18 @@ def no_threads_left_running(request):
     A thread left inside OpenCV or LiteRT when the interpreter exits aborts the whole run ("terminate called
     without an active exception"), long after the test that leaked it; this names the module instead. The
     kiosk's session expiry timer is exempt: a pure-Python daemon timer that only waits (``close_app`` stops
-    it in the daemon), and apps made by tests are many."""
+    it in the daemon), and apps made by tests are many. So is the image decoder's one worker, which lives as
+    long as the process and is ended by its executor at exit."""
     from edge.kiosk.session import EXPIRY_THREAD
+    from edge.vision.decode import DECODER_THREAD_PREFIX
 
     before = set(threading.enumerate())
     yield
     deadline = time.monotonic() + 10
     while True:
         left = [t for t in threading.enumerate()
-                if t not in before and t.is_alive() and t.name != EXPIRY_THREAD]
+                if t not in before and t.is_alive() and t.name != EXPIRY_THREAD
+                and not t.name.startswith(DECODER_THREAD_PREFIX)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.05)

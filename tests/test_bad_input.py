@@ -49,16 +49,21 @@ def test_decoder_refuses_with_a_reason(bad_files, name, message):
         read_image_file(bad_files / name)
 
 
-def _peak_memory_kb_decoding(path) -> int:
-    """Peak memory of a fresh process that decodes ``path``: this process's own peak is already high, and
-    getrusage's maxrss survives fork and exec, so the child reads its VmHWM (reset by exec) itself."""
+def _peak_memory_kb_decoding(path, threads: int = 1) -> int:
+    """Peak memory of a fresh process that decodes ``path`` (in ``threads`` threads at once, as the kiosk's
+    server threads may): this process's own peak is already high, and getrusage's maxrss survives fork and
+    exec, so the child reads its VmHWM (reset by exec) itself."""
     import subprocess
     import sys
 
-    code = ("import re, sys\nfrom edge.vision.decode import decode_image\nfrom edge.errors import ImageError\n"
-            "try:\n    decode_image(open(sys.argv[1], 'rb').read())\nexcept ImageError:\n    pass\n"
+    code = ("import re, sys, threading\nfrom edge.vision.decode import decode_image\nfrom edge.errors import ImageError\n"
+            "data = open(sys.argv[1], 'rb').read()\n"
+            "def one():\n    try:\n        decode_image(data)\n    except ImageError:\n        pass\n"
+            "workers = [threading.Thread(target=one) for _ in range(int(sys.argv[2]))]\n"
+            "[w.start() for w in workers]\n[w.join() for w in workers]\n"
             "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))")
-    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(threads)], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
     return int(done.stdout.strip())
 
@@ -70,6 +75,64 @@ def test_bomb_is_refused_before_pixels_are_allocated(bad_files, tmp_path):
         decode_image((bad_files / "bomb.png").read_bytes())
     # 144 MP would take at least 144 MB to hold: refusing from the header costs next to nothing
     assert _peak_memory_kb_decoding(bad_files / "bomb.png") - _peak_memory_kb_decoding(small) < 30_000
+
+
+def test_a_small_file_of_many_deep_pixels_takes_bounded_memory(tmp_path):
+    """A 77 kB 16-bit grey PNG of 6300x6300 passes the 40 MP limit; decoding it at full size through float
+    copies took 1 GB, and four kiosk uploads at once 3.5 GB. Now it is reduced before any conversion, decoded
+    one at a time, and comes out at the decoded-size limit."""
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.zeros((6300, 6300), np.uint16)).save(deep, format="PNG", optimize=True)
+    small = tmp_path / "small.png"
+    small.write_bytes(png_bytes(64, 64))
+    assert deep.stat().st_size < 200_000
+    assert decode_image(deep.read_bytes()).shape == (2048, 2048, 3)
+    baseline = _peak_memory_kb_decoding(small)
+    # The 16-bit frame itself is 79 MB and its 32-bit conversion 159 MB: what a decode has to hold, once.
+    assert _peak_memory_kb_decoding(deep, threads=4) - baseline < 400_000
+
+
+def test_elongated_images_are_refused_from_the_header(tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.fromarray(np.zeros((1200, 30000), np.uint16)).save(strip, format="PNG", optimize=True)
+    with pytest.raises(ImageError, match=r"30000x1200: too elongated"):
+        decode_image(strip.read_bytes())
+
+
+def _jpeg(pixels: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, **options)
+    return buffer.getvalue()
+
+
+def test_large_photos_are_decoded_to_the_size_limit_upright_and_unchanged_in_content():
+    photo = np.zeros((3000, 5000, 3), np.uint8)
+    photo[:, :2500] = (200, 60, 40)  # left half red, right half blue
+    photo[:, 2500:] = (40, 60, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the red half ends up on top
+    for data, shape in ((_jpeg(photo), (1229, 2048, 3)), (_jpeg(photo, exif=exif), (2048, 1229, 3))):
+        decoded = decode_image(data)
+        assert decoded.shape == shape
+    top, bottom = decoded[:500].reshape(-1, 3).mean(axis=0), decoded[-500:].reshape(-1, 3).mean(axis=0)
+    assert abs(top - (200, 60, 40)).max() < 4 and abs(bottom - (40, 60, 200)).max() < 4
+    png = io.BytesIO()
+    Image.fromarray(photo).save(png, format="PNG")
+    assert decode_image(png.getvalue()).shape == (1229, 2048, 3)
+
+
+def test_a_jpeg_with_damaged_data_is_refused_not_classified(ham_images):
+    """Pillow decodes a JPEG whose middle is overwritten without complaint: the rest of the picture comes out
+    grey and was classified as if it were the photo."""
+    good = ham_images[0].read_bytes()
+    middle = len(good) // 2
+    damaged = good[:middle] + b"\xaa" * 500 + good[middle + 500:]
+    with pytest.raises(ImageError, match="corrupt or truncated image .*damaged"):
+        decode_image(damaged)
+    expected = decode_image(good)
+    # Bytes after the end of the image, or stray bytes before its end marker, leave every pixel intact.
+    assert np.array_equal(decode_image(good + b"\0" * 64), expected)
+    assert np.array_equal(decode_image(good[:-2] + b"\x00\x00\x00" + good[-2:]), expected)
 
 
 def test_byte_limit_and_tiny_images():
