@@ -52,6 +52,20 @@ def test_auto_probes_coral_and_jetson_then_uses_cpu_with_reasons(imagenet_pack):
     assert "no usable ONNX Runtime provider" in health["fallback_reason"]
 
 
+def test_probing_for_a_jetson_sends_and_keeps_no_onnx_runtime_telemetry(tmp_path, imagenet_pack):
+    """ONNX Runtime's pip build queues usage telemetry (a device id, sessions, run counts) under
+    ~/.cache/Microsoft and looks up Microsoft's collector as soon as it is imported, which `auto` does at every
+    start. The daemon switches it off, even when the environment asks for it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    done = run_edge("classify", str(GRACE_HOPPER), "--model", str(imagenet_pack), "--backend", "auto",
+                    "--state-dir", str(tmp_path / "state"), "--log-level", "INFO",
+                    env={"HOME": str(home), "TMPDIR": str(home), "ORT_DISABLE_TELEMETRY": "0"})
+    assert done.returncode == 0, done.stderr
+    assert "backend jetson unavailable: no usable ONNX Runtime provider" in done.stderr  # it was imported
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
+
+
 @pytest.fixture(scope="module")
 def pack_with_edgetpu_file(tmp_path_factory, imagenet_pack):
     """A pack that lists an Edge TPU file, so the coral backend gets as far as loading the delegate."""

@@ -8,6 +8,7 @@ unavailable and says which providers it wanted and which exist.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,6 +33,10 @@ class JetsonSettings(BaseModel):
 
 
 def _import_onnxruntime():
+    # ONNX Runtime's pip builds send usage telemetry (a device id, what runs, how often: a count of screenings)
+    # to Microsoft from the moment they are imported, and keep a queue of it under ~/.cache/Microsoft. Nothing
+    # leaves this device: the switch is read at import, so it is set first, whatever the environment says.
+    os.environ["ORT_DISABLE_TELEMETRY"] = "1"
     try:
         import onnxruntime  # noqa: PLC0415 - optional, hardware-specific dependency
     except ImportError:
