@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from edge import __version__
+from edge import __version__, sqlite_files
 from edge.config import Settings
 from edge.pipeline import Pipeline, ensure_state_dir
 from edge.screening import PipelineScreening
@@ -82,10 +82,10 @@ class Daemon:
         purged = {}
         if self.history is not None:
             purged["history"] = self.history.purge()
-        elif (self.settings.state_dir / "history.sqlite").exists():
+        elif (path := self.settings.state_dir / "history.sqlite").exists() or sqlite_files.set_aside_copies(path):
             from edge.store import History
 
-            history = History(self.settings.state_dir / "history.sqlite")
+            history = History(path)
             purged["history"] = history.purge()
             history.close()
         if self.app is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
+from glob import escape as glob_escape
 from pathlib import Path
 
 log = logging.getLogger("edge.storage")
@@ -71,6 +72,20 @@ def scrub(db: sqlite3.Connection) -> None:
     empty the write-ahead log, which otherwise keeps the old pages, readable, while the connection is open."""
     db.execute("VACUUM")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def set_aside_copies(path: Path) -> list[Path]:
+    """The files ``set_aside`` made of ``path`` (with their WAL companions)."""
+    return sorted(path.parent.glob(f"{glob_escape(path.name)}.corrupt-*"))
+
+
+def remove_set_aside(path: Path) -> int:
+    """Delete the set-aside copies of ``path``: a purge must not leave the rows they hold. How many files went."""
+    removed = 0
+    for copy in set_aside_copies(path):
+        copy.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def set_aside(path: Path) -> Path:

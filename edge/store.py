@@ -47,9 +47,10 @@ class History:
 
     def set_note(self, result_id: str, note: str) -> bool:
         with self._lock:
+            before = self._db.execute("SELECT note FROM history WHERE id = ?", (result_id,)).fetchone()
             changed = self._db.execute("UPDATE history SET note = ? WHERE id = ?", (note, result_id)).rowcount == 1
-            if changed and not note:  # an erased note must not stay readable in the log or free pages
-                sqlite_files.scrub(self._db)
+            if changed and before[0] and before[0] != note:  # a replaced or erased note must not stay readable
+                sqlite_files.scrub(self._db)  # in the write-ahead log or in free pages
             return changed
 
     def entries(self) -> list[dict]:
@@ -68,9 +69,12 @@ class History:
         return buffer.getvalue()
 
     def purge(self) -> int:
+        """Delete every row, for real, and the copies of a damaged history file that was set aside (they hold
+        its rows). The number of rows deleted from the current file."""
         with self._lock:
             deleted = self._db.execute("DELETE FROM history").rowcount
             sqlite_files.scrub(self._db)
+            sqlite_files.remove_set_aside(self.path)
         return deleted
 
     def close(self) -> None:

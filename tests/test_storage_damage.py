@@ -122,6 +122,8 @@ def test_purge_and_an_erased_note_leave_nothing_readable_while_the_database_stay
         history.set_note(result.id, f"SECRETNOTE{number} Amina, village Kpalime")
     history.set_note(results[0].id, "")  # the worker erases one note
     assert b"SECRETNOTE0" not in _on_disk(history.path) and b"SECRETNOTE1" in _on_disk(history.path)
+    history.set_note(results[2].id, "follow-up booked")  # replaced, not erased: the name must go as well
+    assert b"SECRETNOTE2" not in _on_disk(history.path) and b"follow-up booked" in _on_disk(history.path)
     assert history.purge() == 3
     stored = _on_disk(history.path)
     assert b"SECRETNOTE" not in stored and not any(r.id.encode() in stored for r in results)
@@ -135,6 +137,42 @@ def test_purge_and_an_erased_note_leave_nothing_readable_while_the_database_stay
     stored = _on_disk(tmp_path / OUTBOX_FILE)
     assert not any(event_id.encode() in stored for event_id in ids)
     outbox.close()
+
+
+def test_a_purge_also_deletes_the_set_aside_copies_of_a_damaged_history(tmp_path):
+    """A damaged history file is kept aside with its notes; neither purge (the history screen's, or the
+    administrator's purge_local_data, which runs even when health-worker mode is now off) deleted it."""
+    from edge.config import load_settings
+    from edge.daemon import Daemon
+
+    path = tmp_path / "history.sqlite"
+
+    def a_set_aside_history_with_a_note():
+        history = History(path)
+        result = make_result()
+        history.record(result)
+        history.set_note(result.id, "SECRETNOTE Amina, village Kpalime")
+        history.close()
+        sqlite_files.set_aside(path)  # what opening it does when it is damaged
+        assert len(aside_files(path)) == 1 and not path.exists()
+
+    a_set_aside_history_with_a_note()
+    history = History(path)
+    assert history.purge() == 0 and aside_files(path) == []
+    history.close()
+    path.unlink()
+
+    a_set_aside_history_with_a_note()
+    settings = load_settings(None, {"state_dir": str(tmp_path), "camera": {"source": "none"},
+                                    "kiosk": {"enabled": False}, "assistant": {"enabled": False},
+                                    "inference": {"model_dir": str(tmp_path / "no-pack")}})
+    daemon = Daemon(settings)
+    try:
+        assert daemon._purge_local_data() == {"history": 0}
+    finally:
+        daemon.close()
+    assert not any(b"SECRETNOTE" in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert aside_files(path) == []
 
 
 def test_results_queued_after_the_outbox_file_was_deleted_are_not_lost(tmp_path, caplog):
