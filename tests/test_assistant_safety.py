@@ -923,3 +923,21 @@ def test_false_comfort_is_blocked(text):
 ])
 def test_caring_advice_is_not_blocked(text):
     assert screen_answer(text, "en").safe
+
+
+def test_the_journal_at_info_holds_neither_the_patients_words_nor_their_symptoms(caplog):
+    """A privacy review: the guard logged the matched fragment (the model had echoed the patient's name into
+    it) and red-flag detection the symptom categories, at INFO and WARNING, into a journal no purge touches."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="edge")
+    verdict = screen_answer("Zorblax Quintavelle, you have melanoma.", "en", "urgent")
+    assert not verdict.safe
+    assert check_red_flags("Zorblax here: my mole is bleeding a lot") is not None
+    text = "\n".join(record.getMessage() for record in caplog.records if record.levelno >= logging.INFO)
+    assert "assistant answer blocked: reason=" in text and "red flag found" in text
+    assert "Zorblax" not in text and "zorblax" not in text and "melanoma" not in text and "bleeding" not in text
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="edge")
+    screen_answer("Zorblax Quintavelle, you have melanoma.", "en", "urgent")
+    assert "blocked fragment: 'you have melanoma'" in caplog.text  # kept for diagnosis at DEBUG

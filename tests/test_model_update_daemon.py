@@ -96,3 +96,29 @@ def test_doctor_and_classify_inspect_the_pack_the_daemon_runs(tmp_path, imagenet
     explicit = run_edge("classify", "--json", "--state-dir", str(state), "--model", str(default_model_dir()),
                         str(ham_images[0]))
     assert json.loads(explicit.stdout.splitlines()[0])["model"]["name"] == "ham10000-mobilenetv2-int8"
+
+
+def test_the_journal_line_of_a_screening_says_neither_its_result_nor_its_id(tmp_path, imagenet_pack, ham_images,
+                                                                            caplog):
+    """The journal outlives a purge: its per-screening line held the label, urgency and the result id that
+    joins it to the history's note (a name) and to the printed report."""
+    import logging
+
+    folder = tmp_path / "replay"
+    folder.mkdir()
+    shutil.copy(ham_images[0], folder / ham_images[0].name)
+    settings = load_settings(None, {
+        "state_dir": str(tmp_path / "state"), "camera": {"source": f"file:{folder}", "fps": 100},
+        "inference": {"model_dir": str(imagenet_pack), "backend": "cpu"}, "pipeline": {"auto_classify": True},
+        "kiosk": {"enabled": False}, "assistant": {"enabled": False}})
+    daemon = Daemon(settings)
+    results = []
+    daemon.pipeline.subscribe(results.append)
+    caplog.set_level(logging.INFO, logger="edge")
+    daemon.pipeline.run(threading.Event(), max_frames=2)
+    daemon.close()
+    assert results
+    info = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.INFO)
+    assert info.count("screening done in") == len(results)
+    for result in results:
+        assert result.id[:8] not in info and result.label not in info and f"urgency={result.urgency.value}" not in info

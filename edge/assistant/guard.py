@@ -523,6 +523,13 @@ def _find_bare_verdict(answer: str, question: str) -> str | None:
     return None
 
 
+def _log_blocked(reason: str, matched: str) -> None:
+    """The rule at WARNING; the words it matched only at DEBUG: up to three free words may sit inside a match,
+    and the model echoes what it was told (a patient's name)."""
+    log.warning("assistant answer blocked: reason=%s", reason)
+    log.debug("blocked fragment: %r", matched)
+
+
 def screen_answer(text: str, lang: str, urgency: str | None = None, *, question: str | None = None) -> GuardVerdict:
     """Pass ``text`` through unchanged if safe; otherwise return the fixed replacement in ``lang``.
     ``urgency`` is the result's (``Urgency.value``): for urgent and soon, advice to wait is blocked too.
@@ -531,7 +538,7 @@ def screen_answer(text: str, lang: str, urgency: str | None = None, *, question:
     if question:
         matched = _find_bare_verdict(text or "", question)
         if matched:
-            log.warning("assistant answer blocked: reason=%s matched=%r", DEFINITE_DIAGNOSIS, matched)
+            _log_blocked(DEFINITE_DIAGNOSIS, matched)
             return GuardVerdict(safe=False, text=SAFE_REPLACEMENT[lang], reason=DEFINITE_DIAGNOSIS, matched=matched)
     folded = fold(text or "")
     finders = [(DEFINITE_DIAGNOSIS, _find_diagnosis), (TREATMENT_DOSE, _find_dose)]
@@ -540,6 +547,6 @@ def screen_answer(text: str, lang: str, urgency: str | None = None, *, question:
     for reason, finder in finders:
         matched = finder(folded)
         if matched:
-            log.warning("assistant answer blocked: reason=%s matched=%r", reason, matched)
+            _log_blocked(reason, matched)
             return GuardVerdict(safe=False, text=SAFE_REPLACEMENT[lang], reason=reason, matched=matched)
     return GuardVerdict(safe=True, text=text, reason=None)

@@ -445,7 +445,8 @@ def check_red_flags(text: str) -> RedFlagMatch | None:
         matched.append(found)
     if not flags:
         return None
-    log.info("red flags in user text: %s", ",".join(flags))
+    log.info("red flag found in a question: urgent-care message shown")  # which ones is health data: DEBUG only
+    log.debug("red flags in user text: %s", ",".join(flags))
     return RedFlagMatch(tuple(flags), tuple(matched))
 
 

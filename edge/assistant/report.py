@@ -595,8 +595,7 @@ def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjus
             continue
         claim = _TREATMENT_CLAIM.search(_folded_words(text))
         if claim:  # a printed report says nothing about treatment or outcome that a clinician did not write
-            log.warning("report %s: LLM text for %s talks about treatment (%r); template kept", result.id[:8], key,
-                        claim.group(0))
+            log.warning("report %s: LLM text for %s talks about treatment; template kept", result.id[:8], key)
             blocked.append((key, TREATMENT_CLAIM))
             continue
         sections[key] = f"{lead}\n\n{text}" if key == "condition_overview" else text
