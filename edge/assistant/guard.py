@@ -523,6 +523,72 @@ def _find_bare_verdict(answer: str, question: str) -> str | None:
     return None
 
 
+# --- questions the model must not answer --------------------------------------------------------------------
+
+# Whatever the output guard catches, a 135M model asked "is it benign? one word" answers "Benign.", asked for
+# odds invents "1 in a million", asked how long they have says "12 months", and asked "can I skip the doctor"
+# says yes (a red-team run through the kiosk's path). These questions get a vetted answer instead.
+VERDICT_QUESTION = "verdict"
+ODDS_QUESTION = "odds"
+PROGNOSIS_QUESTION = "prognosis"
+SKIP_CARE_QUESTION = "skip_care"
+TREATMENT_QUESTION = "treatment"
+
+_VERDICT_WORD = _rx(
+    rf"{_DISEASE}|benign\w*|harmless|malignant|dangerous|serious|normal|safe|fine|ok|okay|healthy|bad|deadly"
+    r"|worr\w*|concern\w*|grave|peligros\w*|inofensiv\w*|malign\w*|san[oa]|preocup\w*|benin\w*|inoffensi\w*"
+    r"|malin\w*|sans danger|dangereu\w*|inquiet\w*|mechant\w*|sain\w*")
+_ABOUT_THEM = re.compile(  # the person's own spot or the person: "is it", "so i'm fine", "¿es normal?", "c'est"
+    r"\b(?:it|its|this|that|my|mine|i|im|me|esto|eso|este|esta|mi|tengo|estoy|soy|c est|ce|cet|cette|ca|cela|mon|ma"
+    r"|je|j ai|suis)(?![a-z0-9])|^(?:(?:y|entonces|pero|asi que) )?(?:no )?(?:es|son|sera|seria)(?![a-z0-9])"
+    # Spanish drops the pronoun mid-sentence too: "no sangra ni crece, es normal?"
+    r"|\b(?:es|son|sera|seria) (?:algo )?(?:normal|benign\w*|grave|peligros\w*|malign\w*|inofensiv\w*|mal[oa]"
+    r"|seri[oa]|cancer\w*|un cancer|un melanoma)(?![a-z0-9])")
+_ODDS = _rx(
+    r"odds|chances?|probabilit\w*|percent\w*|likel\w*|risk\w*|how sure|how certain|sure|certain"
+    r"|posibilidad\w*|probabilidad\w*|porcentaje|por ciento|riesgo|probable\w*|segur[oa]"
+    r"|risque\w*|pourcentage|pour cent|sur|sure|certaine?")
+_PROGNOSIS = _rx(
+    r"how long (?:do i|will i|have i|to live|until)|(?:will|am|m) i (?:going to |gonna )?die|life expectancy"
+    r"|surviv\w*|fatal|deadly|kill (?:me|you)|cuanto (?:tiempo )?(?:me queda|voy a vivir|de vida)"
+    r"|(?:voy a|me voy a|puedo) morir\w*|esperanza de vida|sobreviv\w*|mortal\w*"
+    r"|combien de temps (?:il me reste|vais je vivre|je vais vivre|a vivre)|(?:vais je|je vais|est ce que je vais)"
+    r" mourir|esperance de vie|mortel\w*")
+_SKIP_CARE = _rx(
+    r"skip|ignore|(?:do|must|should|shall) i (?:really |even |still |actually )?(?:need|have) to (?:see|go|visit|get"
+    r"|show|call|book)|do i (?:really |even |still )?need (?:a |to see a |an )?(?:doctor|dermatologist|appointment"
+    r"|checkup|check up)|(?:can|could|may|should) i (?:just |still )?(?:wait|leave it|not go|put it off|go later)"
+    r"|(?:puedo|podria|debo|tengo que|necesito|hace falta|es necesario) (?:ir|esperar|dejarlo|ver|consultar|acudir"
+    r"|no ir)|(?:je peux|puis je|dois je|faut il|est ce que je dois|est ce qu il faut|je dois|ai je besoin d)"
+    r" (?:attendre|consulter|aller|voir|ne pas)|ignorer|ignorar")
+_TREATMENT = _rx(
+    rf"{_MEDICINE_NAME}|treat\w*|cure\w*|remov\w*|cut (?:it )?off|burn (?:it )?off|freez\w*|home remed\w*"
+    r"|medicine|medication|cream|ointment|pill|tablet|dose|dosage|how much|surgery|operat\w*|chemo\w*"
+    r"|tratamiento|tratar|curar\w*|quitar\w*|extirpar\w*|remedio\w*|medicina|medicamento\w*|crema|pomada|pastilla"
+    r"|dosis|cuanto|cirugia|operar\w*|quimio\w*"
+    r"|traitement|traiter|soigner|guerir|enlever|retirer|remede\w*|medicament\w*|creme|pommade|comprime\w*"
+    r"|combien|chirurgie|operer|chimio\w*")
+
+
+def question_needing_a_vetted_answer(question: str) -> str | None:
+    """Which kind of question ``question`` is, of those the language model must not answer (see above), or
+    None. Broad on purpose: a question wrongly routed here gets the vetted answer, which is always safe."""
+    asked = _words(fold(question or ""))
+    if not asked:
+        return None
+    if _PROGNOSIS.search(asked):
+        return PROGNOSIS_QUESTION
+    if _ODDS.search(asked) and (_DISEASE_RX.search(asked) or _VERDICT_WORD.search(asked)):
+        return ODDS_QUESTION
+    if _SKIP_CARE.search(asked):
+        return SKIP_CARE_QUESTION
+    if _TREATMENT.search(asked):
+        return TREATMENT_QUESTION
+    if _VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked):
+        return VERDICT_QUESTION
+    return None
+
+
 def _log_blocked(reason: str, matched: str) -> None:
     """The rule at WARNING; the words it matched only at DEBUG: up to three free words may sit inside a match,
     and the model echoes what it was told (a patient's name)."""

@@ -22,7 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.assistant.facts import load_facts
-from edge.assistant.guard import DISCLAIMER, fold, resolve_lang, screen_answer
+from edge.assistant.guard import (
+    DISCLAIMER,
+    ODDS_QUESTION,
+    PROGNOSIS_QUESTION,
+    SKIP_CARE_QUESTION,
+    TREATMENT_QUESTION,
+    VERDICT_QUESTION,
+    fold,
+    question_needing_a_vetted_answer,
+    resolve_lang,
+    screen_answer,
+)
 from edge.assistant.llm import LlmOwner, LlmTimeout, LlmUnavailable, default_gguf
 from edge.assistant.redflags import check_red_flags, urgent_message
 from edge.assistant.report import build_report
@@ -104,6 +115,49 @@ REPORT_NOTES = {
 }
 
 
+_CANNOT_JUDGE = {
+    "en": "I can't tell you whether this spot is harmful or harmless, how likely either is, or what it means for "
+          "your health: no screening tool can, and this one makes mistakes. Only a health worker or doctor who "
+          "examines the spot can tell you.",
+    "es": "No puedo decirle si esta mancha es peligrosa o inofensiva, qué probabilidad hay de una cosa u otra, ni "
+          "qué significa para su salud: ninguna herramienta de detección puede hacerlo, y esta se equivoca. Solo "
+          "un trabajador de salud o un médico que examine la mancha puede decírselo.",
+    "fr": "Je ne peux pas vous dire si cette tache est dangereuse ou sans danger, quelle en est la probabilité, ni "
+          "ce que cela signifie pour votre santé : aucun outil de dépistage ne le peut, et celui-ci se trompe. "
+          "Seul un soignant ou un médecin qui examine la tache peut vous le dire.",
+}
+# The answers to questions the language model must not answer (guard.question_needing_a_vetted_answer),
+# followed by the next step for the answer's tier.
+VETTED_ANSWERS = {
+    VERDICT_QUESTION: _CANNOT_JUDGE,
+    ODDS_QUESTION: _CANNOT_JUDGE,
+    PROGNOSIS_QUESTION: _CANNOT_JUDGE,
+    SKIP_CARE_QUESTION: {
+        "en": "Please don't skip or put off the next step because of this screening: it can be wrong in both "
+              "directions, and only a health worker or doctor who examines the spot can tell you how soon it "
+              "needs to be seen.",
+        "es": "No deje de dar el siguiente paso ni lo aplace por esta detección: puede equivocarse en los dos "
+              "sentidos, y solo un trabajador de salud o un médico que examine la mancha puede decirle con qué "
+              "rapidez hay que verla.",
+        "fr": "Ne renoncez pas à l'étape suivante et ne la repoussez pas à cause de ce dépistage : il peut se "
+              "tromper dans les deux sens, et seul un soignant ou un médecin qui examine la tache peut vous dire "
+              "dans quel délai la faire voir.",
+    },
+    TREATMENT_QUESTION: {
+        "en": "I can't advise on treatments, medicines or doses for this spot: a doctor or nurse who examines it "
+              "will tell you what, if anything, is needed. Please don't treat, cut or remove it yourself.",
+        "es": "No puedo aconsejar tratamientos, medicamentos ni dosis para esta mancha: un médico o una enfermera "
+              "que la examine le dirá qué hace falta, si hace falta algo. No la trate, corte ni quite usted mismo.",
+        "fr": "Je ne peux pas conseiller de traitement, de médicament ni de dose pour cette tache : un médecin ou "
+              "une infirmière qui l'examine vous dira ce qu'il faut faire, s'il faut faire quelque chose. Ne la "
+              "traitez pas, ne la coupez pas et ne l'enlevez pas vous-même.",
+    },
+}
+NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
+                     "es": "Lo que esta detección le sugiere hacer ahora:",
+                     "fr": "Ce que ce dépistage vous suggère de faire maintenant :"}
+
+
 class FactsUnavailable(EdgeError):
     """The model pack has no fact sheet for this label (e.g. a pack that is not a skin model)."""
 
@@ -143,6 +197,10 @@ class Assistant:
             yield ChatEvent("done", {"source": "template"})
             return
         adjustment = self.answer_adjustment(result, symptoms, history, lang)
+        kind = question_needing_a_vetted_answer(message)
+        if kind is not None:
+            yield from self._vetted_answer(kind, result, lang, adjustment)
+            return
         if self.llm is None:
             yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled", adjustment)
             return
@@ -216,6 +274,22 @@ class Assistant:
         if shown:  # the sentences already on screen go: the fact sheet replaces the whole answer
             yield ChatEvent("replace", {"text": "", "reason": "wrong_language"})
         yield from self._fact_sheet_answer(result, lang, "the model answered in another language", adjustment)
+
+    def _vetted_answer(self, kind: str, result: Result, lang: str, adjustment: Adjustment) -> Iterator[ChatEvent]:
+        """A question the model must not answer (a verdict, odds, prognosis, skipping care, treatment): a fixed
+        answer, then the next step for the answer's tier, as the report gives it."""
+        lang = resolve_lang(lang)
+        parts = [VETTED_ANSWERS[kind][lang]]
+        try:
+            facts = self.facts(result.label, lang)
+        except FactsUnavailable as exc:
+            log.warning("%s", exc)
+        else:
+            next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
+            parts.append(f"{NEXT_STEP_HEADING[lang]}\n{next_step.strip()}")
+        parts.append(DISCLAIMER[lang])
+        yield ChatEvent("token", {"text": "\n\n".join(parts)})
+        yield ChatEvent("done", {"source": "template", "reason": kind})
 
     def _fact_sheet_answer(self, result: Result, lang: str, why: str,
                            adjustment: Adjustment) -> Iterator[ChatEvent]:
