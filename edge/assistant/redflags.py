@@ -93,7 +93,7 @@ def _normalise(text: str) -> _Normalised:
 
 _NEGATIONS = frozenset({
     "no", "not", "never", "without", "nor", "neither", "none", "nothing", "cannot", "t", "dont", "doesnt",
-    "didnt", "isnt", "wasnt", "hasnt", "havent", "hadnt", "wont", "cant", "arent", "werent", "deny", "denies",
+    "didnt", "isnt", "wasnt", "hasnt", "havent", "hadnt", "wont", "cant", "arent", "werent", "deny", "denies", "aint",
     "sin", "nunca", "ni", "jamas", "tampoco", "ningun", "ninguna", "ninguno", "nada",
     "ne", "n", "pas", "sans", "jamais", "aucun", "aucune", "rien",
 })
@@ -132,10 +132,38 @@ _MORE_THAN_EVER = re.compile(r" (?:this much|so much|like this|tanto|tantisimo|a
                              r"(?![a-z0-9])")
 
 
-def _negated_before(text: str, start: int) -> bool:
+# A negation reaches across the commas of a list of symptoms: "It hasn't bled, grown or changed", "no ha
+# sangrado, crecido ni cambiado" (each used to raise an emergency message). A comma is such a list's when a
+# symptom word ends the part before it, a list's conjunction follows or sits between it and the mention, and at
+# most two words and no subject sit between them: "not sure, bleeding or oozing" and "it's not mine, it bleeds
+# or oozes" are not lists.
+_LIST_CONJUNCTIONS = frozenset({"or", "nor", "ni", "o", "u", "ou"})
+_SUBJECTS = frozenset({"it", "its", "i", "im", "he", "she", "they", "this", "that", "my", "mine", "esta", "este",
+                       "eso", "esto", "mi", "yo", "il", "elle", "ca", "cela", "je", "j", "mon", "ma"})
+_SYMPTOM_WORD = re.compile(
+    r"chang\w*|cambi\w*|grow\w*|grew|crec\w*|gross\w*|grandi\w*|bled|bleed\w*|sangr\w*|saign\w*|hurt\w*|dol\w*"
+    r"|itch\w*|pica\w*|demang\w*|spread\w*|extend\w*|ooz\w*|weep\w*|supur\w*|suint\w*|heal\w*|crust\w*|scab\w*"
+    r"|colou?r\w*|size|shape|tamano|forma|taille|couleur")
+
+
+def _list_comma(before_comma: str, between: list[str], after: list[str]) -> bool:
+    others = [w for w in between if w != _BOUNDARY and not _SYMPTOM_WORD.fullmatch(w)]  # earlier items pass
+    if not _SYMPTOM_WORD.fullmatch(before_comma) or len(others) > 2 or _SUBJECTS.intersection(others):
+        return False
+    following = [word for word in after[:3] if word != _BOUNDARY]  # "bled, or changed": a serial comma
+    return bool(_LIST_CONJUNCTIONS.intersection(between) or _LIST_CONJUNCTIONS.intersection(following))
+
+
+def _negated_before(text: str, start: int, end: int | None = None) -> bool:
     before = text[:start].split()
+    after = text[end:].split() if end is not None else []
+    reach = _NEGATION_REACH
     for count, word in enumerate(reversed(before)):
-        if word in _SCOPE_ENDS or count >= _NEGATION_REACH:
+        if (word == _BOUNDARY and count + 1 < len(before)
+                and _list_comma(before[-count - 2], before[len(before) - count:], after)):
+            reach += 1  # the comma is not a word of the clause
+            continue
+        if word in _SCOPE_ENDS or count >= reach:
             return False
         if word in _NEGATIONS and (word not in _SHORT_NEGATIONS or count < _SHORT_REACH):
             between = set(before[len(before) - count:])
@@ -244,7 +272,8 @@ _STREAK_FR = r"(?:ligne|bande|trait|strie|raie|rayure|trace|trainee)s?"
 _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
         # "bleeding heart" is a plant
-        r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weeping|pus"
+        r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weep\w*|pus|leak\w*|discharg\w*"
+        r"|(?:red|blood|bloody) ?stains?|stain\w* (?:of |with )?blood|(?:manchas?|restos?) de sangre|taches? de sang"
         r"|blood (?:comes|coming|came|keeps|everywhere|on|from)|ha?emorr?h?ag\w*",
         # common misspellings, and blood itself when it is on or from the spot (not "blood pressure")
         r"blea?d(?:s|ing|in)?|bled+ing|bleeing|blooding|bloodied",
@@ -280,6 +309,16 @@ _RULES: tuple[_Rule, ...] = (
         r"(?:looks?|looking|seems?) (?:much |a lot |a bit |even |now )?(?:bigger|larger|darker|wider|thicker)"
         r"|(?:is|s) (?:much |a lot |a bit |even )?(?:bigger|larger|darker|wider|thicker) now",
         r"doubl\w* (?:in )?size|(?:increas\w*|grow\w*) in size|used to be (?:flat|smaller|lighter|round|even)",
+        # "its twice the size it was in january", "went from light brown to almost black", "the size of a pea
+        # and now its like a grape"
+        r"(?:twice|three times|triple) (?:the |its |as )?(?:size|big|large|wide)|(?:twice|three times) as (?:big"
+        r"|large|wide|dark)",
+        r"(?:went|gone|turned|changed|going|turning|changing) from (?:[a-z]+ ){1,3}to (?:an? |almost |nearly |very "
+        r"|really )?(?:black|dark\w*|blue|red|grey|gray|purple)",
+        r"(?:was|used to be) (?:[a-z]+ ){0,7}now (?:it s |its |it is |is )?(?:like |the size of |as big as |bigger "
+        r"than )?(?:an? )?(?:grape|marble|walnut|golf ball|coin|cherry|olive|bean|pea|huge|big|bigger|larger)",
+        r"(?:el )?doble de (?:grande|tamano|ancho)|(?:dos|tres) veces mas grande|deux fois plus (?:gros|grand)\w*"
+        r"|(?:double|doublee) de (?:taille|volume)",
         r"chang\w* (?:in |its |the |of ){0,2}(?:size|shape|colou?rs?|appearance|texture)",
         r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
         r"new colou?rs?",
@@ -316,6 +355,9 @@ _RULES: tuple[_Rule, ...] = (
         rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}heal\w*",
         r"non ?heal\w*|unheal\w*",
         r"keeps? (?:on )?(?:coming back|reopening|re opening|opening up|breaking down|scabbing)",
+        # "the scab keeps falling off and it never closes up"
+        rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}(?:close|closes|closed|closing) (?:up|over)",
+        r"(?:scab|crust)s? (?:keeps?|kept) (?:on )?(?:falling|coming|peeling|dropping) off",
         r"heal\w* (?:and|then|but) (?:[a-z]+ )?(?:comes back|came back|reopens|reopened|opens again|breaks down)",
         r"(?:opens?|opened|opening|breaks?|broke) (?:up |open )?again|re ?opens?|re ?opened",
         r"no (?:se |me |le |lo |la |ha |han |he |termina de |acaba de |quiere |logra |parece |consigue ){0,3}"
@@ -354,6 +396,7 @@ _RULES: tuple[_Rule, ...] = (
         r"|more and more)",
         r"(?:very|extremely|really|so|incredibly|unbearably) (?:painful|sore|tender)|hurts? like hell",
         r"excruciating\w*|(?:pain|ache|aching|hurt\w*|sore\w*) (?:[a-z]+ ){0,2}(?:killing|kills) me",
+        r"hurts? like (?:crazy|mad|anything|nothing else|the devil)",
         r"(?:mucho|muchisimo|fuerte|intenso|terrible|insoportable|severo|horrible|tremendo) dolor",
         r"dolor (?:muy |bastante |tan )?(?:fuerte|intenso|severo|insoportable|terrible|horrible|tremendo)",
         r"dolor (?:que )?(?:aumenta|empeora|va en aumento|es cada vez mayor)",
@@ -422,7 +465,7 @@ def _affirmed(norm: _Normalised, terms: Iterable[_Term]) -> tuple[int, int] | No
                 continue
             if _MORE_THAN_EVER.match(text, match.end()):
                 return match.span()
-            if _negated_before(text, match.start()) or _negated_after(text, match.end()):
+            if _negated_before(text, match.start(), match.end()) or _negated_after(text, match.end()):
                 continue
             return match.span()
     return None
