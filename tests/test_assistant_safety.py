@@ -1042,3 +1042,28 @@ def test_red_flags_phrased_indirectly_are_found(text, flag):
 ])
 def test_a_negated_list_of_symptoms_is_not_a_red_flag(text):
     assert check_red_flags(text) is None
+
+
+def test_an_unsure_result_is_never_given_its_labels_routine_next_step():
+    """An abstained 'nv' result is "unsure: see a clinician"; the fact-sheet answer and the model's grounding
+    gave the mole sheet's own next step (watch it, mention it at a routine visit), and the guard let advice to
+    wait through for unsure results."""
+    unsure = make_result("nv", confidence=0.41, abstained=True)
+    sheet = load_facts(PACK, "nv", "en").sections["What usually happens next"].strip()
+    assistant = Assistant(load_settings(None, {}), PACK, None, "no model in this test")
+    text = "".join(e.data["text"] for e in assistant.answer("Tell me more", unsure, "en", history=[],
+                                                           symptoms=frozenset()) if e.kind == "token")
+    assert sheet not in text and "please see a clinician" in text
+    _, _, model = ask("A doctor can look at it.", "Tell me more", unsure)
+    assert sheet not in model.prompts[0][1]["content"]
+    verdict = screen_answer("It can wait a few months.", "en", "unsure")
+    assert not verdict.safe and verdict.reason == DELAYS_CARE
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("No tienes tiempo, puedes ir el mes que viene.", "es"), ("You can go next month.", "en"),
+    ("There is no urgency.", "en"), ("Vous pouvez y aller le mois prochain.", "fr"), ("Aucune urgence.", "fr"),
+])
+def test_putting_it_off_to_next_month_is_advice_to_wait(text, lang):
+    verdict = screen_answer(text, lang, "urgent")
+    assert not verdict.safe and verdict.reason == DELAYS_CARE

@@ -39,8 +39,9 @@ DEFAULT_LANG = "en"
 DEFINITE_DIAGNOSIS = "definite_diagnosis"
 TREATMENT_DOSE = "treatment_dose"
 DELAYS_CARE = "delays_care"
-# Results whose next step has a time frame: advice to wait contradicts it.
-TIME_BOUND_URGENCIES = frozenset({"urgent", "soon"})
+# Results whose next step has a time frame, or is "see a clinician" because the device is unsure: advice to
+# wait contradicts it.
+TIME_BOUND_URGENCIES = frozenset({"urgent", "soon", "unsure"})
 
 
 def resolve_lang(lang: str | None) -> str:
@@ -502,7 +503,7 @@ _DELAY = _rx(
     r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
     r"|(?:isn t|isnt|is not|s not|wasn t) (?:urgent|an emergency|pressing)"
     rf"|wait (?:for )?(?:{_SOME} (?:more )?(?:days|weeks|months|years)|(?:a|an|one) (?:more )?(?:week|month|year))"
-    r"|wait and see"
+    r"|wait and see|next month|in a month or two|no urgency"
     rf"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){{0,2}}(?:in|after) (?:{_SOME} (?:weeks|months"
     r"|years)|(?:a|an|one) (?:month|year))|next year"
     # "a few months is a reasonable amount of time to wait"
@@ -516,7 +517,8 @@ _DELAY = _rx(
     r"|(?:revise|revisela|vuelva|mire|consulte) (?:[a-z]+ ){0,2}(?:en|dentro de) (?:unas|unos|varias|varios|algunas"
     r"|algunos|\d+) (?:semanas|meses|anos)"
     r"|el (?:proximo|ano) (?:ano|proximo)|tomese su tiempo|en su proxima (?:revision|visita|consulta)"
-    r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent"
+    r"|el (?:mes|ano) que viene|el proximo mes|(?:sin|ninguna) urgencia"
+    r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent|le mois prochain|aucune urgence"
     r"|(?:peut|pourrait|pouvez|pourriez|peux|pourrais|pouvons) (?:tout a fait |bien |tranquillement )?attendre"
     r"|prenez votre temps|(?:raisonnable|acceptable|sans risque) d attendre"
     r"|attend\w* (?:quelques|plusieurs|un|une|\d+|deux|trois|quatre|six) (?:jours|semaines?|mois|ans|annees?)"

@@ -301,8 +301,9 @@ class Assistant:
             facts = None
         if facts is not None:
             yield ChatEvent("token", {"text": facts.sections["What it is"].strip() + "\n\n"})
-            if adjustment.raised:
-                # the sheet's usual next step is for the result's own tier: the raised tier's advice replaces it
+            if adjustment.raised or result.abstained:
+                # the sheet's usual next step is for its label's tier: a raised tier's advice, or "see a
+                # clinician" when the device was unsure, replaces it
                 next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
             else:
                 next_step = facts.sections["What usually happens next"]
@@ -321,8 +322,10 @@ class Assistant:
         language = LANGUAGE_NAMES.get(resolve_lang(lang), "English")
         top = ", ".join(f"{label} {p:.0%}" for label, p in result.top(3))
         sheet = ""
-        if facts:  # when symptoms raised the tier, the sheet's usual next step (for the result's own) is left out
-            next_step = (f"Next step: {TIER_NAMES['en'][urgency]}." if raised
+        # when symptoms raised the tier, or the device was unsure, the sheet's usual next step (for its label's
+        # tier) is left out
+        if facts:
+            next_step = (f"Next step: {TIER_NAMES['en'][urgency]}." if raised or result.abstained
                          else facts.sections["What usually happens next"])
             sheet = f"\nFact sheet:\n{facts.sections['What it is']}\n{next_step}"
         grounding = (
