@@ -106,6 +106,10 @@ class KioskSettings(_Section):
     health_worker_mode: bool = Field(
         False, description="Keep an opt-in local history (SQLite in state_dir: result, urgency, time, notes; no images)."
     )
+    history_from_network: bool = Field(
+        False, description="Serve the history (list, CSV, notes, purge) to other machines when `host` opens the UI "
+        "to a network; by default only the device's own browser may open it.",
+    )
 
 
 class AssistantSettings(_Section):

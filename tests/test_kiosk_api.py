@@ -708,6 +708,29 @@ def test_history_is_404_without_health_worker_mode(plain_app):
         assert_json_error(response, 404, "health-worker mode")
 
 
+def test_the_history_is_served_only_to_the_devices_own_browser(kiosk, client, ham_images):
+    """With kiosk.host opened to a network, anyone on it could list every screening's time, result and note,
+    download the CSV, or purge it (GET requests need no Origin, and any IP address passes the Host check)."""
+    upload(client, ham_images[3].read_bytes())
+    kept = client.get("/api/history").get_json()["entries"]
+    assert kept
+    remote = kiosk.app.test_client()
+    remote.environ_base["REMOTE_ADDR"] = "192.168.1.20"
+    for response in (remote.get("/api/history"), remote.get("/api/history.csv"),
+                     remote.post(f"/api/history/{kept[0]['id']}/note", json={"note": "n"}),
+                     remote.post("/api/history/purge")):
+        assert_json_error(response, 403, "only be opened on the device itself")
+    assert client.get("/api/history").get_json()["entries"] == kept  # nothing changed
+    opened = kiosk.settings.model_copy(update={"kiosk": kiosk.settings.kiosk.model_copy(
+        update={"history_from_network": True})})
+    app = create_app(kiosk.screening, opened, history=kiosk.history).test_client()
+    app.environ_base["REMOTE_ADDR"] = "192.168.1.20"
+    assert app.get("/api/history").get_json()["entries"] == kept
+    ipv6 = kiosk.app.test_client()
+    ipv6.environ_base["REMOTE_ADDR"] = "::1"
+    assert ipv6.get("/api/history").status_code == 200
+
+
 def test_nothing_but_the_history_db_is_written(kiosk, client, ham_images):
     capture(client)
     upload(client, ham_images[1].read_bytes())

@@ -41,6 +41,13 @@ class ApiError(EdgeError):
 JSON_BODY_LIMIT = 64 * 1024  # every request but an upload is a small JSON document (chat: max_chat_chars)
 
 
+def _from_this_device(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((address or "").split("%")[0]).is_loopback
+    except ValueError:  # a Unix socket or no address: not a network client
+        return address in (None, "")
+
+
 def local_host_names(listen_host: str, extra: list[str]) -> frozenset[str]:
     """The names this kiosk answers to besides IP addresses: localhost, the machine's name (and .local, as
     mDNS announces it), the configured listen host and ``kiosk.allowed_hosts``."""
@@ -366,6 +373,9 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
     def _history():
         if history is None:
             raise ApiError(404, "history is only kept in health-worker mode (kiosk.health_worker_mode)")
+        if not (settings.kiosk.history_from_network or _from_this_device(request.remote_addr)):
+            # every screening's time, result and note: with the UI opened to a network, anyone on it could read
+            raise ApiError(403, "the history can only be opened on the device itself (kiosk.history_from_network)")
         return history
 
     @app.get("/api/history")
