@@ -373,6 +373,21 @@ def test_activity_between_keep_alives_is_still_reported(page, server, kiosk):
         assert server.status(result["saliency_url"]) == 200
 
 
+def test_a_session_cleared_on_the_server_clears_the_screen(page, server, kiosk):
+    """An administrator's purge (or a restart) clears the server's session; the page ignored the keep-alive's
+    "no longer active" and kept the last patient's result and chat on screen while anyone touched it."""
+    driver = page
+    capture_result(driver)
+    js(driver, "window.kiosk.state.heartbeatMs = 200")
+    try:
+        kiosk.sessions.new_patient()  # what purge_local_data does
+        js(driver, SCROLL)
+        wait(driver, lambda d: visible(d, "screen-preview"), timeout=10)
+        assert text(driver, "result-name") == ""
+    finally:
+        js(driver, "window.kiosk.state.heartbeatMs = 30000")
+
+
 def test_the_history_panel_does_not_outlast_its_user(page, server):
     """Health-worker mode: History left open on an unattended kiosk closes, and so it does on New patient."""
     driver = page

@@ -691,11 +691,17 @@
     state.lastActivity = now;
     if (state.screen !== "result" || !state.result || heartbeatTimer) return;
     const due = Math.max(0, state.lastHeartbeat + state.heartbeatMs - now);
-    heartbeatTimer = setTimeout(() => {
+    heartbeatTimer = setTimeout(async () => {
       heartbeatTimer = null;
       if (state.screen !== "result" || !state.result) return;
       state.lastHeartbeat = Date.now();
-      api("/api/session/touch", { method: "POST" });
+      const shown = state.generation;
+      const res = await api("/api/session/touch", { method: "POST" });
+      // The server cleared the session (an administrator's purge, a restart, its own expiry): this patient's
+      // result must not stay on screen for the next person because someone keeps touching it.
+      if (res.ok && res.data && res.data.active === false && state.generation === shown && state.screen === "result") {
+        newPatient();
+      }
     }, due);
   }
 
