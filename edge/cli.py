@@ -133,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = with_overlay(_settings(args))  # settings an administrator changed over MQTT (set_config)
     logging.getLogger().setLevel(settings.log_level)
+    # What the daemon writes (the history's notes, the outbox) is for its own user, as edge.service's UMask
+    # makes it; `edge run` from a shell must not leave it readable by everyone.
+    os.umask(0o077)
     daemon = Daemon(settings)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -112,10 +112,13 @@ def test_camera_that_disappears_is_reopened_without_stopping(imagenet_pack, repl
 def test_edge_run_cli_replays_and_exits_cleanly(imagenet_pack, replay_folder, tmp_path):
     result = run_edge("run", "--model", str(imagenet_pack), "--source", f"file:{replay_folder}",
                       "--max-frames", "4", "--state-dir", str(tmp_path / "state"),
-                      env={"EDGE_PIPELINE__AUTO_CLASSIFY": "true", "EDGE_KIOSK__ENABLED": "false"})
+                      env={"EDGE_PIPELINE__AUTO_CLASSIFY": "true", "EDGE_KIOSK__ENABLED": "false",
+                           "EDGE_KIOSK__HEALTH_WORKER_MODE": "true"})
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count(" result ") >= 3
-    assert (tmp_path / "state").is_dir()
+    assert result.stderr.count(" screening done in ") >= 3
+    # private to the daemon's user without systemd's UMask too (the history was created 0644)
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "history.sqlite").stat().st_mode & 0o777 == 0o600
     # the start-up line reports the camera as the loop opened it, not "down" before the first open
     [running] = [line for line in result.stderr.splitlines() if " running: " in line]
     health = json.loads(running.split(" running: ", 1)[1])
