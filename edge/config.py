@@ -81,8 +81,10 @@ class InferenceSettings(_Section):
 
 
 class InputLimits(_Section):
-    max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest image file accepted.")
-    max_pixels: int = Field(40_000_000, ge=1024, description="Largest image (width x height) accepted.")
+    # Upper bounds: beyond them a limit protects nothing (and past 2**63 it broke every upload with a 500).
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024, le=1024 ** 3, description="Largest image file accepted.")
+    max_pixels: int = Field(40_000_000, ge=1024, le=1_000_000_000,
+                            description="Largest image (width x height) accepted.")
 
 
 class PipelineSettings(_Section):
@@ -214,6 +216,15 @@ class Settings(BaseSettings):
     )
 
     state_dir: Path = Field(default_factory=default_state_dir, description="Everything the daemon writes.")
+
+    @field_validator("state_dir", mode="before")
+    @classmethod
+    def _state_dir_is_named(cls, value):
+        # "" became "." (the working directory): the patient history was written wherever edge was started
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("state_dir is empty: name the folder the daemon writes to")
+        return value
+
     shared_dir: Path = Field(default_factory=default_shared_dir, description="Read-only data and weights.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     camera: CameraSettings = Field(default_factory=CameraSettings)
@@ -262,8 +273,13 @@ class _FileSource(PydanticBaseSettingsSource):
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
+        if Path(path).exists() and not Path(path).is_file() and not Path(path).is_dir():
+            # a device or a pipe has no end: /dev/zero grew to gigabytes in ten seconds
+            raise ConfigError(f"{path}: not a regular file")
         with open(path, "rb") as handle:
             return tomllib.load(handle)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:

@@ -147,6 +147,23 @@ def test_invalid_toml_and_missing_file(tmp_path):
         load_settings(tmp_path / "nope.toml")
 
 
+def test_config_inputs_a_review_found_mishandled(tmp_path, monkeypatch):
+    # /dev/zero as the config file grew to gigabytes; a deeply nested array was a RecursionError traceback
+    with pytest.raises(ConfigError, match="/dev/zero: not a regular file"):
+        load_settings(Path("/dev/zero"))
+    with pytest.raises(ConfigError, match="not valid TOML: nested too deeply"):
+        load_settings(write(tmp_path, "a = " + "[" * 5000 + "]" * 5000 + "\n"))
+    # a limit past 2**63 passed `config check` and made every upload a 500
+    with pytest.raises(ConfigError, match="limits.max_bytes"):
+        load_settings(write(tmp_path, "[limits]\nmax_bytes = 9223372036854775807\n"))
+    # an empty state_dir became "." and the patient history was written wherever edge was started
+    with pytest.raises(ConfigError, match="state_dir is empty"):
+        load_settings(write(tmp_path, 'state_dir = ""\n'))
+    monkeypatch.setenv("EDGE_STATE_DIR", "")
+    with pytest.raises(ConfigError, match="EDGE_STATE_DIR.*state_dir is empty"):
+        load_settings(None)
+
+
 def test_edge_config_env_selects_file(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_CONFIG", str(write(tmp_path, "log_level = 'DEBUG'\n")))
     assert load_settings().log_level == "DEBUG"
