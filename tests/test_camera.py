@@ -193,6 +193,22 @@ def test_folder_replay_skips_an_image_too_large_to_decode(
     assert any("0000_bomb.png" in r.getMessage() for r in camera_log.records if r.levelno == logging.WARNING)
 
 
+def test_folder_replay_does_not_read_a_huge_file_and_says_why_once(
+    ham_folder: Path, ham_paths: list[Path], camera_log: pytest.LogCaptureFixture
+) -> None:
+    """A 1.5 GB file in a replay folder was read whole, on every loop, before any size check (1.5 GB peak),
+    and every loop logged another warning without the reason."""
+    huge = ham_folder / "0000_huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: takes no disk space, and reading it would take 1.5 GB
+        handle.truncate(1_500_000_000)
+    with FileSource(ham_folder) as source:
+        frames = [source.read() for _ in range(3 * len(ham_paths) + 1)]  # loops past it three times
+    assert all(f.image.shape == (150, 200, 3) for f in frames)
+    warnings = [r.getMessage() for r in camera_log.records if r.levelno == logging.WARNING and "0000_huge" in
+                r.getMessage()]
+    assert len(warnings) == 1 and "file is 1500.0 MB, above the" in warnings[0], warnings
+
+
 def test_resilient_source_treats_any_read_error_as_the_camera_going_down(ham_folder: Path) -> None:
     """An error the source did not foresee (here a cv2.error from a driver) reopens the camera, never escapes."""
     clock = FakeClock()

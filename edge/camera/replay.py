@@ -16,7 +16,7 @@ import numpy as np
 
 from edge.camera.base import CameraSource
 from edge.errors import CameraUnavailable, ImageError, SourceFinished
-from edge.vision.decode import decode_image as decode_upload
+from edge.vision.decode import read_image_file
 
 log = logging.getLogger("edge.camera")
 
@@ -45,23 +45,22 @@ def has_images(folder: Path) -> bool:
         return False
 
 
-def decode_image(path: Path) -> np.ndarray | None:
-    """BGR pixels of ``path``, or None if it is not a usable image.
+def read_replay_image(path: Path) -> tuple[np.ndarray | None, str]:
+    """(BGR pixels of ``path``, "") or (None, why it is not a usable image).
 
-    Decoded like an upload (``edge.vision.decode``: size limits checked from the header before any pixel is
-    allocated, EXIF orientation applied), so a huge or corrupt file dropped into a replay folder is skipped,
-    never a crash. A vanished file raises ``CameraUnavailable``.
+    Read and decoded like an upload (``edge.vision.decode``: the file's size checked before it is read, the
+    pixel count from the header before any pixel is allocated, EXIF orientation applied), so a huge or corrupt
+    file dropped into a replay folder is skipped, never a crash. A vanished file raises ``CameraUnavailable``.
     """
     try:
-        data = path.read_bytes()
+        path.stat()
     except OSError as exc:
         raise CameraUnavailable(f"replay file {path} is gone or unreadable: {exc.strerror or exc}") from exc
     try:
-        rgb = decode_upload(data)
+        rgb = read_image_file(path)
     except ImageError as exc:
-        log.debug("replay: %s: %s", path, exc)
-        return None
-    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+        return None, str(exc)
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), ""
 
 
 class _Reader(Protocol):
@@ -74,9 +73,9 @@ class _StillImage:
     """One image, handed out again and again (a copy each time, so consumers cannot alter the next)."""
 
     def __init__(self, path: Path) -> None:
-        image = decode_image(path)
+        image, why = read_replay_image(path)
         if image is None:
-            raise CameraUnavailable(f"cannot decode image {path}: not a valid {path.suffix} file")
+            raise CameraUnavailable(f"cannot use image {why}")
         self._image = image
 
     def next_bgr(self) -> np.ndarray:
@@ -94,6 +93,7 @@ class _ImageFolder:
         self.loop = loop
         self._files = self._list()
         self._position = 0
+        self._skipped: set[Path] = set()  # warned about once: the folder is read again on every loop
         self._pending: np.ndarray | None = self._next_decodable()  # fail at open if nothing decodes
 
     def _list(self) -> list[Path]:
@@ -118,10 +118,11 @@ class _ImageFolder:
     def _next_decodable(self) -> np.ndarray:
         for _ in range(len(self._files)):
             path = self._next_path()
-            image = decode_image(path)
+            image, why = read_replay_image(path)
             if image is not None:
                 return image
-            log.warning("replay: skipping %s: not a usable image (corrupt, too large or too small)", path)
+            (log.debug if path in self._skipped else log.warning)("replay: skipping %s", why)
+            self._skipped.add(path)
         raise CameraUnavailable(f"none of the {len(self._files)} images in {self.folder} could be decoded")
 
     def next_bgr(self) -> np.ndarray:
