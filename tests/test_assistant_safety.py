@@ -966,6 +966,8 @@ ROUTED_QUESTIONS = [
     ("je peux attendre quelques mois ?", "fr", "skip_care"),
     ("can i put hydrocortisone on it, how much", "en", "treatment"), ("is there a pill for this", "en", "treatment"),
     ("¿con qué crema lo quito?", "es", "treatment"), ("comment l'enlever ?", "fr", "treatment"),
+    ("How accurate is this?", "en", "accuracy"), ("can i trust this result?", "en", "accuracy"),
+    ("¿es fiable?", "es", "accuracy"), ("est-ce que l'appareil se trompe ?", "fr", "accuracy"),
 ]
 
 
@@ -1001,6 +1003,9 @@ def test_questions_about_the_result_still_reach_the_model(question):
     ("There is a 3% chance that it is cancer.", "en"), ("Su lunar es normal.", "es"), ("Vous n'avez rien.", "fr"),
     ("No cancer was found.", "en"), ("No se detectó cáncer.", "es"), ("La respuesta es no.", "es"),
     ("You have about five years to live.", "en"), ("It's fine.", "en"), ("The mole is normal.", "en"),
+    # an invented accuracy: the measured one is in the model card
+    ("This device is 99% accurate.", "en"), ("The result is correct in 95% of cases.", "en"),
+    ("Es fiable al 90%.", "es"),
 ])
 def test_guard_blocks_verdicts_odds_and_prognoses_the_model_made_up(text, lang):
     verdict = screen_answer(text, lang, "routine")

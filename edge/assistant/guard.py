@@ -350,7 +350,8 @@ _ODDS_FIGURE = _rx(
 _PERCENT = re.compile(r"\b\d+(?:[.,]\d+)? ?(?:%|percent|per cent|por ciento|pour cent)")
 _ODDS_WORD = _rx(
     r"chances?|odds|probabilit\w*|likel\w*|risk\w*|possibilit\w*|posibilidad\w*|probabilidad\w*|riesgo\w*"
-    r"|probable\w*|risque\w*")
+    r"|probable\w*|risque\w*|accura\w*|reliab\w*|precis\w*|exactitud\w*|fiab\w*|fiabilit\w*|correct\w*"
+    r"|right|wrong|mistakes?|errors?|errores|erreurs?")
 _PROGNOSIS_STATEMENT = _rx(
     r"(?:days?|weeks?|months?|years?) (?:left )?to live|life expectancy|survival (?:rate|chances?)|(?:will|are going to)"
     r" die|(?:dias|semanas|meses|anos) de vida|esperanza de vida|(?:tasa|probabilidad) de supervivencia"
@@ -598,6 +599,7 @@ ODDS_QUESTION = "odds"
 PROGNOSIS_QUESTION = "prognosis"
 SKIP_CARE_QUESTION = "skip_care"
 TREATMENT_QUESTION = "treatment"
+ACCURACY_QUESTION = "accuracy"
 
 _VERDICT_WORD = _rx(
     rf"{_DISEASE}|benign\w*|harmless|malignant|dangerous|serious|normal|safe|fine|ok|okay|healthy|bad|deadly"
@@ -635,6 +637,14 @@ _TREATMENT = _rx(
     r"|combien|chirurgie|operer|chimio\w*")
 
 
+# "How accurate is this?": the model invents a figure ("99% accurate") for a device that misses some serious
+# spots and alarms about harmless ones.
+_ACCURACY = _rx(
+    r"accura\w*|reliab\w*|trust (?:it|this|the (?:result|device|machine|app))|(?:is|was) (?:it|this|the (?:device"
+    r"|machine|result|app)) (?:ever )?(?:wrong|right|correct)|(?:make|makes|made) mistakes|error rate|how good is"
+    r"|precis\w*|exactitud|fiab\w*|confiable|(?:se )?equivoca\w*|fiabilit\w*|exactitude|se tromp\w*|fiable")
+
+
 def question_needing_a_vetted_answer(question: str) -> str | None:
     """Which kind of question ``question`` is, of those the language model must not answer (see above), or
     None. Broad on purpose: a question wrongly routed here gets the vetted answer, which is always safe."""
@@ -649,6 +659,8 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return SKIP_CARE_QUESTION
     if _TREATMENT.search(asked):
         return TREATMENT_QUESTION
+    if _ACCURACY.search(asked):
+        return ACCURACY_QUESTION
     if _VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked):
         return VERDICT_QUESTION
     return None

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from edge.assistant.facts import load_facts
 from edge.assistant.guard import (
+    ACCURACY_QUESTION,
     DISCLAIMER,
     ODDS_QUESTION,
     PROGNOSIS_QUESTION,
@@ -152,6 +153,23 @@ VETTED_ANSWERS = {
               "une infirmière qui l'examine vous dira ce qu'il faut faire, s'il faut faire quelque chose. Ne la "
               "traitez pas, ne la coupez pas et ne l'enlevez pas vous-même.",
     },
+}
+VETTED_ANSWERS[ACCURACY_QUESTION] = {
+    "en": "This screening makes mistakes in both directions: it misses some serious spots and raises the alarm "
+          "about some harmless ones. It was trained and tested only on magnified photos of skin (dermoscopy), "
+          "mostly of lighter skin, so on other photos and on darker skin it may do worse. Its measured accuracy "
+          "is written in its model card, which the health worker can show you. That is why a health worker or "
+          "doctor needs to look at the spot.",
+    "es": "Esta detección se equivoca en los dos sentidos: no ve algunas manchas graves y da la alarma por "
+          "algunas inofensivas. Se entrenó y se probó solo con fotos ampliadas de la piel (dermatoscopia), sobre "
+          "todo de piel clara, así que con otras fotos y en pieles más oscuras puede fallar más. Su exactitud "
+          "medida figura en su ficha del modelo, que el trabajador de salud puede enseñarle. Por eso un "
+          "trabajador de salud o un médico debe ver la mancha.",
+    "fr": "Ce dépistage se trompe dans les deux sens : il passe à côté de certaines taches graves et donne "
+          "l'alerte pour certaines sans danger. Il a été entraîné et testé uniquement sur des photos agrandies "
+          "de la peau (dermoscopie), surtout de peaux claires : sur d'autres photos et sur des peaux plus "
+          "foncées, il peut faire moins bien. Sa précision mesurée figure dans sa fiche de modèle, que le "
+          "soignant peut vous montrer. C'est pourquoi un soignant ou un médecin doit examiner la tache.",
 }
 NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
                      "es": "Lo que esta detección le sugiere hacer ahora:",
