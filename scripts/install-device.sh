@@ -247,6 +247,13 @@ for unit in "$here"/systemd/*.service; do
   [ "$browser" = /usr/bin/chromium ] || sed -i "s# /usr/bin/chromium # $browser #" "$rendered"
   install_file "$rendered" "/etc/systemd/system/$(basename "$unit")" 0644
 done
+# The kiosk browser's Chromium policy, with --kiosk only (it applies to every Chromium on the machine): no
+# downloads (the history's CSV or a saved page would land in the kiosk user's home, where no purge reaches
+# them), no "Save as PDF" in the print dialog (a real printer still works), no developer tools, and no saving
+# of what is typed into forms.
+if [ "$kiosk" = 1 ]; then
+  install_file "$here/firmware_config/kiosk/chromium-policy.json" /etc/chromium/policies/managed/edge-kiosk.json 0644
+fi
 if [ "$platform" = jetson ]; then
   install_file "$here/firmware_config/jetson/edge.service.d/jetson.conf" /etc/systemd/system/edge.service.d/jetson.conf 0644
 fi

@@ -3,6 +3,7 @@ files it installs, and the `edge doctor` checks an operator runs on the device."
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -85,6 +86,26 @@ def test_device_install_lays_out_every_file_with_backups(pi_root):
                              str(pi_root / "etc/systemd/system/edge.service")],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and "edge.service" not in verify.stderr, verify.stderr
+
+
+def test_the_kiosk_browser_gets_a_policy_against_downloads_and_saving_pages(pi_root, tmp_path):
+    """A privacy review: the history's CSV link and the print dialog's "Save as PDF" wrote patient data into
+    the kiosk user's home, which no purge reaches. The policy comes with --kiosk only: it would apply to every
+    Chromium on the machine."""
+    policy = "etc/chromium/policies/managed/edge-kiosk.json"
+    result = setup_sh("--device", "--root", str(pi_root), "--platform", "pi")
+    assert result.returncode == 0, result.stderr
+    assert not (pi_root / policy).exists()
+    kiosk_root = tmp_path / "kiosk-root"
+    shutil.copytree(pi_root, kiosk_root, symlinks=True)
+    result = setup_sh("--device", "--root", str(kiosk_root), "--platform", "pi", "--kiosk")
+    assert result.returncode == 0, result.stderr
+    installed = json.loads((kiosk_root / policy).read_text())
+    assert installed["DownloadRestrictions"] == 3 and installed["PrinterTypeDenyList"] == ["pdf"]
+    assert installed["DeveloperToolsAvailability"] == 2 and mode(kiosk_root / policy) == 0o644
+    uninstalled = setup_sh("--uninstall", "--root", str(kiosk_root))
+    assert uninstalled.returncode == 0, uninstalled.stderr
+    assert not (kiosk_root / policy).exists()
 
 
 def test_device_install_rerun_changes_nothing_and_uninstall_restores(pi_root):
