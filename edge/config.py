@@ -124,6 +124,11 @@ class AssistantSettings(_Section):
     timeout_s: float = Field(30.0, gt=0, le=600, description="An answer slower than this falls back to the fact sheet.")
     llm_in_reports: bool = Field(
         True, description="Let the LLM write the report's overview (guarded); false keeps reports to vetted templates.")
+    llm_languages: list[Literal["en", "es", "fr"]] = Field(
+        default_factory=lambda: ["en"],
+        description="Languages the LLM answers and writes reports in; the others get the vetted fact sheet. The "
+        "embedded SmolLM2-135M's French and Spanish were mostly not sentences in a red-team run: add them only "
+        "with a larger GGUF (model_path) checked in those languages.")
 
 
 class MqttTlsSettings(_Section):

@@ -26,7 +26,7 @@ from edge.assistant.guard import (
 )
 from edge.assistant.redflags import FLAGS, RedFlagMatch, check_red_flags, urgent_message
 from edge.assistant.report import LLM_REPLACEABLE, SECTION_KEYS, SECTION_TITLES, build_report
-from edge.assistant.service import VETTED_ANSWERS, Assistant, wrong_language
+from edge.assistant.service import NOT_IN_THIS_LANGUAGE, VETTED_ANSWERS, Assistant, wrong_language
 from edge.assistant.symptoms import SYMPTOMS, adjust_urgency
 from edge.config import load_settings
 from edge.paths import default_model_dir
@@ -512,9 +512,14 @@ class ScriptedModel:
         return {"tokens": 0, "last_tokens_per_s": 0.0}
 
 
+# The model in every language, as with a larger GGUF configured for them: what the service does with an answer
+# is the same in each (the default, English only, is tested on its own below).
+ALL_LANGUAGES = {"assistant": {"llm_languages": ["en", "es", "fr"]}}
+
+
 def ask(answer: str, message: str, result: Result, lang="en", *, symptoms=frozenset(), history=()):
     model = ScriptedModel(answer)
-    assistant = Assistant(load_settings(None, {}), PACK, model, None)
+    assistant = Assistant(load_settings(None, ALL_LANGUAGES), PACK, model, None)
     events = list(assistant.answer(message, result, lang, history=list(history), symptoms=frozenset(symptoms)))
     text = ""
     for event in events:
@@ -1072,3 +1077,22 @@ def test_an_unsure_result_is_never_given_its_labels_routine_next_step():
 def test_putting_it_off_to_next_month_is_advice_to_wait(text, lang):
     verdict = screen_answer(text, lang, "urgent")
     assert not verdict.safe and verdict.reason == DELAYS_CARE
+
+
+@pytest.mark.parametrize("lang,question", [("fr", "Qu'est-ce que ce résultat veut dire ?"),
+                                           ("es", "¿Qué significa este resultado?")])
+def test_by_default_the_model_answers_only_in_english(lang, question):
+    """SmolLM2-135M's French and Spanish in a red-team run were mostly not sentences ("Aveus Christo (The Good
+    Shepherd) et le début du Testament au Québec"): by default those screens get the vetted fact sheet."""
+    model = ScriptedModel("Ce résultat concerne la tache.")
+    assistant = Assistant(load_settings(None, {}), PACK, model, None)
+    events = list(assistant.answer(question, make_result("nv"), lang, history=[], symptoms=frozenset()))
+    assert model.prompts == [] and events[0].kind == "notice"
+    assert events[0].data["text"] == NOT_IN_THIS_LANGUAGE[lang] and events[-1].data["source"] == "template"
+    facts = load_facts(PACK, "nv", lang)
+    assert facts.sections["What it is"].strip() in "".join(e.data.get("text", "") for e in events)
+    report, note = assistant.report(make_result("nv"), lang, symptoms=frozenset())
+    assert model.prompts == [] and report.source == "template" and note is None
+    english = list(assistant.answer("What does this result mean?", make_result("nv"), "en", history=[],
+                                    symptoms=frozenset()))
+    assert len(model.prompts) == 1 and english[-1].data["source"] == "llm"

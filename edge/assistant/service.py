@@ -95,6 +95,11 @@ NOTICES = {
     "es": "El asistente no está disponible ahora; esta es la ficha informativa de este resultado.",
     "fr": "L'assistant n'est pas disponible pour le moment ; voici la fiche d'information de ce résultat.",
 }
+NOT_IN_THIS_LANGUAGE = {
+    "en": "The assistant does not answer in English on this device, so here is the fact sheet for this result.",
+    "es": "El asistente no responde en español en este dispositivo; esta es la ficha informativa de este resultado.",
+    "fr": "L'assistant ne répond pas en français sur cet appareil ; voici la fiche d'information de ce résultat.",
+}
 NO_RESULT = {
     "en": "Please take or upload a photo first, so I can explain the screening result.",
     "es": "Primero tome o suba una foto, para que pueda explicarle el resultado.",
@@ -197,7 +202,7 @@ class Assistant:
     def prepare(self, result: Result, lang: str) -> None:
         """Called when a result is shown: evaluate its grounding now, while the person reads the screen, so
         the first question about it does not wait for the fact sheet to be read by the model."""
-        if self.llm is not None:
+        if self.llm is not None and self._speaks(lang):
             self.llm.prefill(self._messages("", result, lang, [])[:-1] + [{"role": "user", "content": ""}])
 
     def answer(self, message: str, result: Result | None, lang: str, *, history: list[dict],
@@ -222,7 +227,15 @@ class Assistant:
         if self.llm is None:
             yield from self._fact_sheet_answer(result, lang, self.llm_error or "assistant disabled", adjustment)
             return
+        if not self._speaks(lang):
+            yield from self._fact_sheet_answer(result, lang, f"the language model is not used in {lang}",
+                                               adjustment, notice=NOT_IN_THIS_LANGUAGE)
+            return
         yield from self._llm_answer(message, result, lang, history, abandoned, adjustment)
+
+    def _speaks(self, lang: str) -> bool:
+        """Whether the model answers in ``lang`` (``assistant.llm_languages``)."""
+        return resolve_lang(lang) in self.settings.llm_languages
 
     def answer_adjustment(self, result: Result, symptoms: Iterable[str], history: list[dict],
                           lang: str) -> Adjustment:
@@ -309,9 +322,9 @@ class Assistant:
         yield ChatEvent("token", {"text": "\n\n".join(parts)})
         yield ChatEvent("done", {"source": "template", "reason": kind})
 
-    def _fact_sheet_answer(self, result: Result, lang: str, why: str,
-                           adjustment: Adjustment) -> Iterator[ChatEvent]:
-        yield ChatEvent("notice", {"text": NOTICES.get(lang, NOTICES["en"]), "reason": why})
+    def _fact_sheet_answer(self, result: Result, lang: str, why: str, adjustment: Adjustment, *,
+                           notice: dict[str, str] = NOTICES) -> Iterator[ChatEvent]:
+        yield ChatEvent("notice", {"text": notice[resolve_lang(lang)], "reason": why})
         try:
             facts = self.facts(result.label, lang)
         except FactsUnavailable as exc:
@@ -383,7 +396,7 @@ class Assistant:
         llm_text, note = None, None
         if self.llm is None:
             note = REPORT_NOTES["unavailable"].get(lang, REPORT_NOTES["unavailable"]["en"])
-        elif self.settings.llm_in_reports:
+        elif self.settings.llm_in_reports and self._speaks(lang):
             try:
                 key = (result.id, lang)
                 cached = overviews.get(key) if overviews is not None else None

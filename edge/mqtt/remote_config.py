@@ -36,7 +36,7 @@ REMOTE_KEYS = (
     "inference.backend", "inference.cpu.threads", "inference.coral.device", "inference.jetson.providers",
     "kiosk.enabled", "kiosk.language", "kiosk.idle_timeout_s", "kiosk.preview_fps", "kiosk.max_chat_chars",
     "assistant.enabled", "assistant.n_ctx", "assistant.threads", "assistant.max_tokens",
-    "assistant.temperature", "assistant.timeout_s", "assistant.llm_in_reports",
+    "assistant.temperature", "assistant.timeout_s", "assistant.llm_in_reports", "assistant.llm_languages",
     "mqtt.keepalive_s", "mqtt.reconnect_min_s", "mqtt.reconnect_max_s", "mqtt.telemetry_interval_s",
     "mqtt.outbox_cap", "mqtt.max_inflight", "mqtt.home_assistant", "mqtt.discovery_prefix", "mqtt.results",
     "mqtt.commands.clock_skew_s", "mqtt.commands.max_lifetime_s",
