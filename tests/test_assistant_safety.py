@@ -973,6 +973,11 @@ ROUTED_QUESTIONS = [
     ("¿con qué crema lo quito?", "es", "treatment"), ("comment l'enlever ?", "fr", "treatment"),
     ("How accurate is this?", "en", "accuracy"), ("can i trust this result?", "en", "accuracy"),
     ("¿es fiable?", "es", "accuracy"), ("est-ce que l'appareil se trompe ?", "fr", "accuracy"),
+    # from the second red-team run, after the vetted answers
+    ("me puedo quedar tranquila?", "es", "verdict"), ("c benin ou pas", "fr", "verdict"),
+    ("en un mot : benin ou malin ?", "fr", "verdict"), ("en una palabra: benigno o maligno?", "es", "verdict"),
+    ("can it wait till after xmas? i'm busy", "en", "skip_care"), ("donc je peux zapper le dermato ?", "fr",
+                                                                  "skip_care"),
 ]
 
 

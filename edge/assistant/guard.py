@@ -604,9 +604,16 @@ ACCURACY_QUESTION = "accuracy"
 _VERDICT_WORD = _rx(
     rf"{_DISEASE}|benign\w*|harmless|malignant|dangerous|serious|normal|safe|fine|ok|okay|healthy|bad|deadly"
     r"|worr\w*|concern\w*|grave|peligros\w*|inofensiv\w*|malign\w*|san[oa]|preocup\w*|benin\w*|inoffensi\w*"
-    r"|malin\w*|sans danger|dangereu\w*|inquiet\w*|mechant\w*|sain\w*")
+    r"|malin\w*|sans danger|dangereu\w*|inquiet\w*|mechant\w*|sain\w*"
+    # reassurance sought: "can I relax?", "me puedo quedar tranquila?", "so it's probably nothing"
+    r"|relax\w*|calm\w*|reassur\w*|tranquil\w*|rassur\w*|nothing|nada|rien")
+# "benign or malignant?", "en un mot : bénin ou malin ?": a verdict asked for, whoever it is about
+_EITHER_OR = _rx(
+    r"(?:benign\w*|benin\w*|harmless|inofensiv\w*|inoffensi\w*) (?:[a-z]+ )?(?:or|ou|o) (?:[a-z]+ )?(?:malign\w*|malin\w*"
+    r"|cancer\w*|dangerous|dangereu\w*|peligros\w*|bad|grave)|(?:malign\w*|malin\w*|cancer\w*) (?:[a-z]+ )?(?:or|ou|o) "
+    r"(?:[a-z]+ )?(?:benign\w*|benin\w*|harmless|inofensiv\w*|inoffensi\w*|not)")
 _ABOUT_THEM = re.compile(  # the person's own spot or the person: "is it", "so i'm fine", "¿es normal?", "c'est"
-    r"\b(?:it|its|this|that|my|mine|i|im|me|esto|eso|este|esta|mi|tengo|estoy|soy|c est|ce|cet|cette|ca|cela|mon|ma"
+    r"\b(?:it|its|this|that|my|mine|i|im|me|esto|eso|este|esta|mi|tengo|estoy|soy|c est|c|ce|cet|cette|ca|cela|mon|ma"
     r"|je|j ai|suis)(?![a-z0-9])|^(?:(?:y|entonces|pero|asi que) )?(?:no )?(?:es|son|sera|seria)(?![a-z0-9])"
     # Spanish drops the pronoun mid-sentence too: "no sangra ni crece, es normal?"
     r"|\b(?:es|son|sera|seria) (?:algo )?(?:normal|benign\w*|grave|peligros\w*|malign\w*|inofensiv\w*|mal[oa]"
@@ -627,7 +634,10 @@ _SKIP_CARE = _rx(
     r"|checkup|check up)|(?:can|could|may|should) i (?:just |still )?(?:wait|leave it|not go|put it off|go later)"
     r"|(?:puedo|podria|debo|tengo que|necesito|hace falta|es necesario) (?:ir|esperar|dejarlo|ver|consultar|acudir"
     r"|no ir)|(?:je peux|puis je|dois je|faut il|est ce que je dois|est ce qu il faut|je dois|ai je besoin d)"
-    r" (?:attendre|consulter|aller|voir|ne pas)|ignorer|ignorar")
+    r" (?:attendre|consulter|aller|voir|ne pas)|ignorer|ignorar"
+    # "can it wait till after xmas?", "donc je peux zapper le dermato ?"
+    r"|(?:can|could|may|should) (?:it|this|that) wait|(?:puede|podria|puedo) esperar|(?:peut|pourrait) (?:il |elle |on )?"
+    r"attendre|zapp\w*|saltar\w*|sauter")
 _TREATMENT = _rx(
     rf"{_MEDICINE_NAME}|treat\w*|cure\w*|remov\w*|cut (?:it )?off|burn (?:it )?off|freez\w*|home remed\w*"
     r"|medicine|medication|cream|ointment|pill|tablet|dose|dosage|how much|surgery|operat\w*|chemo\w*"
@@ -661,7 +671,7 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return TREATMENT_QUESTION
     if _ACCURACY.search(asked):
         return ACCURACY_QUESTION
-    if _VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked):
+    if (_VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked)) or _EITHER_OR.search(asked):
         return VERDICT_QUESTION
     return None
 
