@@ -1043,6 +1043,11 @@ def test_guard_lets_plain_information_through(text):
     # a list after something else that is negated is still a report
     ("not sure, bleeding or oozing", "bleeding"), ("It is not mine, it bleeds or oozes", "bleeding"),
     ("no, it grew, bled and changed", "bleeding"),
+    # a negated first item does not make the rest of a list negated: each of these reports bleeding
+    ("not itchy, bleeding or oozing", "bleeding"), ("it doesn't itch, bleeds or oozes", "bleeding"),
+    ("no itching, bleeding or oozing", "bleeding"), ("not growing, bleeding or oozing", "bleeding"),
+    ("no pica, sangra o supura", "bleeding"), ("il n'a pas grossi, saigne ou suinte", "bleeding"),
+    ("it has a yellow discharge", "bleeding"), ("the mole is leaking", "bleeding"),
 ])
 def test_red_flags_phrased_indirectly_are_found(text, flag):
     found = check_red_flags(text)
@@ -1053,7 +1058,9 @@ def test_red_flags_phrased_indirectly_are_found(text, flag):
     # each raised "call emergency services" in a red-team run: a negation reaches across a list of symptoms
     "It hasn't bled, grown or changed.", "No ha sangrado, crecido ni cambiado.",
     "It has not grown, bled, or changed colour in 10 years.", "it dont hurt and it aint growing",
-    "Il n'a pas saigné, grossi ou changé.",
+    "Il n'a ni saigné, ni grossi, ni changé.",
+    # not a bleeding spot
+    "I was discharged from hospital last week", "my nose is leaking", "my other mole is twice the size of this one",
 ])
 def test_a_negated_list_of_symptoms_is_not_a_red_flag(text):
     assert check_red_flags(text) is None

@@ -133,34 +133,38 @@ _MORE_THAN_EVER = re.compile(r" (?:this much|so much|like this|tanto|tantisimo|a
 
 
 # A negation reaches across the commas of a list of symptoms: "It hasn't bled, grown or changed", "no ha
-# sangrado, crecido ni cambiado" (each used to raise an emergency message). A comma is such a list's when a
-# symptom word ends the part before it, a list's conjunction follows or sits between it and the mention, and at
-# most two words and no subject sit between them: "not sure, bleeding or oozing" and "it's not mine, it bleeds
-# or oozes" are not lists.
-_LIST_CONJUNCTIONS = frozenset({"or", "nor", "ni", "o", "u", "ou"})
+# sangrado, crecido ni cambiado" (each used to raise an emergency message). Only where the list's form says
+# so, because "not itchy, bleeding or oozing" and "it doesn't itch, bleeds or oozes" report bleeding: in
+# English both items must be past forms after a negated "has" or "did" ("hasn't bled, grown or changed"), joined
+# by or/nor; in Spanish and French the list must be joined by "ni" ("ni crecido ni cambiado"). At most two
+# words besides earlier items, and no subject, may sit between the comma and the mention.
 _SUBJECTS = frozenset({"it", "its", "i", "im", "he", "she", "they", "this", "that", "my", "mine", "esta", "este",
                        "eso", "esto", "mi", "yo", "il", "elle", "ca", "cela", "je", "j", "mon", "ma"})
 _SYMPTOM_WORD = re.compile(
     r"chang\w*|cambi\w*|grow\w*|grew|crec\w*|gross\w*|grandi\w*|bled|bleed\w*|sangr\w*|saign\w*|hurt\w*|dol\w*"
     r"|itch\w*|pica\w*|demang\w*|spread\w*|extend\w*|ooz\w*|weep\w*|supur\w*|suint\w*|heal\w*|crust\w*|scab\w*"
     r"|colou?r\w*|size|shape|tamano|forma|taille|couleur")
+_PAST_FORM = re.compile(r"[a-z]+(?:ed|en|wn)|bled|grew|spread|hurt")
 
 
-def _list_comma(before_comma: str, between: list[str], after: list[str]) -> bool:
+def _list_comma(before_comma: str, between: list[str], after: list[str], mention: str) -> bool:
     others = [w for w in between if w != _BOUNDARY and not _SYMPTOM_WORD.fullmatch(w)]  # earlier items pass
     if not _SYMPTOM_WORD.fullmatch(before_comma) or len(others) > 2 or _SUBJECTS.intersection(others):
         return False
-    following = [word for word in after[:3] if word != _BOUNDARY]  # "bled, or changed": a serial comma
-    return bool(_LIST_CONJUNCTIONS.intersection(between) or _LIST_CONJUNCTIONS.intersection(following))
+    joiners = set(between) | {word for word in after[:3] if word != _BOUNDARY}  # "bled, or changed": serial comma
+    if "ni" in joiners:
+        return True
+    return bool(joiners & {"or", "nor"}) and all(_PAST_FORM.fullmatch(w) for w in (before_comma, mention))
 
 
 def _negated_before(text: str, start: int, end: int | None = None) -> bool:
     before = text[:start].split()
     after = text[end:].split() if end is not None else []
+    mention = (text[start:end].split() or [""])[0] if end is not None else ""
     reach = _NEGATION_REACH
     for count, word in enumerate(reversed(before)):
         if (word == _BOUNDARY and count + 1 < len(before)
-                and _list_comma(before[-count - 2], before[len(before) - count:], after)):
+                and _list_comma(before[-count - 2], before[len(before) - count:], after, mention)):
             reach += 1  # the comma is not a word of the clause
             continue
         if word in _SCOPE_ENDS or count >= reach:
@@ -272,7 +276,12 @@ _STREAK_FR = r"(?:ligne|bande|trait|strie|raie|rayure|trace|trainee)s?"
 _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
         # "bleeding heart" is a plant
-        r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weep\w*|pus|leak\w*|discharg\w*"
+        r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weep\w*|pus"
+        # leaking or discharge from the spot, not "my nose is leaking", "discharged from hospital"
+        r"|(?:yellow|green|clear|white|smelly|some|a) discharge"
+        r"|(?:it|it s|its|mole|spot|lesion|sore|wound|patch|lump|bump|and|keeps?|kept|been|started) (?:[a-z]+ )?"
+        r"(?:leak\w*|discharg\w*(?! (?:from (?:the )?hospital|letter|papers|summary)))|discharg\w* (?:of |from )(?:it|pus"
+        r"|fluid|liquid|blood|the (?:spot|mole|lesion|sore))"
         r"|(?:red|blood|bloody) ?stains?|stain\w* (?:of |with )?blood|(?:manchas?|restos?) de sangre|taches? de sang"
         r"|blood (?:comes|coming|came|keeps|everywhere|on|from)|ha?emorr?h?ag\w*",
         # common misspellings, and blood itself when it is on or from the spot (not "blood pressure")
@@ -311,10 +320,11 @@ _RULES: tuple[_Rule, ...] = (
         r"doubl\w* (?:in )?size|(?:increas\w*|grow\w*) in size|used to be (?:flat|smaller|lighter|round|even)",
         # "its twice the size it was in january", "went from light brown to almost black", "the size of a pea
         # and now its like a grape"
-        r"(?:twice|three times|triple) (?:the |its |as )?(?:size|big|large|wide)|(?:twice|three times) as (?:big"
-        r"|large|wide|dark)",
+        # (a comparison with another spot is not growth: "my other mole is twice the size of this one")
+        r"(?:twice|three times|triple) (?:the |its |as )?(?:size|big|large|wide)(?! (?:of|as) (?:this|that|my|the"
+        r"|another|other))|(?:twice|three times) as (?:big|large|wide|dark)(?! as (?:this|that|my|the|another|other))",
         r"(?:went|gone|turned|changed|going|turning|changing) from (?:[a-z]+ ){1,3}to (?:an? |almost |nearly |very "
-        r"|really )?(?:black|dark\w*|blue|red|grey|gray|purple)",
+        r"|really )?(?:black|dark\w*|blue|red|purple)",
         r"(?:was|used to be) (?:[a-z]+ ){0,7}now (?:it s |its |it is |is )?(?:like |the size of |as big as |bigger "
         r"than )?(?:an? )?(?:grape|marble|walnut|golf ball|coin|cherry|olive|bean|pea|huge|big|bigger|larger)",
         r"(?:el )?doble de (?:grande|tamano|ancho)|(?:dos|tres) veces mas grande|deux fois plus (?:gros|grand)\w*"
