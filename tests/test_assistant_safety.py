@@ -21,6 +21,7 @@ from edge.assistant.guard import (
     SAFE_REPLACEMENT,
     TREATMENT_DOSE,
     VERDICT_QUESTION,
+    question_needing_a_vetted_answer,
     resolve_lang,
     screen_answer,
 )
@@ -1108,3 +1109,51 @@ def test_by_default_the_model_answers_only_in_english(lang, question):
     english = list(assistant.answer("What does this result mean?", make_result("nv"), "en", history=[],
                                     symptoms=frozenset()))
     assert len(model.prompts) == 1 and english[-1].data["source"] == "llm"
+
+
+# From a review of the guard's new patterns: plain, useful sentences they blocked, and what they let through.
+@pytest.mark.parametrize("text,lang", [
+    ("The screening gave melanoma 72%, so please see a doctor right away.", "en"),
+    ("The device gave 72% for melanoma, but it can be wrong.", "en"),
+    ("The calibrated probability is 72% for melanoma; please see a doctor within days.", "en"),
+    ("That's okay, many people feel worried.", "en"), ("It's okay, you can ask me anything.", "en"),
+    ("OK, here is what the result means.", "en"), ("Okay, let me explain.", "en"),
+    ("C'est normal, beaucoup de gens s'inquiètent.", "fr"), ("Es normal, muchas personas se preocupan.", "es"),
+    ("If that's okay with you, show it to a nurse.", "en"), ("The doctor will tell you if the spot is normal.", "en"),
+    ("Don't wait until next month.", "en"), ("Next month is too late; please go this week.", "en"),
+    ("N'attendez pas le mois prochain.", "fr"), ("El próximo mes es demasiado tarde.", "es"),
+    ("The answer is no one can tell from a photo.", "en"), ("La respuesta es no sabemos.", "es"),
+    ("Whatever it is, melanoma needs a doctor.", "en"),
+])
+def test_guard_lets_these_through_at_the_urgent_tier(text, lang):
+    assert screen_answer(text, lang, "urgent").safe
+
+
+@pytest.mark.parametrize("text,lang", [
+    ("I can't be sure, but this is a common, harmless mole.", "en"),  # a hedge in one part does not soften the next
+    ("It looks fine to me.", "en"), ("It seems fine for now.", "en"), ("This spot looks okay.", "en"),
+    ("Ce n'est probablement rien.", "fr"), ("About 1 out of 100 moles become cancer.", "en"),
+    ("La probabilidad es de una en un millón.", "es"), ("1 de cada 100 lunares.", "es"),
+])
+def test_guard_blocks_these_at_the_urgent_tier(text, lang):
+    assert not screen_answer(text, lang, "urgent").safe
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("what are my chances?", "odds"), ("how sure are you?", "odds"), ("is it urgent?", "verdict"),
+    ("so it's just a mole right", "verdict"), ("good or bad?", "verdict"), ("is it curable?", "prognosis"),
+    ("will it spread?", "prognosis"), ("can I go next month instead?", "skip_care"),
+    ("what happens if i don't go?", "skip_care"), ("should i get it removed?", "treatment"),
+])
+def test_more_ways_of_asking_for_a_verdict_are_routed(question, kind):
+    assert question_needing_a_vetted_answer(question) == kind
+
+
+@pytest.mark.parametrize("question", [
+    "is my data safe?", "is it safe to shower?", "ok, what should I bring to the appointment?",
+    "how do I remove my photo?", "can I skip this step?", "how long do I have to wait for the results?",
+    "how much does it cost?", "what are the risk factors for melanoma?", "how can I reduce the risk of skin cancer?",
+    "is it normal to have many moles?", "can I wait for the doctor here?", "how good is my photo?",
+])
+def test_ordinary_questions_are_not_taken_for_verdicts(question):
+    assert question_needing_a_vetted_answer(question) is None

@@ -283,10 +283,22 @@ _FALSE_REASSURANCE = _rx(
     r" (?:ningun )?cancer|(?:vous n avez|tu n as) rien"
     r"|(?:can|could|may) (?:safely |just )?skip (?:the |seeing (?:a |the )?|your |a )?(?:doctor|clinic|visit|appointment"
     r"|dermatologist|check ?up)"
-    r"|(?:it|this|that|the spot|the mole|your mole|the lesion|the mark|your skin) (?:is|s|looks|seems) (?:perfectly "
-    r"|completely |totally |probably |most likely )?(?:normal|fine|safe|ok|okay|healthy)(?! (?:to|for|if|when|that))"
+    )
+# "It looks fine to me", "your mole is normal", "ce n'est probablement rien": checked with the clause's hedges
+# ("the doctor will tell you if the spot is normal" is not a verdict).
+_FINE = (r"(?:perfectly |completely |totally |probably |most likely |absolutely )?(?:normal|fine|safe|ok|okay|alright"
+         r"|all right|healthy|good)(?! (?:to (?!me)|for (?!now)|if|when|that|with|enough to))")
+_SPOT_IS_FINE = _rx(
+    rf"(?:the spot|this spot|the mole|this mole|your mole|my mole|the lesion|the mark|your skin) (?:is|s|looks|seems"
+    rf"|appears) (?:to be )?{_FINE}"
     r"|(?:su|tu|el|este|esta|la) (?:lunar|mancha|lesion) (?:es|esta|parece) (?:normal|san[oa]|bien)(?! (?:que|para|si))"
-    r"|(?:c est|c etait|cela est|ca a l air) (?:tout a fait |parfaitement |sans doute )?normal\w*(?! (?:de|d|que|si))")
+    r"|(?:votre|ton|ce) grain de beaute (?:est|a l air|semble) (?:tout a fait |parfaitement )?(?:normal|sain|bien)")
+# "It's fine", "c'est probablement rien" as what an answer ends on; "That's okay, many people feel worried" and
+# "C'est normal, beaucoup de gens s'inquiètent" open a sentence about feelings, and pass.
+_IT_IS_FINE = _rx(
+    rf"(?:it|this|that) (?:is|s|looks|seems|appears) (?:to be )?{_FINE}"
+    r"|(?:c est|c etait|cela est|ca a l air|ce n est) (?:tout a fait |parfaitement |sans doute |probablement )?"
+    r"(?:normal\w*|bien|rien)(?! (?:de|d|que|si))")
 
 # Hedges before a statement in the same clause turn it into screening language: "if you have ...",
 # "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is
@@ -331,27 +343,40 @@ def _certain_across_clauses(sentence: str) -> str | None:
     return None
 
 
-# A sentence that is nothing but a verdict: "Benign.", "C'est normal.", "Es normal.", "It's fine."
+# A sentence that is nothing but a verdict: "Benign.", "C'est normal.", "Es normal.", "It's fine." Interjections
+# ("OK, let me explain", "Fine, I will explain it again") are not: ok/fine/safe/bien need a subject.
+_MEDICAL_VERDICT = (r"(?:a |an |un |una |une )?(?:benign\w*|harmless|normal|nothing|not cancer|inofensiv[oa]|nada"
+                    r"|benin\w*|sans danger|inoffensi\w*|rien|pas grave|pas un cancer|no es cancer)")
 _VERDICT_SENTENCE = re.compile(
-    r"^(?:(?:so|yes|well|then|oui|si|bueno|alors|donc) )?(?:(?:it|this|that) (?:is|s) |it s |its |c est |ce n est |es |esto es "
-    r"|(?:su|tu|el) lunar es |(?:votre|ton) grain de beaute est )?(?:(?:completely|totally|perfectly|probably|most likely"
-    r"|sans doute|probablemente|totalmente|tout a fait) )?(?:(?:a |an |un |una |une )?(?:benign\w*|harmless|normal|fine"
-    r"|safe|ok|okay|nothing|not cancer|healthy|inofensiv[oa]|nada|benin\w*|sans danger|inoffensi\w*|rien|pas grave"
-    r"|pas un cancer|no es cancer|bien|san[oa]))$")
+    r"^(?:(?:so|yes|well|then|oui|si|bueno|alors|donc) )?(?:(?:completely|totally|perfectly|probably|most likely"
+    rf"|sans doute|probablemente|totalmente|tout a fait) )?{_MEDICAL_VERDICT}$"
+    r"|^(?:(?:so|yes|well|then|oui|si|bueno|alors|donc) )?(?:it is |it s |its |this is |c est |ce n est |es |esto es "
+    r"|(?:su|tu|el) lunar es |(?:votre|ton) grain de beaute est )(?:(?:completely|totally|perfectly|probably|most likely"
+    rf"|sans doute|probablemente|totalmente|tout a fait) )?(?:{_MEDICAL_VERDICT}|fine|safe|ok|okay|healthy|bien|san[oa])$")
+# ... and the last clause of a sentence can be one: "No sangra ni crece, es normal." (not "C'est normal, beaucoup
+# de gens s'inquiètent", nor "That's okay, many people feel worried").
+_VERDICT_LAST_CLAUSE = re.compile(
+    rf"^(?:it is |it s |its |c est |es |esto es )(?:(?:probably|probablemente|sans doute) )?{_MEDICAL_VERDICT}$")
 # "The answer is yes", 'The answer is "no"', "The answer is 0.12%": the model's way of giving a verdict or a number.
+# (in words, "0.12%" is "0 12%")
+_ANSWER_FIGURE = (r"\d+(?: \d+)? ?(?:%|percent|por ciento|pour cent|months?|years?|weeks?|days?|meses|anos|semanas"
+                  r"|dias|mois|ans|semaines|jours)|\d+(?: \d+)?$")
 _THE_ANSWER_IS = _rx(
-    r"the (?:short |simple )?answer (?:to (?:this|that|your) question )?(?:is|would be) (?:a )?(?:yes|no|\d+)"
-    r"|la respuesta (?:corta |a (?:esta|su|tu) pregunta )?es (?:un )?(?:si|no|\d+)"
-    r"|la reponse (?:courte |a (?:cette|votre|ta) question )?est (?:un )?(?:oui|non|\d+)")
+    r"the (?:short |simple )?answer (?:to (?:this|that|your) question )?(?:is|would be) (?:a )?(?:yes|no(?! (?:one|single"
+    rf"|doctor|device|test|machine|screening|way|app|photo))|{_ANSWER_FIGURE})"
+    rf"|la respuesta (?:corta |a (?:esta|su|tu) pregunta )?es (?:un )?(?:si|no(?! (?:lo |se |sabemos|puedo|podemos|hay))"
+    rf"|{_ANSWER_FIGURE})"
+    rf"|la reponse (?:courte |a (?:cette|votre|ta) question )?est (?:un )?(?:oui|non|{_ANSWER_FIGURE})")
 # Odds and prognoses are invented: "1 in every million", "a 12% chance", "12 months to live".
 _ODDS_FIGURE = _rx(
-    r"(?:\d+|one|a|uno?|une?) (?:chance )?(?:in|en|sur) (?:every |each |a |one |cada |un |une )?"
+    r"(?:\d+|one|a|uno?|una|une?) (?:chance )?(?:in|en|sur|out of|de cada) (?:every |each |a |one |cada |un |une )?"
     r"(?:\d[\d ]*|million|thousand|hundred|billion|millon|mil|cien|millier|mille|cent)")
 _PERCENT = re.compile(r"\b\d+(?:[.,]\d+)? ?(?:%|percent|per cent|por ciento|pour cent)")
+# A percentage is the model's own invention beside these words; beside "probability" or "scored" it may be the
+# screening's own figure from the prompt ("the device gave 72% for melanoma"), which the screen shows anyway.
 _ODDS_WORD = _rx(
-    r"chances?|odds|probabilit\w*|likel\w*|risk\w*|possibilit\w*|posibilidad\w*|probabilidad\w*|riesgo\w*"
-    r"|probable\w*|risque\w*|accura\w*|reliab\w*|precis\w*|exactitud\w*|fiab\w*|fiabilit\w*|correct\w*"
-    r"|right|wrong|mistakes?|errors?|errores|erreurs?")
+    r"chances?|odds|risk\w*|possibilit\w*|posibilidad\w*|riesgo\w*|risque\w*|accura\w*|reliab\w*|exactitud\w*"
+    r"|fiab\w*|fiabilit\w*|correct in|right in|precis\w* (?:of|del|de)")
 _PROGNOSIS_STATEMENT = _rx(
     r"(?:days?|weeks?|months?|years?) (?:left )?to live|life expectancy|survival (?:rate|chances?)|(?:will|are going to)"
     r" die|(?:dias|semanas|meses|anos) de vida|esperanza de vida|(?:tasa|probabilidad) de supervivencia"
@@ -368,9 +393,13 @@ def _find_verdict_or_figure(sentence: str) -> str | None:
     if _VERDICT_SENTENCE.match(words):
         return words
     percent = _PERCENT.search(sentence)
-    if percent and _ODDS_WORD.search(words):
+    if percent and _ODDS_WORD.search(words) and not _SUNSCREEN.search(words):  # "blocks 97% of UVB rays"
         return percent.group()
     return None
+
+
+# "a common, harmless mole": an article, one word and a comma, joined (not "whatever it is, melanoma needs ...").
+_ADJECTIVE_COMMA = re.compile(r"\b((?:a|an|the|un|una|une|le|la|el) \w+),")
 
 
 def _find_diagnosis(folded: str) -> str | None:
@@ -381,9 +410,14 @@ def _find_diagnosis(folded: str) -> str | None:
         certain = _certain_across_clauses(sentence)
         if certain:
             return certain
-        for clause in _clauses(sentence):
-            if _VERDICT_SENTENCE.match(clause):  # "No sangra ni crece, es normal."
-                return clause
+        clauses = _clauses(sentence)
+        if len(clauses) > 1 and _VERDICT_LAST_CLAUSE.match(clauses[-1]):  # "No sangra ni crece, es normal."
+            return clauses[-1]
+        for index, clause in enumerate(clauses):
+            for pattern in (_SPOT_IS_FINE, _IT_IS_FINE) if index == len(clauses) - 1 else (_SPOT_IS_FINE,):
+                for match in pattern.finditer(clause):
+                    if not _HEDGE_BEFORE.search(clause[: match.start()]):
+                        return match.group()
             for pattern in (*_DIAGNOSIS_PATTERNS, _DIAGNOSIS_AT_CLAUSE_START):
                 for match in pattern.finditer(clause):
                     if not _hedged(clause, match):
@@ -399,12 +433,18 @@ def _find_diagnosis(folded: str) -> str | None:
             match = _FALSE_REASSURANCE.search(clause)
             if match:
                 return match.group()
-        # A comma between adjectives hides the subject from the clause: "This is a common, harmless mole."
-        joined = _words(sentence.replace(",", " "))
-        for pattern in _DIAGNOSIS_PATTERNS:
-            for match in pattern.finditer(joined):
-                if not _hedged(joined, match):
-                    return match.group()
+        # A comma between adjectives hides the subject from the clause: "This is a common, harmless mole." The
+        # commas are joined only inside the parts a contrast, colon or dash separates, so a hedge in one part
+        # ("I can't be sure, but this is a common, harmless mole") does not soften the next.
+        for part in re.split(rf"[:\"«»“”]|\s[-–—]\s|{_CONTRAST}", sentence):
+            merged = _ADJECTIVE_COMMA.sub(r"\1 ", part)
+            if merged == part:
+                continue
+            joined = _words(merged)
+            for pattern in _DIAGNOSIS_PATTERNS:
+                for match in pattern.finditer(joined):
+                    if not _hedged(joined, match):
+                        return match.group()
     return None
 
 
@@ -504,7 +544,8 @@ _DELAY = _rx(
     r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
     r"|(?:isn t|isnt|is not|s not|wasn t) (?:urgent|an emergency|pressing)"
     rf"|wait (?:for )?(?:{_SOME} (?:more )?(?:days|weeks|months|years)|(?:a|an|one) (?:more )?(?:week|month|year))"
-    r"|wait and see|next month|in a month or two|no urgency"
+    r"|wait and see|no urgency"
+    r"|(?:go|come|see|visit|book|check|wait|leave it|put it off|do it)(?: [a-z]+){0,3} (?:next month|in a month or two)"
     rf"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){{0,2}}(?:in|after) (?:{_SOME} (?:weeks|months"
     r"|years)|(?:a|an|one) (?:month|year))|next year"
     # "a few months is a reasonable amount of time to wait"
@@ -518,8 +559,10 @@ _DELAY = _rx(
     r"|(?:revise|revisela|vuelva|mire|consulte) (?:[a-z]+ ){0,2}(?:en|dentro de) (?:unas|unos|varias|varios|algunas"
     r"|algunos|\d+) (?:semanas|meses|anos)"
     r"|el (?:proximo|ano) (?:ano|proximo)|tomese su tiempo|en su proxima (?:revision|visita|consulta)"
-    r"|el (?:mes|ano) que viene|el proximo mes|(?:sin|ninguna) urgencia"
-    r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent|le mois prochain|aucune urgence"
+    r"|(?:ir|ve|vaya|acud\w*|consult\w*|ver|esperar|espere|dejarlo)(?: [a-z]+){0,3} (?:el (?:mes|ano) que viene|el"
+    r" proximo mes)|(?:sin|ninguna) urgencia"
+    r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent|aucune urgence"
+    r"|(?:aller|allez|venir|venez|consulter|consultez|voir|attendre|attendez)(?: [a-z]+){0,3} le mois prochain"
     r"|(?:peut|pourrait|pouvez|pourriez|peux|pourrais|pouvons) (?:tout a fait |bien |tranquillement )?attendre"
     r"|prenez votre temps|(?:raisonnable|acceptable|sans risque) d attendre"
     r"|attend\w* (?:quelques|plusieurs|un|une|\d+|deux|trois|quatre|six) (?:jours|semaines?|mois|ans|annees?)"
@@ -601,58 +644,101 @@ SKIP_CARE_QUESTION = "skip_care"
 TREATMENT_QUESTION = "treatment"
 ACCURACY_QUESTION = "accuracy"
 
+_MALIGNANT_ASKED = rf"{_MALIGNANT}|canceros\w*|cancereu\w*|skin cancer"
 _VERDICT_WORD = _rx(
-    rf"{_DISEASE}|benign\w*|harmless|malignant|dangerous|serious|normal|safe|fine|ok|okay|healthy|bad|deadly"
-    r"|worr\w*|concern\w*|grave|peligros\w*|inofensiv\w*|malign\w*|san[oa]|preocup\w*|benin\w*|inoffensi\w*"
-    r"|malin\w*|sans danger|dangereu\w*|inquiet\w*|mechant\w*|sain\w*"
+    rf"{_MALIGNANT_ASKED}|benign\w*|harmless|malignant|dangerous|serious|normal(?! (?:to|que|de|d))|deadly|scar\w*"
+    r"|panic\w*|worr\w*|grave|peligros\w*|inofensiv\w*|malign\w*|mal[oa]|preocup\w*|benin\w*|inoffensi\w*"
+    r"|malin\w*|sans danger|dangereu\w*|inquiet\w*|mechant\w*"
     # reassurance sought: "can I relax?", "me puedo quedar tranquila?", "so it's probably nothing"
     r"|relax\w*|calm\w*|reassur\w*|tranquil\w*|rassur\w*|nothing|nada|rien")
+# "am I ok?", "is it bad?", "good or bad?": everyday words that are a verdict only in these forms ("is my data
+# safe?", "is it ok to put sunscreen on it?", "thanks, that's fine" are not)
+_VERDICT_PHRASE = _rx(
+    r"(?:am i|i m|im|i am|will i be|am i going to be|is (?:it|this|that)|it s|its|is my (?:mole|spot|skin|lesion)"
+    r"|so it s|does it look|will it be) (?:going to be |gonna be |really |all |something )?(?:ok|okay|fine|safe|alright"
+    r"|all right|healthy|bad|good|serious)(?! (?:to|with|for|if|here|now|thanks))"
+    r"|good or bad|bad or good|yes or no|(?:a )?mole or (?:a )?(?:melanoma|cancer)|(?:melanoma|cancer) or (?:a )?(?:mole"
+    r"|not)|(?:estoy|esta|es) bien|je vais bien|(?:ca|c|c est) (?:va )?(?:bien|grave)"
+    # "so it's just a mole?", "is it a bcc?", "the result is good news right?", "is it urgent?"
+    rf"|(?:is (?:it|this)|it s|its|so it s|so its) (?:just |only |really |probably )?(?:a |an )?(?:{_DISEASE})"
+    r"|^(?:so |and |but )?(?:is (?:it|this|the result)|it s|the result is) (?:an? )?(?:good news|bad news|positive"
+    r"|negative|emergency|urgent)"
+    r"|positive or negative|good news|nothing to worry|bueno o malo|bon ou mauvais|voy a estar bien|c est sur"
+    r"|solo un lunar|juste un grain de beaute|(?:es|c est) urgente?"
+    r"|(?:one|single) word|en un mot|en una palabra|scale of|out of (?:10|ten)|from 1 to 10|rate it")
 # "benign or malignant?", "en un mot : bénin ou malin ?": a verdict asked for, whoever it is about
 _EITHER_OR = _rx(
     r"(?:benign\w*|benin\w*|harmless|inofensiv\w*|inoffensi\w*) (?:[a-z]+ )?(?:or|ou|o) (?:[a-z]+ )?(?:malign\w*|malin\w*"
     r"|cancer\w*|dangerous|dangereu\w*|peligros\w*|bad|grave)|(?:malign\w*|malin\w*|cancer\w*) (?:[a-z]+ )?(?:or|ou|o) "
     r"(?:[a-z]+ )?(?:benign\w*|benin\w*|harmless|inofensiv\w*|inoffensi\w*|not)")
 _ABOUT_THEM = re.compile(  # the person's own spot or the person: "is it", "so i'm fine", "¿es normal?", "c'est"
-    r"\b(?:it|its|this|that|my|mine|i|im|me|esto|eso|este|esta|mi|tengo|estoy|soy|c est|c|ce|cet|cette|ca|cela|mon|ma"
-    r"|je|j ai|suis)(?![a-z0-9])|^(?:(?:y|entonces|pero|asi que) )?(?:no )?(?:es|son|sera|seria)(?![a-z0-9])"
+    r"\b(?:it|its|this|that|my|mine|i|im|me|you|esto|eso|este|esta|mi|tengo|estoy|soy|debo|deberia|faut il|c est|c|ca"
+    r"|cela|mon"
+    r"|ma|je|j ai|suis)(?![a-z0-9])|\best ce(?! que| qu)(?![a-z0-9])"
+    r"|^(?:(?:y|entonces|pero|asi que) )?(?:no )?(?:es|son|sera|seria)(?![a-z0-9])|\b(?:podria|puede) ser(?![a-z0-9])"
     # Spanish drops the pronoun mid-sentence too: "no sangra ni crece, es normal?"
     r"|\b(?:es|son|sera|seria) (?:algo )?(?:normal|benign\w*|grave|peligros\w*|malign\w*|inofensiv\w*|mal[oa]"
     r"|seri[oa]|cancer\w*|un cancer|un melanoma)(?![a-z0-9])")
 _ODDS = _rx(
-    r"odds|chances?|probabilit\w*|percent\w*|likel\w*|risk\w*|how sure|how certain|sure|certain"
-    r"|posibilidad\w*|probabilidad\w*|porcentaje|por ciento|riesgo|probable\w*|segur[oa]"
-    r"|risque\w*|pourcentage|pour cent|sur|sure|certaine?")
+    r"odds|chances?|probabilit\w*|percent\w*|likel\w*|risk(?! factors?)|how sure|how certain|how confident"
+    r"|posibilidad\w*|probabilidad\w*|porcentaje|por ciento|riesgo|probable\w*|que tan segur[oa]"
+    r"|risque\w*|pourcentage|pour cent|(?:es|etes) (?:vous |tu )?sur\w*")
+# "what are my chances?", "how likely is it?": odds asked for without naming a disease
+_ODDS_PERSONAL = _rx(
+    r"(?:my|mes|mis) (?:chances|odds|posibilidades|probabilidades)|how (?:likely|probable|sure|certain|confident)|what are the (?:chances|odds)"
+    r"|is it likely|(?:is|are) (?:the result|it|you) (?:certain|sure)|que tan segur[oa]|what s the (?:chance|probability"
+    r"|likelihood|risk)|whats the (?:chance|probability|risk)|(?:chance|probability|likelihood|risk) (?:that|of) (?:it|this"
+    r"|my|i)|quel(?:le)?s? (?:est|sont) (?:le risque|les chances|mes chances|la probabilite)|(?:que|cual(?:es)?) (?:son )?"
+    r"(?:la |las |mis )?(?:probabilidad|posibilidad|riesgo)\w*")
+_PREVENTION = _rx(r"reduc\w*|lower|prevent\w*|protect\w*|avoid\w*|reducir|bajar|prevenir|evitar|proteger\w*|reduire"
+                  r"|diminuer|eviter|proteger")
 _PROGNOSIS = _rx(
-    r"how long (?:do i|will i|have i|to live|until)|(?:will|am|m) i (?:going to |gonna )?die|life expectancy"
-    r"|surviv\w*|fatal|deadly|kill (?:me|you)|cuanto (?:tiempo )?(?:me queda|voy a vivir|de vida)"
-    r"|(?:voy a|me voy a|puedo) morir\w*|esperanza de vida|sobreviv\w*|mortal\w*"
-    r"|combien de temps (?:il me reste|vais je vivre|je vais vivre|a vivre)|(?:vais je|je vais|est ce que je vais)"
-    r" mourir|esperance de vie|mortel\w*")
+    r"how long (?:do i have(?: left| to live)?(?! to)|will i live|have i got|to live|until i die)"
+    r"|(?:will|am|m) i (?:going to |gonna )?die|am i dying|life expectancy|surviv\w*|fatal|deadly|terminal"
+    r"|kill (?:me|you)|(?:will|can|could|does|has|is) it (?:spread\w*|get worse)|metasta\w*|what stage|which stage"
+    r"|stage (?:\d|one|two|three|four|i|ii|iii|iv)|curable|incurable|lose my|se va a extender|se propag\w*|se guerit"
+    r"|cuanto (?:tiempo )?(?:me queda|voy a vivir|de vida)|(?:voy a|me voy a|puedo) morir\w*|esperanza de vida"
+    r"|sobreviv\w*|mortal\w*|tiene cura|se cura|combien de temps (?:il me reste|vais je vivre|je vais vivre|a vivre)"
+    r"|(?:vais je|je vais|est ce que je vais) mourir|esperance de vie|mortel\w*|se soigne|guerissable")
 _SKIP_CARE = _rx(
-    r"skip|ignore|(?:do|must|should|shall) i (?:really |even |still |actually )?(?:need|have) to (?:see|go|visit|get"
-    r"|show|call|book)|do i (?:really |even |still )?need (?:a |to see a |an )?(?:doctor|dermatologist|appointment"
-    r"|checkup|check up)|(?:can|could|may|should) i (?:just |still )?(?:wait|leave it|not go|put it off|go later)"
-    r"|(?:puedo|podria|debo|tengo que|necesito|hace falta|es necesario) (?:ir|esperar|dejarlo|ver|consultar|acudir"
-    r"|no ir)|(?:je peux|puis je|dois je|faut il|est ce que je dois|est ce qu il faut|je dois|ai je besoin d)"
-    r" (?:attendre|consulter|aller|voir|ne pas)|ignorer|ignorar"
+    r"skip (?:the |seeing |my |a )?(?:doctor|dermatologist|appointment|visit|clinic|check ?up|referral)"
+    r"|ignore (?:it|this|the (?:result|spot|mole))|(?:do|must|should|shall) i (?:really |even |still |actually )?"
+    r"(?:need|have) to (?:see|go|visit|get|show|call|book)|do i (?:really |even |still )?need (?:a |to see a |an )?"
+    r"(?:doctor|dermatologist|appointment|checkup|check up)|(?:can|could|may|should) i (?:just |still )?(?:wait(?! (?:for"
+    r"|here|in|outside))|leave it|not go|put it off|go later|go (?:next|in a few|in (?:a|one|two|three|six) ))"
+    r"|(?:what happens |what if |and )?if i (?:don t|do not|dont) (?:go|see)|i (?:don t|do not|dont) want to go"
+    r"|rather not go|what (?:happens )?if i wait|(?:next|the next) (?:week|month|year)|in (?:a few|several|\d+|two|three"
+    r"|six) (?:weeks|months|years)|come back (?:in|later)|(?:just )?(?:watch|monitor) it|keep an eye on it"
+    r"|don t have time|can t afford|must i go|(?:is (?:it|a (?:doctor )?visit)|is a doctor) (?:really )?necessary"
+    r"|necessary to (?:see|go)|if you were me|in my (?:place|shoes)|no quiero ir|pas envie d aller|si je ne consulte pas"
+    r"|l annee prochaine|el ano que viene|el mes que viene|le mois prochain"
+    r"|(?:puedo|podria|debo|tengo que|necesito|hace falta|es necesario) (?:ir(?! a la farmacia)|esperar|dejarlo"
+    r"|ver (?:a |al )?(?:un )?(?:medico|doctor|dermatolog\w*)|consultar|acudir|no ir)|(?:que pasa|y) si no voy"
+    r"|(?:je peux|puis je|dois je|faut il|est ce que je dois|est ce qu il faut|je dois|ai je besoin d) (?:attendre"
+    r"|consulter|aller (?:chez|voir|a l hopital|a la clinique|consulter)|voir (?:un |le )?(?:medecin|docteur|dermato\w*)"
+    r"|ne pas)|ignorer (?:le|ce|la)|ignorarlo|lo ignoro"
     # "can it wait till after xmas?", "donc je peux zapper le dermato ?"
     r"|(?:can|could|may|should) (?:it|this|that) wait|(?:puede|podria|puedo) esperar|(?:peut|pourrait) (?:il |elle |on )?"
-    r"attendre|zapp\w*|saltar\w*|sauter")
+    r"attendre|zapp\w*|saltarme|sauter (?:le|la|ce)")
 _TREATMENT = _rx(
-    rf"{_MEDICINE_NAME}|treat\w*|cure\w*|remov\w*|cut (?:it )?off|burn (?:it )?off|freez\w*|home remed\w*"
-    r"|medicine|medication|cream|ointment|pill|tablet|dose|dosage|how much|surgery|operat\w*|chemo\w*"
-    r"|tratamiento|tratar|curar\w*|quitar\w*|extirpar\w*|remedio\w*|medicina|medicamento\w*|crema|pomada|pastilla"
-    r"|dosis|cuanto|cirugia|operar\w*|quimio\w*"
-    r"|traitement|traiter|soigner|guerir|enlever|retirer|remede\w*|medicament\w*|creme|pommade|comprime\w*"
-    r"|combien|chirurgie|operer|chimio\w*")
+    rf"{_MEDICINE_NAME}|treat\w*|cure\w*|remov\w* (?:it|this|that|the (?:mole|spot|lesion|growth))|get rid of"
+    r"|(?:be|get|got|it|have it) removed|quitar|lo tengo que quitar|l enlever"
+    r"|cut (?:it )?off|burn (?:it )?off|freez\w* (?:it|off)|home remed\w*|medicine|medication|cream|ointment|pill"
+    r"|tablet|dose|dosage|how much (?:[a-z]+ ){0,2}(?:should|can|do|must) i (?:take|put|use|apply)|surgery"
+    r"|operation|operate on|chemo\w*"
+    r"|tratamiento|tratar|curar\w*|quitar(?:lo|la|me)|lo quito|extirpar\w*|remedio\w*|medicina|medicamento\w*|crema"
+    r"|pomada|pastilla|dosis|cirugia|operar\w*|quimio\w*"
+    r"|traitement|traiter|soigner|guerir|l enlever|la retirer|le retirer|remede\w*|medicament\w*|creme|pommade"
+    r"|comprime\w*|chirurgie|operer|chimio\w*")
 
 
 # "How accurate is this?": the model invents a figure ("99% accurate") for a device that misses some serious
 # spots and alarms about harmless ones.
 _ACCURACY = _rx(
     r"accura\w*|reliab\w*|trust (?:it|this|the (?:result|device|machine|app))|(?:is|was) (?:it|this|the (?:device"
-    r"|machine|result|app)) (?:ever )?(?:wrong|right|correct)|(?:make|makes|made) mistakes|error rate|how good is"
-    r"|precis\w*|exactitud|fiab\w*|confiable|(?:se )?equivoca\w*|fiabilit\w*|exactitude|se tromp\w*|fiable")
+    r"|machine|result|app)) (?:ever )?(?:wrong|right|correct)|(?:make|makes|made) mistakes|error rate"
+    r"|precision|how precise|exactitud|fiab\w*|confiable|(?:se )?equivoca\w*|fiabilit\w*|exactitude|se tromp\w*"
+    r"|fiable")
 
 
 def question_needing_a_vetted_answer(question: str) -> str | None:
@@ -663,7 +749,8 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return None
     if _PROGNOSIS.search(asked):
         return PROGNOSIS_QUESTION
-    if _ODDS.search(asked) and (_DISEASE_RX.search(asked) or _VERDICT_WORD.search(asked)):
+    if not _PREVENTION.search(asked) and (_ODDS_PERSONAL.search(asked) or (
+            _ODDS.search(asked) and (_VERDICT_WORD.search(asked) or _VERDICT_PHRASE.search(asked)))):
         return ODDS_QUESTION
     if _SKIP_CARE.search(asked):
         return SKIP_CARE_QUESTION
@@ -671,7 +758,10 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return TREATMENT_QUESTION
     if _ACCURACY.search(asked):
         return ACCURACY_QUESTION
-    if (_VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked)) or _EITHER_OR.search(asked):
+    if _PREVENTION.search(asked):  # "how can I reduce the risk of skin cancer?" is about prevention
+        return None
+    if ((_VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked)) or _VERDICT_PHRASE.search(asked)
+            or _EITHER_OR.search(asked)):
         return VERDICT_QUESTION
     return None
 

@@ -126,10 +126,10 @@ _CANNOT_JUDGE = {
           "your health: no screening tool can, and this one makes mistakes. Only a health worker or doctor who "
           "examines the spot can tell you.",
     "es": "No puedo decirle si esta mancha es peligrosa o inofensiva, qué probabilidad hay de una cosa u otra, ni "
-          "qué significa para su salud: ninguna herramienta de detección puede hacerlo, y esta se equivoca. Solo "
+          "qué significa para su salud: ninguna herramienta de detección puede hacerlo, y esta puede equivocarse. Solo "
           "un trabajador de salud o un médico que examine la mancha puede decírselo.",
     "fr": "Je ne peux pas vous dire si cette tache est dangereuse ou sans danger, quelle en est la probabilité, ni "
-          "ce que cela signifie pour votre santé : aucun outil de dépistage ne le peut, et celui-ci se trompe. "
+          "ce que cela signifie pour votre santé : aucun outil de dépistage ne le peut, et celui-ci peut se tromper. "
           "Seul un soignant ou un médecin qui examine la tache peut vous le dire.",
 }
 # The answers to questions the language model must not answer (guard.question_needing_a_vetted_answer),
@@ -153,7 +153,7 @@ VETTED_ANSWERS = {
         "en": "I can't advise on treatments, medicines or doses for this spot: a doctor or nurse who examines it "
               "will tell you what, if anything, is needed. Please don't treat, cut or remove it yourself.",
         "es": "No puedo aconsejar tratamientos, medicamentos ni dosis para esta mancha: un médico o una enfermera "
-              "que la examine le dirá qué hace falta, si hace falta algo. No la trate, corte ni quite usted mismo.",
+              "que la examine le dirá qué hace falta, si hace falta algo. No la trate, ni la corte ni la quite usted mismo.",
         "fr": "Je ne peux pas conseiller de traitement, de médicament ni de dose pour cette tache : un médecin ou "
               "une infirmière qui l'examine vous dira ce qu'il faut faire, s'il faut faire quelque chose. Ne la "
               "traitez pas, ne la coupez pas et ne l'enlevez pas vous-même.",
@@ -165,20 +165,20 @@ VETTED_ANSWERS[ACCURACY_QUESTION] = {
           "mostly of lighter skin, so on other photos and on darker skin it may do worse. Its measured accuracy "
           "is written in its model card, which the health worker can show you. That is why a health worker or "
           "doctor needs to look at the spot.",
-    "es": "Esta detección se equivoca en los dos sentidos: no ve algunas manchas graves y da la alarma por "
+    "es": "Esta detección puede equivocarse en los dos sentidos: no ve algunas manchas graves y da la alarma por "
           "algunas inofensivas. Se entrenó y se probó solo con fotos ampliadas de la piel (dermatoscopia), sobre "
           "todo de piel clara, así que con otras fotos y en pieles más oscuras puede fallar más. Su exactitud "
           "medida figura en su ficha del modelo, que el trabajador de salud puede enseñarle. Por eso un "
           "trabajador de salud o un médico debe ver la mancha.",
-    "fr": "Ce dépistage se trompe dans les deux sens : il passe à côté de certaines taches graves et donne "
+    "fr": "Ce dépistage peut se tromper dans les deux sens : il passe à côté de certaines taches graves et donne "
           "l'alerte pour certaines sans danger. Il a été entraîné et testé uniquement sur des photos agrandies "
           "de la peau (dermoscopie), surtout de peaux claires : sur d'autres photos et sur des peaux plus "
           "foncées, il peut faire moins bien. Sa précision mesurée figure dans sa fiche de modèle, que le "
           "soignant peut vous montrer. C'est pourquoi un soignant ou un médecin doit examiner la tache.",
 }
 NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
-                     "es": "Lo que esta detección le sugiere hacer ahora:",
-                     "fr": "Ce que ce dépistage vous suggère de faire maintenant :"}
+                     "es": "Lo que esta detección le sugiere como siguiente paso:",
+                     "fr": "Ce que ce dépistage vous suggère comme prochaine étape :"}
 
 
 class FactsUnavailable(EdgeError):
