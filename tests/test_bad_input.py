@@ -208,3 +208,59 @@ def test_cli_text_mode_prints_one_line_per_bad_image(imagenet_pack, bad_files):
     assert "military uniform" in result.stdout
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("edge:")]
     assert len(error_lines) == 1 and "text.jpg" in error_lines[0]
+
+
+def _segments(data: bytes) -> list[tuple[int, int]]:
+    """(offset, marker) of a JPEG's header segments, up to its first scan."""
+    import struct
+
+    offset, found = 2, []
+    while offset < len(data):
+        marker, length = data[offset + 1], struct.unpack(">H", data[offset + 2:offset + 4])[0]
+        found.append((offset, marker))
+        if marker == 0xDA:
+            return found
+        offset += 2 + length
+    return found
+
+
+def test_jpeg_warnings_that_leave_every_pixel_intact_do_not_refuse_a_photo(ham_images):
+    """A review: simplejpeg raises on header warnings even when not strict, so ordinary phone photos were
+    refused as damaged: padding between header segments, a JFIF 2.01 header, and the scan parameters Samsung
+    phones write ("Invalid SOS parameters for sequential JPEG"). They are decoded as Pillow did before."""
+    good = ham_images[0].read_bytes()
+    expected = decode_image(good)
+    segments = _segments(good)
+    dqt = next(offset for offset, marker in segments if marker == 0xDB)
+    padded = good[:dqt] + b"\0\0" + good[dqt:]
+    app0 = next(offset for offset, marker in segments if marker == 0xE0)
+    jfif = bytearray(good)
+    assert jfif[app0 + 4:app0 + 9] == b"JFIF\0"
+    jfif[app0 + 9:app0 + 11] = b"\x02\x01"
+    sos = segments[-1][0]
+    samsung = bytearray(good)
+    samsung[sos + 5 + 2 * samsung[sos + 4]] = 1  # Ss = 1 on a sequential JPEG
+    for data in (padded, bytes(jfif), bytes(samsung)):
+        assert decode_image(data).shape == expected.shape
+    assert np.array_equal(decode_image(bytes(jfif)), expected)
+
+
+def test_a_jpeg_with_hundreds_of_scans_is_refused_before_decoding(ham_images):
+    """Each repeated scan costs a whole pass over the image: 20,000 copies of one took 30 s, and every upload
+    after it waited on the one decoder."""
+    import time
+
+    good = ham_images[0].read_bytes()
+    sos = _segments(good)[-1][0]
+    repeated = good[:sos] + good[sos:sos + 200] * 150 + good[sos:]
+    started = time.monotonic()
+    with pytest.raises(ImageError, match="more than 100 scans"):
+        decode_image(repeated)
+    assert time.monotonic() - started < 1.0
+
+
+def test_formats_outside_the_upload_list_are_not_opened():
+    """Pillow would hand an EPS file to Ghostscript (when installed), with no time limit, on the one decoder."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 64\n{} loop\n%%EOF\n"
+    with pytest.raises(ImageError, match="not an image, or a format this device cannot read"):
+        decode_image(eps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import os
 import stat
 import warnings
@@ -29,7 +30,14 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # pixels only cost memory (a 40 MP photo is 120 MB as RGB, more in the intermediate copies).
 MAX_DECODED_SIDE = 2048
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO: a phone's multi-picture JPEG; its first picture is the photo
-HARMLESS_JPEG_WARNING = "extraneous bytes before marker 0xd9"
+# libjpeg warnings that leave every pixel intact: stray bytes between header segments or after the last scan,
+# an odd ICC or JFIF header, and the scan parameters Samsung phones write ("Invalid SOS parameters for
+# sequential JPEG"). Such a file is decoded by Pillow as before; any other warning means damaged image data.
+HARMLESS_JPEG_WARNINGS = re.compile(
+    r"extraneous bytes before marker 0x(?!d[0-7])|ICC|JFIF|Invalid SOS parameters for sequential JPEG", re.IGNORECASE)
+MAX_JPEG_SCANS = 100  # a progressive photo has about ten; each repeated scan costs a full pass over the image
+# What an upload may be: Pillow would otherwise also open, for instance, EPS through Ghostscript (no time limit).
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # JPEG opens MPO too
 # Every decode runs on this one thread, one at a time: a decode may briefly hold a full-size frame (a 40 MP
 # RGBA PNG is 160 MB). The kiosk's server threads decoding uploads at once took a small device to gigabytes,
 # and even taking turns, each thread's malloc arena kept its own peak (four threads: 630 MB after the last
@@ -76,7 +84,11 @@ def decode_image(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels:
         raise ImageError("empty file")
     if len(data) > max_bytes:
         raise ImageError(f"image is {len(data) / 1e6:.1f} MB, above the {max_bytes / 1e6:.1f} MB limit")
-    return _DECODER.submit(_decode, data, max_pixels, max_side).result()
+    try:
+        pending = _DECODER.submit(_decode, data, max_pixels, max_side)
+    except RuntimeError:  # the interpreter is exiting: the executor takes no more work
+        raise ImageError("the device is shutting down: send the photo again in a minute") from None
+    return pending.result()
 
 
 def _decode(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
@@ -84,7 +96,7 @@ def _decode(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
         with warnings.catch_warnings():
             # Our own pixel limit (checked from the header below) is stricter and says more than PIL's warning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS) as image:
                 width, height = image.size
                 if width * height > max_pixels:
                     raise ImageError(
@@ -97,7 +109,7 @@ def _decode(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
                     raise ImageError(f"image is {width}x{height}: too elongated to be a photo of the skin")
                 turn = _upright_transpose(image)
                 if image.format in JPEG_FORMATS:
-                    rgb = Image.fromarray(_decode_jpeg(data, width, height, max_side))
+                    rgb = _decode_jpeg(data, width, height, max_side)
                 else:
                     image.load()
                     rgb = _to_rgb(_reduced(image, max_side))
@@ -115,25 +127,27 @@ def _decode(data: bytes, max_pixels: int, max_side: int) -> np.ndarray:
     return _fit(pixels, max_side)
 
 
-def _decode_jpeg(data: bytes, width: int, height: int, max_side: int) -> np.ndarray:
+def _decode_jpeg(data: bytes, width: int, height: int, max_side: int) -> Image.Image:
     """libjpeg-turbo through simplejpeg, strictly: Pillow decodes a JPEG whose data is damaged without a word
     (the damaged part comes out grey and the rest is classified as if it were the photo). A large JPEG is
-    decoded at a reduced DCT scale, never smaller than ``max_side`` on its long side."""
+    decoded at a reduced DCT scale, never smaller than ``max_side`` on its long side. A file with only a
+    harmless warning (``HARMLESS_JPEG_WARNINGS``) is decoded by Pillow, at the same reduced scale."""
     import simplejpeg
 
+    if data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # 0xFF in the image data is always stuffed: these are scans
+        raise ImageError(f"JPEG has more than {MAX_JPEG_SCANS} scans: refused")
     scale = min(1.0, max_side / max(width, height))
-    size = {"min_width": math.ceil(width * scale), "min_height": math.ceil(height * scale)}
+    size = (math.ceil(width * scale), math.ceil(height * scale))
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, **size)
+        return Image.fromarray(simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True, min_width=size[0],
+                                                      min_height=size[1]))
     except ValueError as exc:
-        damage = str(exc)
-    try:  # tells a recoverable error (the data is damaged) from a file libjpeg cannot read at all
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=False, **size)
-    except ValueError as exc:
-        raise ImageError(f"corrupt or truncated image ({exc})") from None
-    if HARMLESS_JPEG_WARNING in damage:  # stray bytes after the last scan: every pixel is there
-        return pixels
-    raise ImageError(f"corrupt or truncated image ({damage}): the photo is damaged, take or send it again")
+        warning = str(exc)
+    if not HARMLESS_JPEG_WARNINGS.search(warning):
+        raise ImageError(f"corrupt or truncated image ({warning}): the photo is damaged, take or send it again")
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as image:
+        image.draft("RGB", size)
+        return image.convert("RGB")
 
 
 def _reduced(image: Image.Image, max_side: int) -> Image.Image:
@@ -143,10 +157,10 @@ def _reduced(image: Image.Image, max_side: int) -> Image.Image:
     factor = max(image.size) // max_side
     if factor < 2:
         return image
-    if image.mode == "1":
+    if image.mode in ("1", "LA"):
         image = image.convert("L")
-    elif image.mode in ("P", "PA"):
-        image = image.convert("RGBA")
+    elif image.mode in ("P", "PA", "RGBA"):  # the alpha is dropped later anyway; RGBA's reduce copies it twice
+        image = image.convert("RGB")
     elif image.mode.startswith("I;16"):
         image = image.convert("I")
     return image.reduce(factor)
