@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import os
+import re
 import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
