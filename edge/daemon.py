@@ -86,14 +86,17 @@ class Daemon:
     def _purge_local_data(self) -> dict[str, int]:
         """Everything this device keeps about screenings besides the MQTT outbox (an admin's command)."""
         purged = {}
+        path = self.settings.state_dir / "history.sqlite"
         if self.history is not None:
             purged["history"] = self.history.purge()
-        elif (path := self.settings.state_dir / "history.sqlite").exists() or sqlite_files.set_aside_copies(path):
+        elif path.exists():
             from edge.store import History
 
             history = History(path)
             purged["history"] = history.purge()
             history.close()
+        elif sqlite_files.remove_set_aside(path):  # only copies of a damaged one: nothing new is created
+            purged["history"] = 0
         if self.app is not None:
             self.app.extensions["edge"]["sessions"].new_patient()  # the session and the images it held
             purged["kiosk_session"] = 1

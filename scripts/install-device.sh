@@ -251,8 +251,12 @@ done
 # downloads (the history's CSV or a saved page would land in the kiosk user's home, where no purge reaches
 # them), no "Save as PDF" in the print dialog (a real printer still works), no developer tools, and no saving
 # of what is typed into forms.
+# Debian's chromium reads /etc/chromium/policies; Raspberry Pi OS's older chromium-browser builds are said to
+# read /etc/chromium-browser/policies (not checked on a device): both get it.
 if [ "$kiosk" = 1 ]; then
-  install_file "$here/firmware_config/kiosk/chromium-policy.json" /etc/chromium/policies/managed/edge-kiosk.json 0644
+  for policies in /etc/chromium/policies/managed /etc/chromium-browser/policies/managed; do
+    install_file "$here/firmware_config/kiosk/chromium-policy.json" "$policies/edge-kiosk.json" 0644
+  done
 fi
 if [ "$platform" = jetson ]; then
   install_file "$here/firmware_config/jetson/edge.service.d/jetson.conf" /etc/systemd/system/edge.service.d/jetson.conf 0644

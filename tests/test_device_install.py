@@ -101,11 +101,13 @@ def test_the_kiosk_browser_gets_a_policy_against_downloads_and_saving_pages(pi_r
     result = setup_sh("--device", "--root", str(kiosk_root), "--platform", "pi", "--kiosk")
     assert result.returncode == 0, result.stderr
     installed = json.loads((kiosk_root / policy).read_text())
+    assert (kiosk_root / policy.replace("chromium/", "chromium-browser/")).read_text() == (kiosk_root / policy).read_text()
     assert installed["DownloadRestrictions"] == 3 and installed["PrinterTypeDenyList"] == ["pdf"]
     assert installed["DeveloperToolsAvailability"] == 2 and mode(kiosk_root / policy) == 0o644
     uninstalled = setup_sh("--uninstall", "--root", str(kiosk_root))
     assert uninstalled.returncode == 0, uninstalled.stderr
     assert not (kiosk_root / policy).exists()
+    assert not (kiosk_root / policy.replace("chromium/", "chromium-browser/")).exists()
 
 
 def test_device_install_rerun_changes_nothing_and_uninstall_restores(pi_root):

@@ -696,7 +696,7 @@ def test_a_history_that_cannot_be_written_still_gives_the_result(kiosk, client, 
     assert response.status_code == 200
     body = response.get_json()
     assert body["label"] and body["saved_to_history"] is False
-    assert "could not save screening" in caplog.text
+    assert "could not save a screening" in caplog.text
     saved = upload(client, ham_images[3].read_bytes()).get_json()
     assert saved["saved_to_history"] is True
 

@@ -172,7 +172,17 @@ def test_a_purge_also_deletes_the_set_aside_copies_of_a_damaged_history(tmp_path
     finally:
         daemon.close()
     assert not any(b"SECRETNOTE" in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
-    assert aside_files(path) == []
+    assert aside_files(path) == [] and not path.exists()  # no new history made by the purge either
+
+    # the outbox's set-aside copies hold queued results: its purge deletes them too
+    outbox_path = tmp_path / OUTBOX_FILE
+    use_outbox(outbox_path).close()
+    sqlite_files.set_aside(outbox_path)
+    outbox = Outbox(outbox_path, cap=10)
+    assert len(aside_files(outbox_path)) == 1
+    outbox.clear()
+    outbox.close()
+    assert aside_files(outbox_path) == []
 
 
 def test_results_queued_after_the_outbox_file_was_deleted_are_not_lost(tmp_path, caplog):

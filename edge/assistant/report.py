@@ -590,12 +590,12 @@ def build_report(result: Result, facts: FactSheet, lang: str, *, symptoms: Adjus
             continue
         verdict = screen_answer(text, lang, urgency.value)
         if not verdict.safe:
-            log.warning("report %s: LLM text for %s blocked (%s); template kept", result.id[:8], key, verdict.reason)
+            log.warning("report: LLM text for %s blocked (%s); template kept", key, verdict.reason)
             blocked.append((key, verdict.reason or "blocked"))
             continue
         claim = _TREATMENT_CLAIM.search(_folded_words(text))
         if claim:  # a printed report says nothing about treatment or outcome that a clinician did not write
-            log.warning("report %s: LLM text for %s talks about treatment; template kept", result.id[:8], key)
+            log.warning("report: LLM text for %s talks about treatment; template kept", key)
             blocked.append((key, TREATMENT_CLAIM))
             continue
         sections[key] = f"{lead}\n\n{text}" if key == "condition_overview" else text

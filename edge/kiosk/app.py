@@ -263,14 +263,14 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         current = sessions.add(result, started_in=session)
         if not current:  # New patient (or a reload) while it was analysed: not the next person's result
             screening.forget([result.id])
-            log.info("result %s discarded: a new patient session started while it was analysed", result.id[:8])
+            log.info("a result was discarded: a new patient session started while it was analysed")
         saved = None
         if history is not None:
             try:
                 history.record(result)
                 saved = True
             except sqlite3.Error as exc:  # e.g. a full SD card: the person still gets the result
-                log.error("could not save screening %s to the local history: %s", result.id[:8], exc)
+                log.error("could not save a screening to the local history: %s", exc)
                 saved = False
         if not current:  # 410: the page shows "the session was cleared"
             raise ApiError(410, "a new patient session started while this photo was analysed: its result was not "
@@ -278,8 +278,7 @@ def create_app(screening: Screening, settings, *, assistant=None, history=None, 
         lang = language()
         # queued under the session lock: a New patient arriving meanwhile wipes the model after this, not before
         if assistant is not None and not sessions.while_current(session, lambda: assistant.prepare(result, lang)):
-            log.info("result %s: the session was cleared while it was saved; the assistant is not prepared with it",
-                     result.id[:8])
+            log.info("the session was cleared while a result was saved; the assistant is not prepared with it")
         body = result.to_json()
         body["urgency_text"] = i18n.text(lang, f"urgency.{result.urgency.value}")
         body["next_step"] = i18n.text(lang, f"next.{result.urgency.value}")

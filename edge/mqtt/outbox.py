@@ -194,6 +194,7 @@ class Outbox:
             deleted = self._db.execute("DELETE FROM outbox").rowcount
             self._depth = 0
             sqlite_files.scrub(self._db)
+            sqlite_files.remove_set_aside(self.path)  # a damaged outbox kept aside holds results too
         return deleted
 
     def close(self) -> None:
