@@ -1052,6 +1052,10 @@ def test_guard_lets_plain_information_through(text):
     ("no itching, bleeding or oozing", "bleeding"), ("not growing, bleeding or oozing", "bleeding"),
     ("no pica, sangra o supura", "bleeding"), ("il n'a pas grossi, saigne ou suinte", "bleeding"),
     ("it has a yellow discharge", "bleeding"), ("the mole is leaking", "bleeding"),
+    # a second review: oozing said other ways, and "or" that does not join symptoms
+    ("clear fluid is leaking out of my mole", "bleeding"), ("there is discharge from my mole", "bleeding"),
+    ("watery discharge", "bleeding"), ("the scab leaks", "bleeding"), ("It hasn't hurt, bled once or twice", "bleeding"),
+    ("It didn't hurt, bled or oozed a little", "bleeding"), ("No me pica, sangra, ni idea por qué", "bleeding"),
 ])
 def test_red_flags_phrased_indirectly_are_found(text, flag):
     found = check_red_flags(text)
@@ -1063,8 +1067,10 @@ def test_red_flags_phrased_indirectly_are_found(text, flag):
     "It hasn't bled, grown or changed.", "No ha sangrado, crecido ni cambiado.",
     "It has not grown, bled, or changed colour in 10 years.", "it dont hurt and it aint growing",
     "Il n'a ni saigné, ni grossi, ni changé.",
+    "It doesn't itch, bleed or grow", "It does not hurt, itch or bleed",
     # not a bleeding spot
     "I was discharged from hospital last week", "my nose is leaking", "my other mole is twice the size of this one",
+    "the tap has been leaking", "my discharge letter says see a dermatologist",
 ])
 def test_a_negated_list_of_symptoms_is_not_a_red_flag(text):
     assert check_red_flags(text) is None

@@ -27,6 +27,7 @@ Spanish and French at once (a Spanish speaker may type Spanish while the UI is E
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -147,14 +148,38 @@ _SYMPTOM_WORD = re.compile(
 _PAST_FORM = re.compile(r"[a-z]+(?:ed|en|wn)|bled|grew|spread|hurt")
 
 
-def _list_comma(before_comma: str, between: list[str], after: list[str], mention: str) -> bool:
+_PERFECT_NEGATIONS = frozenset({"hasn", "hadn", "haven", "hasnt", "hadnt", "havent", "never"})
+_DID_NEGATIONS = frozenset({"didn", "didnt", "doesn", "doesnt", "don", "dont"})
+
+
+def _joined_to_a_symptom(words: list[str]) -> bool:
+    """A list's conjunction followed by a symptom word: "or changed", "ni cambiado" (not "once or twice")."""
+    return any(word in ("or", "nor", "ni") and following != _BOUNDARY and _SYMPTOM_WORD.fullmatch(following)
+               for word, following in itertools.pairwise(words))
+
+
+def _list_comma(before: list[str], comma: int, between: list[str], after: list[str], mention: str) -> bool:
+    """Whether the comma at ``before[comma]`` joins a negated list the mention belongs to."""
+    before_comma = before[comma - 1]
     others = [w for w in between if w != _BOUNDARY and not _SYMPTOM_WORD.fullmatch(w)]  # earlier items pass
     if not _SYMPTOM_WORD.fullmatch(before_comma) or len(others) > 2 or _SUBJECTS.intersection(others):
         return False
-    joiners = set(between) | {word for word in after[:3] if word != _BOUNDARY}  # "bled, or changed": serial comma
-    if "ni" in joiners:
+    joined = [w for w in [*between, mention, *after[:3]] if w != _BOUNDARY]  # "bled, or changed": serial comma
+    if not _joined_to_a_symptom(joined):
+        return False
+    if "ni" in joined:
         return True
-    return bool(joiners & {"or", "nor"}) and all(_PAST_FORM.fullmatch(w) for w in (before_comma, mention))
+    # English: past participles after "hasn't", "has not", "never" ("it hasn't bled, grown or changed"); plain
+    # verbs after "didn't", "doesn't" ("it doesn't itch, bleed or grow"). "It didn't hurt, bled or oozed" is not
+    # such a list: "bled" after "didn't" starts a new statement.
+    window = set(before[max(0, comma - 5):comma - 1])
+    items = (before_comma, mention)
+    if _PERFECT_NEGATIONS & window or ("not" in window and {"has", "had", "have"} & window):
+        return all(_PAST_FORM.fullmatch(w) for w in items)
+    if _DID_NEGATIONS & window or ("not" in window and {"did", "does", "do"} & window):
+        return all(w in ("bleed", "hurt") or not (_PAST_FORM.fullmatch(w) or w.endswith(("ing", "s")))
+                   for w in items)
+    return False
 
 
 def _negated_before(text: str, start: int, end: int | None = None) -> bool:
@@ -164,7 +189,7 @@ def _negated_before(text: str, start: int, end: int | None = None) -> bool:
     reach = _NEGATION_REACH
     for count, word in enumerate(reversed(before)):
         if (word == _BOUNDARY and count + 1 < len(before)
-                and _list_comma(before[-count - 2], before[len(before) - count:], after, mention)):
+                and _list_comma(before, len(before) - count - 1, before[len(before) - count:], after, mention)):
             reach += 1  # the comma is not a word of the clause
             continue
         if word in _SCOPE_ENDS or count >= reach:
@@ -277,11 +302,7 @@ _RULES: tuple[_Rule, ...] = (
     _Rule("bleeding", _terms(
         # "bleeding heart" is a plant
         r"bleed\w*(?! hearts?(?![a-z0-9]))|bled|bloody|ooz\w*|weep\w*|pus"
-        # leaking or discharge from the spot, not "my nose is leaking", "discharged from hospital"
-        r"|(?:yellow|green|clear|white|smelly|some|a) discharge"
-        r"|(?:it|it s|its|mole|spot|lesion|sore|wound|patch|lump|bump|and|keeps?|kept|been|started) (?:[a-z]+ )?"
-        r"(?:leak\w*|discharg\w*(?! (?:from (?:the )?hospital|letter|papers|summary)))|discharg\w* (?:of |from )(?:it|pus"
-        r"|fluid|liquid|blood|the (?:spot|mole|lesion|sore))"
+        r"|leak\w*|discharg\w*"
         r"|(?:red|blood|bloody) ?stains?|stain\w* (?:of |with )?blood|(?:manchas?|restos?) de sangre|taches? de sang"
         r"|blood (?:comes|coming|came|keeps|everywhere|on|from)|ha?emorr?h?ag\w*",
         # common misspellings, and blood itself when it is on or from the spot (not "blood pressure")
@@ -464,12 +485,31 @@ _RULES: tuple[_Rule, ...] = (
 )
 
 
+# Leaking and discharge count unless something else is named as leaking: "my nose is leaking", "the tap has
+# been leaking", "I was discharged from hospital", "my discharge letter".
+_NOT_THE_SPOT_LEAKING = re.compile(
+    r"\b(?:nose|tap|roof|pipe|faucet|sink|toilet|bottle|battery|data|gas|eyes?|ears?|car|boat|shower|hospital)"
+    r" (?:[a-z]+ ){0,3}$")
+_NOT_THE_SPOT_DISCHARGE = re.compile(r"discharg\w* (?:from (?:the )?hospital|letter|papers?|summary|note|date)")
+
+
+def _other_leak(text: str, match: re.Match) -> bool:
+    word = match.group()
+    if not word.startswith(("leak", "discharg")):
+        return False
+    return bool(_NOT_THE_SPOT_LEAKING.search(text, 0, match.start())
+                or _NOT_THE_SPOT_DISCHARGE.match(text, match.start())
+                or (word.startswith("discharged") and " from " in text[match.end():match.end() + 6]))
+
+
 def _affirmed(norm: _Normalised, terms: Iterable[_Term]) -> tuple[int, int] | None:
     """The first mention of any term that is not negated, as a span of ``norm.text``."""
     text = norm.text
     for term in terms:
         for match in term.pattern.finditer(text):
             if term.check and not term.check(match):
+                continue
+            if _other_leak(text, match):
                 continue
             if not term.negation_inside and _NEGATIONS.intersection(match.group().split()):
                 continue
