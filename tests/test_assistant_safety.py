@@ -1166,3 +1166,37 @@ def test_more_ways_of_asking_for_a_verdict_are_routed(question, kind):
 ])
 def test_ordinary_questions_are_not_taken_for_verdicts(question):
     assert question_needing_a_vetted_answer(question) is None
+
+
+# A second review of the corrected patterns: what they had let through again, and must not.
+@pytest.mark.parametrize("text", [
+    "It looks fine, but see a doctor if it changes.", "It's normal, but please see a doctor.",
+    "It's nothing, but show it to a nurse.", "The device is right 90% of the time.",
+    "It is 80% likely to be melanoma.", "The device has a 10% error rate.",
+])
+def test_guard_blocks_first_clause_comfort_and_invented_figures(text):
+    assert not screen_answer(text, "en", "routine").safe
+
+
+@pytest.mark.parametrize("text", ["Next month is fine.", "See a doctor in the next month or so.",
+                                  "Within the next month is fine."])
+def test_next_month_is_advice_to_wait_at_the_urgent_tier(text):
+    verdict = screen_answer(text, "en", "urgent")
+    assert not verdict.safe and verdict.reason == DELAYS_CARE
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("Is the mole on my lower back cancer?", "verdict"), ("I always protect my skin, is it still cancer?", "verdict"),
+    ("What are the chances the mole on my lower back is cancer?", "odds"), ("Is it ok to wait?", "skip_care"),
+    ("Is it safe to wait a month?", "skip_care"), ("Can I wait for my regular checkup?", "skip_care"),
+    ("Should I be concerned?", "verdict"), ("How bad is it?", "verdict"), ("Is my result bad?", "verdict"),
+    ("What kind of mole is it?", "verdict"), ("Could the result be wrong?", "accuracy"),
+])
+def test_questions_a_word_about_prevention_or_waiting_had_let_through(question, kind):
+    assert question_needing_a_vetted_answer(question) == kind
+
+
+@pytest.mark.parametrize("question", ["How can I prevent skin cancer?", "What are risk factors for melanoma?",
+                                      "How much sunscreen should I use?"])
+def test_prevention_questions_still_reach_the_model(question):
+    assert question_needing_a_vetted_answer(question) is None

@@ -303,6 +303,15 @@ _IT_IS_FINE = _rx(
     rf"(?:it|this|that) (?:is|s|looks|seems|appears) (?:to be )?{_FINE}"
     r"|(?:c est|c etait|cela est|ca a l air|ce n est) (?:tout a fait |parfaitement |sans doute |probablement )?"
     r"(?:normal\w*|bien|rien)(?! (?:de|d|que|si))")
+# ... and in any clause, the words that are about the spot, not about a feeling: "It looks fine, but see a
+# doctor if it changes", "It's normal, but ...", "It's nothing, but ..." (not "That's okay, many people feel
+# worried", nor "That's normal, many people worry")
+_IT_IS_FINE_ANYWHERE = _rx(
+    r"(?:it|this) (?:is|s|looks|seems|appears) (?:to be )?(?:perfectly |completely |totally |probably |most likely )?"
+    r"(?:fine|safe|healthy|nothing|normal|harmless|benign)(?! (?:to|for|if|when|that|with))"
+    r"|(?:c est|ca a l air|ce n est|es|esto es|parece) (?:tout a fait |parfaitement |probablement )?(?:normal\w*|rien"
+    r"|nada|bien|benin\w*|benign\w*)(?! (?:de|d|que|si|tener|avoir))")
+_FEELINGS = _rx(r"worr\w*|scared|afraid|feel\w*|anxious|nervous|preocup\w*|miedo|nervios\w*|inquiet\w*|peur|angoiss\w*")
 
 # Hedges before a statement in the same clause turn it into screening language: "if you have ...",
 # "only a doctor can tell whether this is ...". Hedging adverbs inside the statement count too ("it is
@@ -380,7 +389,12 @@ _PERCENT = re.compile(r"\b\d+(?:[.,]\d+)? ?(?:%|percent|per cent|por ciento|pour
 # screening's own figure from the prompt ("the device gave 72% for melanoma"), which the screen shows anyway.
 _ODDS_WORD = _rx(
     r"chances?|odds|risk\w*|possibilit\w*|posibilidad\w*|riesgo\w*|risque\w*|accura\w*|reliab\w*|exactitud\w*"
-    r"|fiab\w*|fiabilit\w*|correct in|right in|precis\w* (?:of|del|de)")
+    r"|fiab\w*|fiabilit\w*|correct\w*|right|wrong|mistakes?|errors?|error rate|likel\w*|probabilit\w*"
+    r"|probabilidad\w*|probable\w*|errores|erreurs?|precis\w*")
+# The screening's own score restated from the prompt: "the device gave 72% for melanoma", "72% para melanoma".
+_SCREENING_FIGURE = re.compile(
+    r"\b(?:gave|gives|scored|scores|shows?|showed|da|dio|muestra|donne|a donne|indique) (?:[a-z]+ ){0,2}"
+    r"\d+(?:[.,]\d+)? ?%|\d+(?:[.,]\d+)? ?% (?:for|para|pour|to|a) ")
 _PROGNOSIS_STATEMENT = _rx(
     r"(?:days?|weeks?|months?|years?) (?:left )?to live|life expectancy|survival (?:rate|chances?)|(?:will|are going to)"
     r" die|(?:dias|semanas|meses|anos) de vida|esperanza de vida|(?:tasa|probabilidad) de supervivencia"
@@ -397,7 +411,8 @@ def _find_verdict_or_figure(sentence: str) -> str | None:
     if _VERDICT_SENTENCE.match(words):
         return words
     percent = _PERCENT.search(sentence)
-    if percent and _ODDS_WORD.search(words) and not _SUNSCREEN.search(words):  # "blocks 97% of UVB rays"
+    if (percent and _ODDS_WORD.search(words) and not _SUNSCREEN.search(words)  # "blocks 97% of UVB rays"
+            and not _SCREENING_FIGURE.search(sentence)):
         return percent.group()
     return None
 
@@ -417,8 +432,14 @@ def _find_diagnosis(folded: str) -> str | None:
         clauses = _clauses(sentence)
         if len(clauses) > 1 and _VERDICT_LAST_CLAUSE.match(clauses[-1]):  # "No sangra ni crece, es normal."
             return clauses[-1]
+        about_feelings = bool(_FEELINGS.search(_words(sentence)))
         for index, clause in enumerate(clauses):
-            for pattern in (_SPOT_IS_FINE, _IT_IS_FINE) if index == len(clauses) - 1 else (_SPOT_IS_FINE,):
+            patterns = [_SPOT_IS_FINE]
+            if index == len(clauses) - 1:
+                patterns.append(_IT_IS_FINE)
+            elif not about_feelings:
+                patterns.append(_IT_IS_FINE_ANYWHERE)
+            for pattern in patterns:
                 for match in pattern.finditer(clause):
                     if not _HEDGE_BEFORE.search(clause[: match.start()]):
                         return match.group()
@@ -548,7 +569,8 @@ _DELAY = _rx(
     r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
     r"|(?:isn t|isnt|is not|s not|wasn t) (?:urgent|an emergency|pressing)"
     rf"|wait (?:for )?(?:{_SOME} (?:more )?(?:days|weeks|months|years)|(?:a|an|one) (?:more )?(?:week|month|year))"
-    r"|wait and see|no urgency"
+    r"|wait and see|no urgency|(?:next month|the next month|in a month)(?: or so)? (?:is|s|would be|should be) (?:fine|ok"
+    r"|okay|alright|soon enough|early enough)|(?:in|within) the next (?:month|few months)"
     r"|(?:go|come|see|visit|book|check|wait|leave it|put it off|do it)(?: [a-z]+){0,3} (?:next month|in a month or two)"
     rf"|(?:check|look at|recheck|see|come back|return) (?:[a-z]+ ){{0,2}}(?:in|after) (?:{_SOME} (?:weeks|months"
     r"|years)|(?:a|an|one) (?:month|year))|next year"
@@ -564,7 +586,7 @@ _DELAY = _rx(
     r"|algunos|\d+) (?:semanas|meses|anos)"
     r"|el (?:proximo|ano) (?:ano|proximo)|tomese su tiempo|en su proxima (?:revision|visita|consulta)"
     r"|(?:ir|ve|vaya|acud\w*|consult\w*|ver|esperar|espere|dejarlo)(?: [a-z]+){0,3} (?:el (?:mes|ano) que viene|el"
-    r" proximo mes)|(?:sin|ninguna) urgencia"
+    r" proximo mes)|(?:sin|ninguna) urgencia|el (?:mes|ano) que viene (?:esta|es|estaria) bien"
     r"|rien ne presse|pas (?:d |une )?urgen\w*|rien d urgent|aucune urgence"
     r"|(?:aller|allez|venir|venez|consulter|consultez|voir|attendre|attendez)(?: [a-z]+){0,3} le mois prochain"
     r"|(?:peut|pourrait|pouvez|pourriez|peux|pourrais|pouvons) (?:tout a fait |bien |tranquillement )?attendre"
@@ -669,7 +691,10 @@ _VERDICT_PHRASE = _rx(
     r"|negative|emergency|urgent)"
     r"|positive or negative|good news|nothing to worry|bueno o malo|bon ou mauvais|voy a estar bien|c est sur"
     r"|solo un lunar|juste un grain de beaute|(?:es|c est) urgente?"
-    r"|(?:one|single) word|en un mot|en una palabra|scale of|out of (?:10|ten)|from 1 to 10|rate it")
+    r"|(?:one|single) word|en un mot|en una palabra|scale of|out of (?:10|ten)|from 1 to 10|rate it"
+    r"|how bad|(?:is|are) my results? (?:ok|okay|fine|bad|good|normal)|(?:is it|is this) an? (?:bad|atypical|typical"
+    r"|normal|good|benign|dangerous|weird|strange|ugly) (?:mole|spot|one|lesion)|what kind of (?:mole|spot|lesion|thing)"
+    r" is (?:it|this)|something (?:bad|serious|dangerous)|(?:should i be|is it|is this) concern\w*")
 # "benign or malignant?", "en un mot : bénin ou malin ?": a verdict asked for, whoever it is about
 _EITHER_OR = _rx(
     r"(?:benign\w*|benin\w*|harmless|inofensiv\w*|inoffensi\w*) (?:[a-z]+ )?(?:or|ou|o) (?:[a-z]+ )?(?:malign\w*|malin\w*"
@@ -694,8 +719,11 @@ _ODDS_PERSONAL = _rx(
     r"|likelihood|risk)|whats the (?:chance|probability|risk)|(?:chance|probability|likelihood|risk) (?:that|of) (?:it|this"
     r"|my|i)|quel(?:le)?s? (?:est|sont) (?:le risque|les chances|mes chances|la probabilite)|(?:que|cual(?:es)?) (?:son )?"
     r"(?:la |las |mis )?(?:probabilidad|posibilidad|riesgo)\w*")
-_PREVENTION = _rx(r"reduc\w*|lower|prevent\w*|protect\w*|avoid\w*|reducir|bajar|prevenir|evitar|proteger\w*|reduire"
-                  r"|diminuer|eviter|proteger")
+_PREVENTION = _rx(
+    r"(?:reduc\w*|lower\w*|prevent\w*|avoid\w*|decrease\w*) (?:the |my |your |our )?(?:risk|chances?|skin cancer"
+    r"|melanoma|sunburn)|how (?:can|do|should) (?:i|we|you) (?:prevent|protect|avoid)|protect (?:my|your|the) skin"
+    r"|risk factors?|who is at risk|(?:reducir|bajar|prevenir|evitar) (?:el |mi )?(?:riesgo|cancer)|proteger (?:mi|la) piel"
+    r"|(?:reduire|diminuer|prevenir|eviter) (?:le |mon )?(?:risque|cancer)|proteger (?:ma|la) peau")
 _PROGNOSIS = _rx(
     r"how long (?:do i have(?: left| to live)?(?! to)|will i live|have i got|to live|until i die)"
     r"|(?:will|am|m) i (?:going to |gonna )?die|am i dying|life expectancy|surviv\w*|fatal|deadly|terminal"
@@ -722,6 +750,8 @@ _SKIP_CARE = _rx(
     r"|consulter|aller (?:chez|voir|a l hopital|a la clinique|consulter)|voir (?:un |le )?(?:medecin|docteur|dermato\w*)"
     r"|ne pas)|ignorer (?:le|ce|la)|ignorarlo|lo ignoro"
     # "can it wait till after xmas?", "donc je peux zapper le dermato ?"
+    r"|(?:is it|would it be|is that) (?:ok|okay|fine|safe|alright|bad|dangerous|risky) (?:to|if i) (?:wait|delay|leave it"
+    r"|not go|put it off|skip)|wait for my (?:regular|next|routine|annual|yearly) (?:checkup|check up|appointment|visit)"
     r"|(?:can|could|may|should) (?:it|this|that) wait|(?:puede|podria|puedo) esperar|(?:peut|pourrait) (?:il |elle |on )?"
     r"attendre|zapp\w*|saltarme|sauter (?:le|la|ce)")
 _TREATMENT = _rx(
@@ -739,10 +769,16 @@ _TREATMENT = _rx(
 # "How accurate is this?": the model invents a figure ("99% accurate") for a device that misses some serious
 # spots and alarms about harmless ones.
 _ACCURACY = _rx(
-    r"accura\w*|reliab\w*|trust (?:it|this|the (?:result|device|machine|app))|(?:is|was) (?:it|this|the (?:device"
+    r"accura\w*|reliab\w*|(?:could|can|might) (?:the result|it|this|the device) be (?:wrong|right|mistaken|incorrect)"
+    r"|trust (?:it|this|the (?:result|device|machine|app))|(?:is|was) (?:it|this|the (?:device"
     r"|machine|result|app)) (?:ever )?(?:wrong|right|correct)|(?:make|makes|made) mistakes|error rate"
     r"|precision|how precise|exactitud|fiab\w*|confiable|(?:se )?equivoca\w*|fiabilit\w*|exactitude|se tromp\w*"
     r"|fiable")
+
+
+# "I always protect my skin, is it still cancer?": a verdict asked for beside a word about prevention
+_ASKS_ABOUT_IT = _rx(r"(?:is|s) (?:it|this) (?:still |really )?(?:a |an )?(?:[a-z]+ )?(?:cancer\w*|melanoma|malignant|dangerous"
+                     r"|serious|bad)")
 
 
 def question_needing_a_vetted_answer(question: str) -> str | None:
@@ -758,11 +794,11 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return ODDS_QUESTION
     if _SKIP_CARE.search(asked):
         return SKIP_CARE_QUESTION
-    if _TREATMENT.search(asked):
+    if _TREATMENT.search(asked) and not _SUNSCREEN.search(asked):  # "how much sunscreen should I use?" is sun advice
         return TREATMENT_QUESTION
     if _ACCURACY.search(asked):
         return ACCURACY_QUESTION
-    if _PREVENTION.search(asked):  # "how can I reduce the risk of skin cancer?" is about prevention
+    if _PREVENTION.search(asked) and not _ASKS_ABOUT_IT.search(asked):  # "how can I reduce the risk of skin cancer?"
         return None
     if ((_VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked)) or _VERDICT_PHRASE.search(asked)
             or _EITHER_OR.search(asked)):
