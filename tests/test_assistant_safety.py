@@ -1056,6 +1056,7 @@ def test_guard_lets_plain_information_through(text):
     ("clear fluid is leaking out of my mole", "bleeding"), ("there is discharge from my mole", "bleeding"),
     ("watery discharge", "bleeding"), ("the scab leaks", "bleeding"), ("It hasn't hurt, bled once or twice", "bleeding"),
     ("It didn't hurt, bled or oozed a little", "bleeding"), ("No me pica, sangra, ni idea por qué", "bleeding"),
+    ("Does it bleed? Yes.", "bleeding"), ("sangra, ¿no?", "bleeding"), ("Does it bleed? No idea", "bleeding"),
 ])
 def test_red_flags_phrased_indirectly_are_found(text, flag):
     found = check_red_flags(text)
@@ -1068,6 +1069,7 @@ def test_red_flags_phrased_indirectly_are_found(text, flag):
     "It has not grown, bled, or changed colour in 10 years.", "it dont hurt and it aint growing",
     "Il n'a ni saigné, ni grossi, ni changé.",
     "It doesn't itch, bleed or grow", "It does not hurt, itch or bleed",
+    "Has it changed? No. Does it bleed? No.", "¿Sangra? No.",  # a question about it, answered no
     # not a bleeding spot
     "I was discharged from hospital last week", "my nose is leaking", "my other mole is twice the size of this one",
     "the tap has been leaking", "my discharge letter says see a dermatologist",

@@ -515,10 +515,20 @@ def _affirmed(norm: _Normalised, terms: Iterable[_Term]) -> tuple[int, int] | No
                 continue
             if _MORE_THAN_EVER.match(text, match.end()):
                 return match.span()
-            if _negated_before(text, match.start(), match.end()) or _negated_after(text, match.end()):
+            if (_negated_before(text, match.start(), match.end()) or _negated_after(text, match.end())
+                    or _answered_no(norm, match.end())):
                 continue
             return match.span()
     return None
+
+
+# "Has it changed? No. Does it bleed? No.": a question about the symptom, answered "no" (raised the emergency
+# message). Only straight after a question mark: "sangra, ¿no?" asks for agreement.
+_ANSWERED_NO = re.compile(r"\s*\w*\s*\?\s*(?:no|nope|nah|never|non|nunca|jamais)\s*(?:[.!,;]|$)", re.IGNORECASE)
+
+
+def _answered_no(norm: _Normalised, end: int) -> bool:
+    return bool(_ANSWERED_NO.match(norm.original, norm.origin[end - 1] + 1))
 
 
 def check_red_flags(text: str) -> RedFlagMatch | None:
