@@ -112,6 +112,7 @@ def test_status(device):
     reply = device.send("status")
     assert reply["ok"] and reply["command"] == "status" and reply["device_id"] == device.service.device_id
     assert reply["result"]["telemetry"]["frames"] == 3 and reply["result"]["mqtt"]["status"] == "connected"
+    assert reply["result"]["mqtt"]["commands"] == "listening"
 
 
 def test_get_config_redacts_secrets(device):
