@@ -1202,3 +1202,14 @@ def test_questions_a_word_about_prevention_or_waiting_had_let_through(question, 
                                       "How much sunscreen should I use?"])
 def test_prevention_questions_still_reach_the_model(question):
     assert question_needing_a_vetted_answer(question) is None
+
+
+@pytest.mark.parametrize("message", ["It hasn't bled, grown or changed.", "no blood, no pus, nothing",
+                                     "It's not sore, not itchy and it doesn't ooze."])
+def test_telling_about_the_spot_gets_the_warning_signs_not_the_model(message):
+    """The model answered such statements with nonsense ("The sentence is in English.") in a red-team run."""
+    events, text, model = ask("The sentence is in English.", message, make_result("nv"))
+    assert model.prompts == [] and events[-1].data == {"source": "template", "reason": "symptoms_reported"}
+    report = build_report(make_result("nv"), load_facts(PACK, "nv", "en"), "en")
+    assert report.section("immediate_care_triggers").strip() in text and text.endswith(DISCLAIMER["en"])
+    assert screen_answer(text, "en", "routine").safe

@@ -176,6 +176,26 @@ VETTED_ANSWERS[ACCURACY_QUESTION] = {
           "foncées, il peut faire moins bien. Sa précision mesurée figure dans sa fiche de modèle, que le "
           "soignant peut vous montrer. C'est pourquoi un soignant ou un médecin doit examiner la tache.",
 }
+# A person telling the assistant about their spot ("It hasn't bled, grown or changed") rather than asking: the
+# model answered such statements with nonsense ("The sentence is in English."). They get the warning signs to
+# watch for, as the report gives them, and the next step.
+SYMPTOMS_REPORTED = "symptoms_reported"
+VETTED_ANSWERS[SYMPTOMS_REPORTED] = {
+    "en": "Thank you for telling me. This device cannot examine the spot, so please keep watching it.",
+    "es": "Gracias por contármelo. Este aparato no puede examinar la mancha, así que siga vigilándola.",
+    "fr": "Merci de me l'avoir dit. Cet appareil ne peut pas examiner la tache : continuez à la surveiller.",
+}
+_SYMPTOM_STATEMENT = re.compile(
+    r"\b(?:bleed\w*|bled|blood\w*|ooz\w*|weep\w*|itch\w*|hurt\w*|pain\w*|sore|grow\w*|grew|bigger|chang\w*|spread\w*"
+    r"|heal\w*|crust\w*|scab\w*|sangr\w*|supur\w*|pica\w*|duele|dolor\w*|crec\w*|cambi\w*|saign\w*|suint\w*"
+    r"|demang\w*|douleur\w*|gross\w*|grandi\w*)\b")
+
+
+def reports_symptoms(message: str) -> bool:
+    """A statement (not a question) about how the spot behaves."""
+    return "?" not in message and bool(_SYMPTOM_STATEMENT.search(fold(message)))
+
+
 NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
                      "es": "Lo que esta detección le sugiere como siguiente paso:",
                      "fr": "Ce que ce dépistage vous suggère comme prochaine étape :"}
@@ -221,6 +241,8 @@ class Assistant:
             return
         adjustment = self.answer_adjustment(result, symptoms, history, lang)
         kind = question_needing_a_vetted_answer(message)
+        if kind is None and reports_symptoms(message):
+            kind = SYMPTOMS_REPORTED
         if kind is not None:
             yield from self._vetted_answer(kind, result, lang, adjustment)
             return
@@ -316,8 +338,10 @@ class Assistant:
         except FactsUnavailable as exc:
             log.warning("%s", exc)
         else:
-            next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
-            parts.append(f"{NEXT_STEP_HEADING[lang]}\n{next_step.strip()}")
+            report = build_report(result, facts, lang, symptoms=adjustment)
+            if kind == SYMPTOMS_REPORTED:
+                parts.append(report.section("immediate_care_triggers").strip())
+            parts.append(f"{NEXT_STEP_HEADING[lang]}\n{report.section('recommended_actions').strip()}")
         parts.append(DISCLAIMER[lang])
         yield ChatEvent("token", {"text": "\n\n".join(parts)})
         yield ChatEvent("done", {"source": "template", "reason": kind})
