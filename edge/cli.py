@@ -83,7 +83,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
             failures += 1
             _emit_error(args.json, image_path, str(exc))
             continue
-        record = {"image": image_path, **result.to_json()}
+        # An image the quality gate refuses is not a screening (the kiosk asks for a retake); the model's output on
+        # it is kept for whoever is testing, marked so that no reader takes its label and urgency as a result.
+        record = {"image": image_path, "screened": result.quality.ok, **result.to_json()}
         if args.saliency:
             try:
                 record["saliency"] = _write_saliency(classifier, image, Path(args.saliency), image_path, written)
@@ -95,9 +97,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(record), flush=True)
         else:
-            verdict = "ok" if result.quality.ok else "; ".join(result.quality.reasons)
-            print(f"{image_path}: {result.display_name} ({result.confidence:.1%}) urgency={result.urgency.value} "
-                  f"quality={verdict} [{result.backend}, {result.latency_ms:.1f} ms]", flush=True)
+            timing = f"[{result.backend}, {result.latency_ms:.1f} ms]"
+            if result.quality.ok:
+                print(f"{image_path}: {result.display_name} ({result.confidence:.1%}) urgency={result.urgency.value} "
+                      f"quality=ok {timing}", flush=True)
+            else:
+                print(f"{image_path}: NOT SCREENED, retake: {'; '.join(result.quality.reasons)} (the model's output, "
+                      f"for testing only: {result.display_name} {result.confidence:.1%}) {timing}", flush=True)
     classifier.close()
     return EXIT_FAILED if failures else EXIT_OK
 

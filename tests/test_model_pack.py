@@ -79,8 +79,13 @@ def test_default_model_classifies_a_lesion_and_flags_a_non_lesion(tmp_path):
     lesion_record, cat_record = (json.loads(line) for line in result.stdout.splitlines())
     assert lesion_record["model"]["name"] == "ham10000-mobilenetv2-int8"
     assert lesion_record["label"] in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
-    assert lesion_record["quality"]["ok"]
+    assert lesion_record["quality"]["ok"] and lesion_record["screened"] is True
     assert not cat_record["quality"]["ok"] and "not_skin" in cat_record["quality"]["issues"]
+    assert cat_record["screened"] is False  # a review: its label and urgency read like a result
+    text = run_edge("classify", str(lesion), str(PRETRAINED / "cat.bmp"))
+    lesion_line, cat_line = text.stdout.splitlines()
+    assert "NOT SCREENED" not in lesion_line and "urgency=" in lesion_line
+    assert cat_line.startswith(f"{PRETRAINED / 'cat.bmp'}: NOT SCREENED, retake:") and "urgency=" not in cat_line
 
 
 def test_calibrate_refits_the_decision_on_val_as_a_new_version(tmp_path):
