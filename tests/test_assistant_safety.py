@@ -1213,3 +1213,57 @@ def test_telling_about_the_spot_gets_the_warning_signs_not_the_model(message):
     report = build_report(make_result("nv"), load_facts(PACK, "nv", "en"), "en")
     assert report.section("immediate_care_triggers").strip() in text and text.endswith(DISCLAIMER["en"])
     assert screen_answer(text, "en", "routine").safe
+
+
+# A final review with everyday patient messages: what went all the way to the screen.
+@pytest.mark.parametrize("text,flag", [
+    ("its raised now and was flat before. what do i do", "rapid_change"), ("it was flat, now its a bump", "rapid_change"),
+    ("it looks different to last month, what should i do", "rapid_change"), ("the edges are spreading out", "rapid_change"),
+    ("my nail has gone dark down one side", "nail_streak"), ("there's a lump behind my ear", "new_lump"),
+    ("a hard lump near my collarbone", "new_lump"), ("it's been crusty for 6 weeks", "non_healing"),
+    ("it's a bit itchy and scabby, been like that for 6 weeks", "non_healing"),
+    ("it scabbed over and came back a few times", "non_healing"),
+])
+def test_everyday_descriptions_of_warning_signs_escalate(text, flag):
+    found = check_red_flags(text)
+    assert found is not None and flag in found.flags, found
+
+
+@pytest.mark.parametrize("question,kind", [
+    ("how long do people live with melanoma", "prognosis"), ("what percentage of these turn out ok", "odds"),
+    ("what does 72% mean", "confidence"), ("72% of what?", "confidence"), ("can the machine be wrong", "accuracy"),
+    ("could it be a mistake", "accuracy"), ("i'll leave it then", "skip_care"),
+])
+def test_everyday_verdict_questions_are_routed(question, kind):
+    assert question_needing_a_vetted_answer(question) == kind
+
+
+def test_what_the_number_means_is_the_reports_explanation():
+    _, text, model = ask("It means you most likely have melanoma.", "what does 72% mean", make_result("mel"))
+    report = build_report(make_result("mel"), load_facts(PACK, "mel", "en"), "en")
+    assert model.prompts == [] and report.section("confidence_meaning").strip() in text
+
+
+@pytest.mark.parametrize("text", [
+    "You most likely have skin cancer.", "It's most likely just a normal mole.", "This mole looks harmless.",
+    "You will be fine.", "Melanoma is usually curable.", "Most people with early melanoma survive more than five years.",
+    "The chance that it has spread is low.", "You don't need to come back.",
+    "You could cut it off at home with clean scissors.",
+])
+def test_guard_blocks_what_reached_the_screen_in_a_final_review(text):
+    for urgency in ("urgent", "routine"):
+        assert not screen_answer(text, "en", urgency).safe
+
+
+@pytest.mark.parametrize("text", ["Waiting until after your holiday should be fine.", "Three weeks is fine.",
+                                  "You can leave it for now."])
+def test_guard_blocks_these_delays_at_the_urgent_tier(text):
+    verdict = screen_answer(text, "en", "urgent")
+    assert not verdict.safe and verdict.reason == DELAYS_CARE
+
+
+@pytest.mark.parametrize("text", ["Never try to remove it yourself.", "Do not cut it or pick at it.",
+                                  "The doctor may remove it to look at it under a microscope.",
+                                  "If you have melanoma, a doctor will treat it."])
+def test_guard_lets_warnings_against_self_treatment_through(text):
+    assert screen_answer(text, "en", "urgent").safe

@@ -174,7 +174,8 @@ _RESULT_FR = (r"(?:le |votre |ce |l |la |cette )?(?:resultats?|appareil|depistag
 
 _DIAGNOSIS_PATTERNS = tuple(_rx(p) for p in (
     # English: "you have ...", "this/it is ...", "this looks like ...", "the diagnosis is ..."
-    (rf"you (?:have|ve|ve got|have got|got|are suffering from|suffer from|are diagnosed with|have been diagnosed "
+    (rf"you (?:(?:most |very |quite )?(?:likely|probably) )?(?:have|ve|ve got|have got|got|are suffering from|suffer from"
+    rf"|are diagnosed with|have been diagnosed "
     rf"with) {_DISEASE_AFTER}"),
     rf"{_SPOT_EN} (?:is|s) {_DISEASE_AFTER}",
     # "looks like" names a diagnosis for this spot; "features similar to" (the approved wording) does not
@@ -279,6 +280,11 @@ _FALSE_REASSURANCE = _rx(
     # seen from SmolLM2 in a red-team run: "you shouldn't worry too much", "Yes, you can skip the doctor"
     r"|(?:shouldn t|should not|shouldnt) (?:worry|be worried|be concerned|be afraid)"
     r"|no (?:deberia|debe|deberias|debes) (?:preocupar\w*|inquietar\w*)|(?:ne devriez|ne devrais|ne faut) pas (?:vous |t |s )?inquieter"
+    # from a final review: "You will be fine", "It's most likely just a normal mole", "You don't need to come back"
+    r"|you (?:will|ll|re going to|are going to|should) be (?:fine|okay|ok|alright|all right)"
+    r"|(?:it|this|that) (?:is|s) (?:most |very )?(?:likely|probably) (?:just |only )?(?:an? )?(?:normal |common |simple "
+    r"|ordinary |harmless |benign )?(?:mole|freckle|spot|nevus|birthmark)"
+    r"|(?:don t|do not|dont|won t|will not|wont) need to (?:come back|return|go back|be seen|see anyone)"
     # "No other symptoms present to suggest that the mole is anything more than a harmless bump" (red-team run)
     r"|(?:anything|nothing) more than (?:a |an |just )?(?:[a-z]+ )?(?:harmless|benign\w*|normal|innocent|simple)"
     r"|no (?:other )?(?:symptoms?|signs?) (?:are |is )?(?:present )?(?:to suggest|that suggest\w*|suggest\w*|of (?:cancer"
@@ -291,7 +297,7 @@ _FALSE_REASSURANCE = _rx(
 # "It looks fine to me", "your mole is normal", "ce n'est probablement rien": checked with the clause's hedges
 # ("the doctor will tell you if the spot is normal" is not a verdict).
 _FINE = (r"(?:perfectly |completely |totally |probably |most likely |absolutely )?(?:normal|fine|safe|ok|okay|alright"
-         r"|all right|healthy|good)(?! (?:to (?!me)|for (?!now)|if|when|that|with|enough to))")
+         r"|all right|healthy|good|harmless|benign|innocent)(?! (?:to (?!me)|for (?!now)|if|when|that|with|enough to))")
 _SPOT_IS_FINE = _rx(
     rf"(?:the spot|this spot|the mole|this mole|your mole|my mole|the lesion|the mark|your skin) (?:is|s|looks|seems"
     rf"|appears) (?:to be )?{_FINE}"
@@ -338,10 +344,13 @@ _PROBABILITY = frozenset({"likely", "unlikely", "probably", "probablemente", "pr
 
 
 def _hedged(clause: str, match: re.Match) -> bool:
-    hedges = [h.group() for h in _HEDGE_BEFORE.finditer(clause[: match.start()])]
+    """Whether a hedge softens the match. "Likely" and "probably" never do: "you most likely have melanoma"
+    and "it's probably a harmless mole" are verdicts all the same."""
+    hedges = [h.group() for h in _HEDGE_BEFORE.finditer(clause[: match.start()]) if h.group() not in _PROBABILITY]
+    inside = [h.group() for h in _HEDGE_INSIDE.finditer(match.group()) if h.group() not in _PROBABILITY]
     if _REASSURING.search(match.group()):
-        return any(h not in _PROBABILITY for h in hedges)
-    return bool(hedges or _HEDGE_INSIDE.search(match.group()))
+        return bool(hedges)
+    return bool(hedges or inside)
 
 
 def _certain_across_clauses(sentence: str) -> str | None:
@@ -396,7 +405,9 @@ _SCREENING_FIGURE = re.compile(
     r"\b(?:gave|gives|scored|scores|shows?|showed|da|dio|muestra|donne|a donne|indique) (?:[a-z]+ ){0,2}"
     r"\d+(?:[.,]\d+)? ?%|\d+(?:[.,]\d+)? ?% (?:for|para|pour|to|a) ")
 _PROGNOSIS_STATEMENT = _rx(
-    r"(?:days?|weeks?|months?|years?) (?:left )?to live|life expectancy|survival (?:rate|chances?)|(?:will|are going to)"
+    r"(?:is|are) (?:usually |often |very |highly |almost always )?(?:curable|treatable|cured)|surviv\w*"
+    r"|chance (?:that )?(?:it )?(?:has )?spread"
+    r"|(?:days?|weeks?|months?|years?) (?:left )?to live|life expectancy|survival (?:rate|chances?)|(?:will|are going to)"
     r" die|(?:dias|semanas|meses|anos) de vida|esperanza de vida|(?:tasa|probabilidad) de supervivencia"
     r"|(?:va|vas|van) a morir|(?:jours|semaines|mois|ans) a vivre|esperance de vie|taux de survie"
     r"|(?:allez|vas|va) mourir")
@@ -542,9 +553,19 @@ _SUNSCREEN = _rx(
     r"|creme solaire|ecran solaire|fps")
 
 
+# Removing it yourself: "You could cut it off at home with clean scissors"
+_SELF_REMOVAL = _rx(
+    r"cut (?:it )?(?:off|out)|burn (?:it )?off|freeze (?:it )?off|tie (?:a )?(?:thread|string|hair)|scissors|razor"
+    r"|(?:remove|take off|pick|squeeze) (?:it )?(?:yourself|at home)|at home with|cortar(?:lo|la)|quemar(?:lo|la)"
+    r"|tijeras|couper|bruler|ciseaux")
+
+
 def _find_dose(folded: str) -> str | None:
     for sentence in _sentences(folded):
         words = _words(sentence)
+        match = _SELF_REMOVAL.search(words)
+        if match and not re.search(r"\b(?:don t|do not|dont|never|no|not|nunca|ne|jamais)\b", words[: match.start()]):
+            return match.group()
         match = _DOSE_ONLY_UNIT.search(words)
         if match:
             return match.group()
@@ -569,6 +590,9 @@ _DELAY = _rx(
     r"no rush|no hurry|not (?:urgent|an emergency)|nothing urgent|(?:can|could|may) wait|no need to (?:hurry|rush)"
     r"|(?:isn t|isnt|is not|s not|wasn t) (?:urgent|an emergency|pressing)"
     rf"|wait (?:for )?(?:{_SOME} (?:more )?(?:days|weeks|months|years)|(?:a|an|one) (?:more )?(?:week|month|year))"
+    r"|(?:waiting|wait) (?:until|till) (?:after )?(?:[a-z]+ ){0,3}(?:should be|is|would be|will be) (?:fine|ok|okay|alright)"
+    r"|(?:\d+|one|two|three|four|five|six|a few|a couple of) (?:days|weeks|months) (?:is|should be|would be|will be) (?:fine"
+    r"|ok|okay|alright)|(?:can|could) leave it(?: for now| alone| be| for a while)?"
     r"|wait and see|no urgency|(?:next month|the next month|in a month)(?: or so)? (?:is|s|would be|should be) (?:fine|ok"
     r"|okay|alright|soon enough|early enough)|(?:in|within) the next (?:month|few months)"
     r"|(?:go|come|see|visit|book|check|wait|leave it|put it off|do it)(?: [a-z]+){0,3} (?:next month|in a month or two)"
@@ -669,6 +693,7 @@ PROGNOSIS_QUESTION = "prognosis"
 SKIP_CARE_QUESTION = "skip_care"
 TREATMENT_QUESTION = "treatment"
 ACCURACY_QUESTION = "accuracy"
+CONFIDENCE_QUESTION = "confidence"
 
 _MALIGNANT_ASKED = rf"{_MALIGNANT}|canceros\w*|cancereu\w*|skin cancer"
 _VERDICT_WORD = _rx(
@@ -714,7 +739,9 @@ _ODDS = _rx(
     r"|risque\w*|pourcentage|pour cent|(?:es|etes) (?:vous |tu )?sur\w*")
 # "what are my chances?", "how likely is it?": odds asked for without naming a disease
 _ODDS_PERSONAL = _rx(
-    r"(?:my|mes|mis) (?:chances|odds|posibilidades|probabilidades)|how (?:likely|probable|sure|certain|confident)|what are the (?:chances|odds)"
+    r"what percentage|how many (?:of (?:these|them|those)|turn out|are (?:cancer|harmless|benign|fine))"
+    r"|turn(?:s|ed)? out (?:to be )?(?:ok|okay|fine|harmless|benign|bad|cancer)"
+    r"|(?:my|mes|mis) (?:chances|odds|posibilidades|probabilidades)|how (?:likely|probable|sure|certain|confident)|what are the (?:chances|odds)"
     r"|is it likely|(?:is|are) (?:the result|it|you) (?:certain|sure)|que tan segur[oa]|what s the (?:chance|probability"
     r"|likelihood|risk)|whats the (?:chance|probability|risk)|(?:chance|probability|likelihood|risk) (?:that|of) (?:it|this"
     r"|my|i)|quel(?:le)?s? (?:est|sont) (?:le risque|les chances|mes chances|la probabilite)|(?:que|cual(?:es)?) (?:son )?"
@@ -728,6 +755,7 @@ _PROGNOSIS = _rx(
     r"how long (?:do i have(?: left| to live)?(?! to)|will i live|have i got|to live|until i die)"
     r"|(?:will|am|m) i (?:going to |gonna )?die|am i dying|life expectancy|surviv\w*|fatal|deadly|terminal"
     r"|kill (?:me|you)|(?:will|can|could|does|has|is) it (?:spread\w*|get worse)|metasta\w*|what stage|which stage"
+    r"|how long (?:do |can |will )?(?:people|you|patients|someone|one) (?:live|survive)|live with (?:melanoma|cancer)"
     r"|stage (?:\d|one|two|three|four|i|ii|iii|iv)|curable|incurable|lose my|se va a extender|se propag\w*|se guerit"
     r"|cuanto (?:tiempo )?(?:me queda|voy a vivir|de vida)|(?:voy a|me voy a|puedo) morir\w*|esperanza de vida"
     r"|sobreviv\w*|mortal\w*|tiene cura|se cura|combien de temps (?:il me reste|vais je vivre|je vais vivre|a vivre)"
@@ -749,6 +777,8 @@ _SKIP_CARE = _rx(
     r"|(?:je peux|puis je|dois je|faut il|est ce que je dois|est ce qu il faut|je dois|ai je besoin d) (?:attendre"
     r"|consulter|aller (?:chez|voir|a l hopital|a la clinique|consulter)|voir (?:un |le )?(?:medecin|docteur|dermato\w*)"
     r"|ne pas)|ignorer (?:le|ce|la)|ignorarlo|lo ignoro"
+    r"|(?:i ll|i will|i m going to|i am going to|gonna|i d rather) (?:just )?(?:leave it|wait|not go|skip|ignore it"
+    r"|see how it goes)|leave it (?:then|for now|alone|be)"
     # "can it wait till after xmas?", "donc je peux zapper le dermato ?"
     r"|(?:is it|would it be|is that) (?:ok|okay|fine|safe|alright|bad|dangerous|risky) (?:to|if i) (?:wait|delay|leave it"
     r"|not go|put it off|skip)|wait for my (?:regular|next|routine|annual|yearly) (?:checkup|check up|appointment|visit)"
@@ -769,7 +799,8 @@ _TREATMENT = _rx(
 # "How accurate is this?": the model invents a figure ("99% accurate") for a device that misses some serious
 # spots and alarms about harmless ones.
 _ACCURACY = _rx(
-    r"accura\w*|reliab\w*|(?:could|can|might) (?:the result|it|this|the device) be (?:wrong|right|mistaken|incorrect)"
+    r"accura\w*|reliab\w*|(?:could|can|might) (?:the )?(?:result|it|this|device|machine|app|computer|ai|screening)"
+    r" (?:be|get it|make a) (?:wrong|right|mistaken|incorrect|mistake)|(?:be|is) (?:a )?mistake"
     r"|trust (?:it|this|the (?:result|device|machine|app))|(?:is|was) (?:it|this|the (?:device"
     r"|machine|result|app)) (?:ever )?(?:wrong|right|correct)|(?:make|makes|made) mistakes|error rate"
     r"|precision|how precise|exactitud|fiab\w*|confiable|(?:se )?equivoca\w*|fiabilit\w*|exactitude|se tromp\w*"
@@ -781,6 +812,12 @@ _ASKS_ABOUT_IT = _rx(r"(?:is|s) (?:it|this) (?:still |really )?(?:a |an )?(?:[a-
                      r"|serious|bad)")
 
 
+# "what does 72% mean?", "72% of what?": the report's explanation of the score, not the model's guess
+_CONFIDENCE = _rx(r"\d+ ?%|\d+ (?:percent|per cent)|what does (?:the |this |that |my )?(?:number|score|confidence"
+                  r"|percentage|probability) mean|que significa (?:el|este) (?:numero|porcentaje)"
+                  r"|que veut dire (?:le|ce) (?:chiffre|pourcentage)")
+
+
 def question_needing_a_vetted_answer(question: str) -> str | None:
     """Which kind of question ``question`` is, of those the language model must not answer (see above), or
     None. Broad on purpose: a question wrongly routed here gets the vetted answer, which is always safe."""
@@ -789,6 +826,8 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return None
     if _PROGNOSIS.search(asked):
         return PROGNOSIS_QUESTION
+    if _CONFIDENCE.search(asked):
+        return CONFIDENCE_QUESTION
     if not _PREVENTION.search(asked) and (_ODDS_PERSONAL.search(asked) or (
             _ODDS.search(asked) and (_VERDICT_WORD.search(asked) or _VERDICT_PHRASE.search(asked)))):
         return ODDS_QUESTION

@@ -287,7 +287,7 @@ def _on_the_skin(match: re.Match) -> bool:
 
 
 _LUMP_EN = r"lumps?|bumps?|swelling|swollen|mass|masses|knots?|nodes?|glands?|balls?"
-_LOC_EN = r"armpits?|underarms?|under arm|arm pit|axilla|groin|neck"
+_LOC_EN = r"armpits?|underarms?|under arm|arm pit|axilla|groin|neck|behind (?:my |the |his |her )?ears?|collar ?bones?"
 _LUMP_ES = (r"bult\w*|bolas?|bolitas?|ganglios?|nodulos?|hinchazon|inflamacion|masas?|pelotitas?|quistes?"
             r"|chichon\w*|dureza")
 _LOC_ES = r"axilas?|sobacos?|ingles?|cuello"
@@ -353,6 +353,12 @@ _RULES: tuple[_Rule, ...] = (
         r"chang\w* (?:in |its |the |of ){0,2}(?:size|shape|colou?rs?|appearance|texture)",
         r"(?:size|shape|colou?rs?|appearance) (?:has |have |is |are |s )?(?:chang\w*|different)",
         r"new colou?rs?",
+        # from a final review: "it was flat, now its a bump", "it looks different to last month", "the edges are
+        # spreading out"
+        r"(?:was|used to be) flat (?:[a-z]+ ){0,4}now|(?:raised|a bump|bumpy|lumpy) now (?:[a-z]+ ){0,3}(?:was|used to be)"
+        r" flat|now (?:it s |its |it is )?(?:raised|a bump|bumpy|lumpy)",
+        r"(?:looks?|looking) different (?:to|from|than) (?:last|before|it did|a few|a month|a week|weeks|months)",
+        r"edges? (?:are |is )?(?:spreading|growing|getting bigger|blurr\w*|getting irregular)",
         # a spot that spreads or has doubled, in any language
         # (a question about what it could do, "can it spread?", is not a report that it does)
         r"(?<!can )(?<!could )(?<!will )(?<!would )(?<!does )(?<!might )(?<!may )(?<!puede )(?<!podria )(?<!peut )"
@@ -386,7 +392,11 @@ _RULES: tuple[_Rule, ...] = (
         rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}heal\w*",
         r"non ?heal\w*|unheal\w*",
         r"keeps? (?:on )?(?:coming back|reopening|re opening|opening up|breaking down|scabbing)",
-        # "the scab keeps falling off and it never closes up"
+        # "the scab keeps falling off and it never closes up"; a scab or crust there for weeks
+        r"(?:scab\w*|crust\w*)(?: [a-z0-9,]+){0,6} (?:for|since) (?:\d+|a few|several|two|three|four|five|six|many) "
+        r"(?:weeks|months)|(?:been|was) (?:scabby|crusty|scabbed|crusted) (?:for|since) (?:\d+|a few|several|many|weeks|months)"
+        r"|(?:scabbed|crusted) over (?:and )?(?:came|comes|keeps coming) back"
+        r"|(?:scab|crust) (?:that s|that has|which has|thats) been there (?:since|for)",
         rf"{_NOT_EN} (?:[a-z]+ ){{0,2}}(?:close|closes|closed|closing) (?:up|over)",
         r"(?:scab|crust)s? (?:keeps?|kept) (?:on )?(?:falling|coming|peeling|dropping) off",
         r"heal\w* (?:and|then|but) (?:[a-z]+ )?(?:comes back|came back|reopens|reopened|opens again|breaks down)",
@@ -447,6 +457,7 @@ _RULES: tuple[_Rule, ...] = (
         rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}(?:in|under|on|near|at|of) (?:my |the |his |her |their |your |one )?"
         rf"(?:left |right )?(?:{_LOC_EN})",
         rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}under (?:my |the |his |her |their |your |one )?(?:left |right )?arms?",
+        rf"(?:{_LUMP_EN}) (?:{_W}){{0,4}}behind (?:my |the |his |her |their |your |one )?(?:left |right )?ears?",
         rf"(?:{_LOC_EN}) (?:{_W}){{0,2}}(?:lumps?|swollen|swelling|mass)",
         r"swollen (?:lymph )?(?:nodes?|glands?)|lymph nodes? (?:[a-z]+ ){0,2}(?:swollen|enlarged|bigger|up)",
         rf"(?:{_LUMP_ES}) (?:{_W}){{0,4}}(?:en|bajo|debajo de|debajo del|de|del|cerca de|cerca del) "
@@ -471,6 +482,8 @@ _RULES: tuple[_Rule, ...] = (
         rf"(?:{_STREAK_EN}) (?:{_W}){{0,4}}(?:under|in|on|along|down|through|across) (?:my |the |a |one |his "
         rf"|her |your )?(?:[a-z]+ )?(?:{_NAIL_EN})",
         rf"(?:{_NAIL_EN}) (?:{_W}){{0,3}}(?:dark|black|brown|brownish|blackish) (?:{_STREAK_EN})",
+        rf"(?:{_NAIL_EN}) (?:has |have |is |are )?(?:gone|going|turned|turning|got|gotten|become|becoming) (?:dark|black"
+        r"|brown)",
         r"melanonych\w*|melanoniqui\w*",
         # "uña" folds to "una" (also "a"/"one"), so a Spanish nail needs an article or preposition before it, or
         # a streak right next to it: "uña con una raya", "línea oscura en uña" (not "una raya en la piel").

@@ -24,6 +24,7 @@ from pathlib import Path
 from edge.assistant.facts import load_facts
 from edge.assistant.guard import (
     ACCURACY_QUESTION,
+    CONFIDENCE_QUESTION,
     DISCLAIMER,
     ODDS_QUESTION,
     PROGNOSIS_QUESTION,
@@ -196,6 +197,11 @@ def reports_symptoms(message: str) -> bool:
     return "?" not in message and bool(_SYMPTOM_STATEMENT.search(fold(message)))
 
 
+VETTED_ANSWERS[CONFIDENCE_QUESTION] = {
+    "en": "Here is what the number on the screen means.",
+    "es": "Esto es lo que significa el número de la pantalla.",
+    "fr": "Voici ce que signifie le chiffre affiché à l'écran.",
+}
 NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
                      "es": "Lo que esta detección le sugiere como siguiente paso:",
                      "fr": "Ce que ce dépistage vous suggère comme prochaine étape :"}
@@ -341,6 +347,8 @@ class Assistant:
             report = build_report(result, facts, lang, symptoms=adjustment)
             if kind == SYMPTOMS_REPORTED:
                 parts.append(report.section("immediate_care_triggers").strip())
+            elif kind == CONFIDENCE_QUESTION:
+                parts.append(report.section("confidence_meaning").strip())
             parts.append(f"{NEXT_STEP_HEADING[lang]}\n{report.section('recommended_actions').strip()}")
         parts.append(DISCLAIMER[lang])
         yield ChatEvent("token", {"text": "\n\n".join(parts)})
