@@ -1267,3 +1267,14 @@ def test_guard_blocks_these_delays_at_the_urgent_tier(text):
                                   "If you have melanoma, a doctor will treat it."])
 def test_guard_lets_warnings_against_self_treatment_through(text):
     assert screen_answer(text, "en", "urgent").safe
+
+
+def test_a_routine_next_step_in_the_chat_comes_with_the_checklist_it_points_to():
+    """The routine tier's next step says "keep an eye on it using the checklist below": in the chat there was
+    no checklist below it."""
+    _, text, _ = ask("x", "so its not cancer right?", make_result("nv"))
+    report = build_report(make_result("nv"), load_facts(PACK, "nv", "en"), "en")
+    assert "checklist below" in text and report.section("self_monitoring_checklist").strip() in text
+    assert text.index("checklist below") < text.index(report.section("self_monitoring_checklist").strip())
+    _, urgent, _ = ask("x", "so its not cancer right?", make_result("mel"))
+    assert report.section("self_monitoring_checklist").strip() not in urgent

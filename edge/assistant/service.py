@@ -350,6 +350,8 @@ class Assistant:
             elif kind == CONFIDENCE_QUESTION:
                 parts.append(report.section("confidence_meaning").strip())
             parts.append(f"{NEXT_STEP_HEADING[lang]}\n{report.section('recommended_actions').strip()}")
+            if adjustment.urgency == Urgency.ROUTINE:  # its next step says "using the checklist below"
+                parts.append(report.section("self_monitoring_checklist").strip())
         parts.append(DISCLAIMER[lang])
         yield ChatEvent("token", {"text": "\n\n".join(parts)})
         yield ChatEvent("done", {"source": "template", "reason": kind})
