@@ -23,12 +23,12 @@ LOOP_STOP_S = 5.0  # how long a stop waits for the camera loop before closing ev
 FIRST_OPEN_WAIT_S = 5.0  # the start-up line waits this long for the camera's first open to say how it went
 
 
-
 def _log_result(result) -> None:
     """The journal outlives a purge and is stamped to the second: what a screening found, and the id that joins
     it to the history's note and the printed report, are written to it only at DEBUG."""
     log.info("screening done in %.1f ms", result.latency_ms)
     log.debug("result %s %s p=%.3f urgency=%s", result.id[:8], result.label, result.confidence, result.urgency.value)
+
 
 class Daemon:
     def __init__(self, settings: Settings) -> None:

@@ -734,8 +734,8 @@ _ABOUT_THEM = re.compile(  # the person's own spot or the person: "is it", "so i
     r"|\b(?:es|son|sera|seria) (?:algo )?(?:normal|benign\w*|grave|peligros\w*|malign\w*|inofensiv\w*|mal[oa]"
     r"|seri[oa]|cancer\w*|un cancer|un melanoma)(?![a-z0-9])")
 _ODDS = _rx(
-    r"odds|chances?|probabilit\w*|percent\w*|likel\w*|risk(?! factors?)|how sure|how certain|how confident"
-    r"|posibilidad\w*|probabilidad\w*|porcentaje|por ciento|riesgo|probable\w*|que tan segur[oa]"
+    r"odds|chances?|probabilit\w*|percent\w*|likel\w*|risk(?! factors?)"
+    r"|posibilidad\w*|probabilidad\w*|porcentaje|por ciento|riesgo|probable\w*"
     r"|risque\w*|pourcentage|pour cent|(?:es|etes) (?:vous |tu )?sur\w*")
 # "what are my chances?", "how likely is it?": odds asked for without naming a disease
 _ODDS_PERSONAL = _rx(
@@ -786,7 +786,7 @@ _SKIP_CARE = _rx(
     r"attendre|zapp\w*|saltarme|sauter (?:le|la|ce)")
 _TREATMENT = _rx(
     rf"{_MEDICINE_NAME}|treat\w*|cure\w*|remov\w* (?:it|this|that|the (?:mole|spot|lesion|growth))|get rid of"
-    r"|(?:be|get|got|it|have it) removed|quitar|lo tengo que quitar|l enlever"
+    r"|(?:be|get|got|it|have it) removed|quitar"
     r"|cut (?:it )?off|burn (?:it )?off|freez\w* (?:it|off)|home remed\w*|medicine|medication|cream|ointment|pill"
     r"|tablet|dose|dosage|how much (?:[a-z]+ ){0,2}(?:should|can|do|must) i (?:take|put|use|apply)|surgery"
     r"|operation|operate on|chemo\w*"
@@ -828,7 +828,8 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return PROGNOSIS_QUESTION
     if _CONFIDENCE.search(asked):
         return CONFIDENCE_QUESTION
-    if not _PREVENTION.search(asked) and (_ODDS_PERSONAL.search(asked) or (
+    prevention = _PREVENTION.search(asked)
+    if not prevention and (_ODDS_PERSONAL.search(asked) or (
             _ODDS.search(asked) and (_VERDICT_WORD.search(asked) or _VERDICT_PHRASE.search(asked)))):
         return ODDS_QUESTION
     if _SKIP_CARE.search(asked):
@@ -837,7 +838,7 @@ def question_needing_a_vetted_answer(question: str) -> str | None:
         return TREATMENT_QUESTION
     if _ACCURACY.search(asked):
         return ACCURACY_QUESTION
-    if _PREVENTION.search(asked) and not _ASKS_ABOUT_IT.search(asked):  # "how can I reduce the risk of skin cancer?"
+    if prevention and not _ASKS_ABOUT_IT.search(asked):  # "how can I reduce the risk of skin cancer?"
         return None
     if ((_VERDICT_WORD.search(asked) and _ABOUT_THEM.search(asked)) or _VERDICT_PHRASE.search(asked)
             or _EITHER_OR.search(asked)):

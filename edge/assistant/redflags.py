@@ -135,10 +135,11 @@ _MORE_THAN_EVER = re.compile(r" (?:this much|so much|like this|tanto|tantisimo|a
 
 # A negation reaches across the commas of a list of symptoms: "It hasn't bled, grown or changed", "no ha
 # sangrado, crecido ni cambiado" (each used to raise an emergency message). Only where the list's form says
-# so, because "not itchy, bleeding or oozing" and "it doesn't itch, bleeds or oozes" report bleeding: in
-# English both items must be past forms after a negated "has" or "did" ("hasn't bled, grown or changed"), joined
-# by or/nor; in Spanish and French the list must be joined by "ni" ("ni crecido ni cambiado"). At most two
-# words besides earlier items, and no subject, may sit between the comma and the mention.
+# so, because "not itchy, bleeding or oozing" and "it doesn't itch, bleeds or oozes" report bleeding: the
+# conjunction must join symptom words, and in English the items must have the form the negation takes (past
+# participles after "hasn't", plain verbs after "doesn't"); in Spanish and French the list must be joined by "ni"
+# ("ni crecido ni cambiado"). At most two words besides earlier items, and no subject, may sit between the comma
+# and the mention.
 _SUBJECTS = frozenset({"it", "its", "i", "im", "he", "she", "they", "this", "that", "my", "mine", "esta", "este",
                        "eso", "esto", "mi", "yo", "il", "elle", "ca", "cela", "je", "j", "mon", "ma"})
 _SYMPTOM_WORD = re.compile(
@@ -146,8 +147,6 @@ _SYMPTOM_WORD = re.compile(
     r"|itch\w*|pica\w*|demang\w*|spread\w*|extend\w*|ooz\w*|weep\w*|supur\w*|suint\w*|heal\w*|crust\w*|scab\w*"
     r"|colou?r\w*|size|shape|tamano|forma|taille|couleur")
 _PAST_FORM = re.compile(r"[a-z]+(?:ed|en|wn)|bled|grew|spread|hurt")
-
-
 _PERFECT_NEGATIONS = frozenset({"hasn", "hadn", "haven", "hasnt", "hadnt", "havent", "never"})
 _DID_NEGATIONS = frozenset({"didn", "didnt", "doesn", "doesnt", "don", "dont"})
 
@@ -158,9 +157,9 @@ def _joined_to_a_symptom(words: list[str]) -> bool:
                for word, following in itertools.pairwise(words))
 
 
-def _list_comma(before: list[str], comma: int, between: list[str], after: list[str], mention: str) -> bool:
-    """Whether the comma at ``before[comma]`` joins a negated list the mention belongs to."""
-    before_comma = before[comma - 1]
+def _list_comma(before: list[str], comma: int, after: list[str], mention: str) -> bool:
+    """Whether the comma at ``before[comma]`` joins a negated list the mention (after ``before``) belongs to."""
+    before_comma, between = before[comma - 1], before[comma + 1:]
     others = [w for w in between if w != _BOUNDARY and not _SYMPTOM_WORD.fullmatch(w)]  # earlier items pass
     if not _SYMPTOM_WORD.fullmatch(before_comma) or len(others) > 2 or _SUBJECTS.intersection(others):
         return False
@@ -189,7 +188,7 @@ def _negated_before(text: str, start: int, end: int | None = None) -> bool:
     reach = _NEGATION_REACH
     for count, word in enumerate(reversed(before)):
         if (word == _BOUNDARY and count + 1 < len(before)
-                and _list_comma(before, len(before) - count - 1, before[len(before) - count:], after, mention)):
+                and _list_comma(before, len(before) - count - 1, after, mention)):
             reach += 1  # the comma is not a word of the clause
             continue
         if word in _SCOPE_ENDS or count >= reach:

@@ -133,8 +133,12 @@ _CANNOT_JUDGE = {
           "ce que cela signifie pour votre santé : aucun outil de dépistage ne le peut, et celui-ci peut se tromper. "
           "Seul un soignant ou un médecin qui examine la tache peut vous le dire.",
 }
-# The answers to questions the language model must not answer (guard.question_needing_a_vetted_answer),
-# followed by the next step for the answer's tier.
+# A person telling the assistant about their spot ("It hasn't bled, grown or changed") rather than asking: the
+# model answered such statements with nonsense ("The sentence is in English."). They get the warning signs to
+# watch for, as the report gives them, and the next step.
+SYMPTOMS_REPORTED = "symptoms_reported"
+# The answers to questions the language model must not answer (guard.question_needing_a_vetted_answer) and to
+# statements about the spot, each followed by the next step for the answer's tier.
 VETTED_ANSWERS = {
     VERDICT_QUESTION: _CANNOT_JUDGE,
     ODDS_QUESTION: _CANNOT_JUDGE,
@@ -159,32 +163,33 @@ VETTED_ANSWERS = {
               "une infirmière qui l'examine vous dira ce qu'il faut faire, s'il faut faire quelque chose. Ne la "
               "traitez pas, ne la coupez pas et ne l'enlevez pas vous-même.",
     },
-}
-VETTED_ANSWERS[ACCURACY_QUESTION] = {
-    "en": "This screening makes mistakes in both directions: it misses some serious spots and raises the alarm "
-          "about some harmless ones. It was trained and tested only on magnified photos of skin (dermoscopy), "
-          "mostly of lighter skin, so on other photos and on darker skin it may do worse. Its measured accuracy "
-          "is written in its model card, which the health worker can show you. That is why a health worker or "
-          "doctor needs to look at the spot.",
-    "es": "Esta detección puede equivocarse en los dos sentidos: no ve algunas manchas graves y da la alarma por "
-          "algunas inofensivas. Se entrenó y se probó solo con fotos ampliadas de la piel (dermatoscopia), sobre "
-          "todo de piel clara, así que con otras fotos y en pieles más oscuras puede fallar más. Su exactitud "
-          "medida figura en su ficha del modelo, que el trabajador de salud puede enseñarle. Por eso un "
-          "trabajador de salud o un médico debe ver la mancha.",
-    "fr": "Ce dépistage peut se tromper dans les deux sens : il passe à côté de certaines taches graves et donne "
-          "l'alerte pour certaines sans danger. Il a été entraîné et testé uniquement sur des photos agrandies "
-          "de la peau (dermoscopie), surtout de peaux claires : sur d'autres photos et sur des peaux plus "
-          "foncées, il peut faire moins bien. Sa précision mesurée figure dans sa fiche de modèle, que le "
-          "soignant peut vous montrer. C'est pourquoi un soignant ou un médecin doit examiner la tache.",
-}
-# A person telling the assistant about their spot ("It hasn't bled, grown or changed") rather than asking: the
-# model answered such statements with nonsense ("The sentence is in English."). They get the warning signs to
-# watch for, as the report gives them, and the next step.
-SYMPTOMS_REPORTED = "symptoms_reported"
-VETTED_ANSWERS[SYMPTOMS_REPORTED] = {
-    "en": "Thank you for telling me. This device cannot examine the spot, so please keep watching it.",
-    "es": "Gracias por contármelo. Este aparato no puede examinar la mancha, así que siga vigilándola.",
-    "fr": "Merci de me l'avoir dit. Cet appareil ne peut pas examiner la tache : continuez à la surveiller.",
+    ACCURACY_QUESTION: {
+        "en": "This screening makes mistakes in both directions: it misses some serious spots and raises the alarm "
+              "about some harmless ones. It was trained and tested only on magnified photos of skin (dermoscopy), "
+              "mostly of lighter skin, so on other photos and on darker skin it may do worse. Its measured accuracy "
+              "is written in its model card, which the health worker can show you. That is why a health worker or "
+              "doctor needs to look at the spot.",
+        "es": "Esta detección puede equivocarse en los dos sentidos: no ve algunas manchas graves y da la alarma por "
+              "algunas inofensivas. Se entrenó y se probó solo con fotos ampliadas de la piel (dermatoscopia), sobre "
+              "todo de piel clara, así que con otras fotos y en pieles más oscuras puede fallar más. Su exactitud "
+              "medida figura en su ficha del modelo, que el trabajador de salud puede enseñarle. Por eso un "
+              "trabajador de salud o un médico debe ver la mancha.",
+        "fr": "Ce dépistage peut se tromper dans les deux sens : il passe à côté de certaines taches graves et donne "
+              "l'alerte pour certaines sans danger. Il a été entraîné et testé uniquement sur des photos agrandies "
+              "de la peau (dermoscopie), surtout de peaux claires : sur d'autres photos et sur des peaux plus "
+              "foncées, il peut faire moins bien. Sa précision mesurée figure dans sa fiche de modèle, que le "
+              "soignant peut vous montrer. C'est pourquoi un soignant ou un médecin doit examiner la tache.",
+    },
+    SYMPTOMS_REPORTED: {
+        "en": "Thank you for telling me. This device cannot examine the spot, so please keep watching it.",
+        "es": "Gracias por contármelo. Este aparato no puede examinar la mancha, así que siga vigilándola.",
+        "fr": "Merci de me l'avoir dit. Cet appareil ne peut pas examiner la tache : continuez à la surveiller.",
+    },
+    CONFIDENCE_QUESTION: {
+        "en": "Here is what the number on the screen means.",
+        "es": "Esto es lo que significa el número de la pantalla.",
+        "fr": "Voici ce que signifie le chiffre affiché à l'écran.",
+    },
 }
 _SYMPTOM_STATEMENT = re.compile(
     r"\b(?:bleed\w*|bled|blood\w*|ooz\w*|weep\w*|itch\w*|hurt\w*|pain\w*|sore|grow\w*|grew|bigger|chang\w*|spread\w*"
@@ -197,14 +202,15 @@ def reports_symptoms(message: str) -> bool:
     return "?" not in message and bool(_SYMPTOM_STATEMENT.search(fold(message)))
 
 
-VETTED_ANSWERS[CONFIDENCE_QUESTION] = {
-    "en": "Here is what the number on the screen means.",
-    "es": "Esto es lo que significa el número de la pantalla.",
-    "fr": "Voici ce que signifie le chiffre affiché à l'écran.",
-}
 NEXT_STEP_HEADING = {"en": "What this screening suggests you do next:",
                      "es": "Lo que esta detección le sugiere como siguiente paso:",
                      "fr": "Ce que ce dépistage vous suggère comme prochaine étape :"}
+
+
+def _sheet_next_step_fits(result: Result, raised: bool) -> bool:
+    """A fact sheet's "What usually happens next" is written for its label's tier: it does not fit when symptoms
+    raised the tier, nor when the device was unsure ("see a clinician", not "nothing needs to be done")."""
+    return not (raised or result.abstained)
 
 
 class FactsUnavailable(EdgeError):
@@ -335,8 +341,9 @@ class Assistant:
         yield from self._fact_sheet_answer(result, lang, "the model answered in another language", adjustment)
 
     def _vetted_answer(self, kind: str, result: Result, lang: str, adjustment: Adjustment) -> Iterator[ChatEvent]:
-        """A question the model must not answer (a verdict, odds, prognosis, skipping care, treatment): a fixed
-        answer, then the next step for the answer's tier, as the report gives it."""
+        """A question the model must not answer, or a statement about the spot (``VETTED_ANSWERS``): a fixed
+        answer, the report's warning signs or its explanation of the score where the kind asks for them, then
+        the next step for the answer's tier as the report gives it."""
         lang = resolve_lang(lang)
         parts = [VETTED_ANSWERS[kind][lang]]
         try:
@@ -366,9 +373,7 @@ class Assistant:
             facts = None
         if facts is not None:
             yield ChatEvent("token", {"text": facts.sections["What it is"].strip() + "\n\n"})
-            if adjustment.raised or result.abstained:
-                # the sheet's usual next step is for its label's tier: a raised tier's advice, or "see a
-                # clinician" when the device was unsure, replaces it
+            if not _sheet_next_step_fits(result, adjustment.raised):
                 next_step = build_report(result, facts, lang, symptoms=adjustment).section("recommended_actions")
             else:
                 next_step = facts.sections["What usually happens next"]
@@ -387,11 +392,9 @@ class Assistant:
         language = LANGUAGE_NAMES.get(resolve_lang(lang), "English")
         top = ", ".join(f"{label} {p:.0%}" for label, p in result.top(3))
         sheet = ""
-        # when symptoms raised the tier, or the device was unsure, the sheet's usual next step (for its label's
-        # tier) is left out
         if facts:
-            next_step = (f"Next step: {TIER_NAMES['en'][urgency]}." if raised or result.abstained
-                         else facts.sections["What usually happens next"])
+            next_step = (facts.sections["What usually happens next"] if _sheet_next_step_fits(result, raised)
+                         else f"Next step: {TIER_NAMES['en'][urgency]}.")
             sheet = f"\nFact sheet:\n{facts.sections['What it is']}\n{next_step}"
         grounding = (
             f"Screening result: {result.display_name}. Calibrated probabilities: {top}. "
